@@ -1,0 +1,41 @@
+// A Context owns everything one device needs across calls: BLAS/LAPACK (CPU) or the CUDA stream, the
+// cuBLAS and cuSOLVER handles (CUDA), and a workspace that grows to the high-water mark and is reused, so a
+// training loop allocates nothing after its first step. A Context is not thread safe: use one per thread.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+
+#include "ekinet/array.hpp"
+
+namespace ekinet {
+
+namespace detail {
+template <class T>
+class Backend;
+}
+
+class Context {
+ public:
+  virtual ~Context() = default;
+  virtual Device device() const = 0;
+  // CUDA: the stream all work is queued on (cudaStream_t as void*); ignored on the CPU.
+  virtual void set_stream(void* stream) = 0;
+  virtual void* stream() const = 0;
+  // Waits for all queued work (a no-op on the CPU).
+  virtual void synchronize() = 0;
+  // Bytes currently held by the workspace.
+  virtual std::size_t workspace_bytes() const = 0;
+  // Frees the workspace (it grows again on the next call).
+  virtual void release_workspace() = 0;
+
+  virtual detail::Backend<float>& backend(float) = 0;
+  virtual detail::Backend<double>& backend(double) = 0;
+};
+
+std::unique_ptr<Context> make_cpu_context();
+// Throws BackendUnavailable when ekinet was built without CUDA or the device does not exist.
+// stream == nullptr uses the default stream.
+std::unique_ptr<Context> make_cuda_context(int device = 0, void* stream = nullptr);
+
+}  // namespace ekinet

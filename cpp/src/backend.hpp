@@ -1,0 +1,142 @@
+// The primitives the algorithms are written against, implemented once per device (cpu/, cuda/).
+// Dense linear algebra follows the Fortran BLAS/LAPACK conventions (column-major). A row-major R x C matrix
+// is the column-major C x R matrix of the same buffer, which is how the algorithms call these.
+// Element-wise kernels take row-major matrices (rows x cols, leading dimension ld). Every call is queued on
+// the context's stream; only the functions documented as returning a host value synchronise.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "ekinet/array.hpp"
+#include "ekinet/losses.hpp"
+
+namespace ekinet::detail {
+
+using i64 = std::int64_t;
+enum class Trans { no, yes };
+
+// Raw device (or host) memory for the workspace.
+class Allocator {
+ public:
+  virtual ~Allocator() = default;
+  virtual void* allocate(std::size_t bytes) = 0;  // throws OutOfMemory
+  virtual void deallocate(void* pointer) = 0;
+};
+
+// A bump allocator over one block that is reset at the start of every operation. Requests that do not fit
+// get blocks of their own; at the next reset they are freed and the main block grows to the high-water
+// mark, so a steady loop allocates nothing. Pointers stay valid until the next reset.
+class Workspace {
+ public:
+  explicit Workspace(Allocator& allocator) : allocator_(allocator) {}
+  ~Workspace();
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+
+  void reset();
+  void release();
+  std::size_t bytes() const { return capacity_; }
+  void* take_bytes(std::size_t bytes);
+  template <class T>
+  T* take(i64 count) {
+    return static_cast<T*>(take_bytes(static_cast<std::size_t>(count) * sizeof(T)));
+  }
+
+ private:
+  static constexpr std::size_t kMaxSpills = 64;
+  Allocator& allocator_;
+  void* block_ = nullptr;
+  std::size_t capacity_ = 0;
+  std::size_t used_ = 0;
+  std::size_t high_water_ = 0;
+  void* spills_[kMaxSpills] = {};
+  std::size_t spill_count_ = 0;
+};
+
+template <class T>
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+  virtual Workspace& workspace() = 0;
+
+  // ---- memory ------------------------------------------------------------------------------------------
+  virtual void copy_to_host(void* host, const void* source, std::size_t bytes) = 0;    // synchronises
+  virtual void copy_from_host(void* target, const void* host, std::size_t bytes) = 0;  // host may be reused after return
+  virtual double read_scalar(const T* value) = 0;                                       // synchronises
+
+  // ---- dense linear algebra, column-major ----------------------------------------------------------------
+  // C (m x n) = alpha op(A) op(B) + beta C
+  virtual void gemm(Trans trans_a, Trans trans_b, i64 m, i64 n, i64 k, T alpha, const T* a, i64 lda,
+                    const T* b, i64 ldb, T beta, T* c, i64 ldc) = 0;
+  // lower triangle of C (n x n) = alpha op(A) op(A)^T + beta C, op(A) n x k (Trans::yes: A is k x n)
+  virtual void syrk_lower(Trans trans, i64 n, i64 k, T alpha, const T* a, i64 lda, T beta, T* c, i64 ldc) = 0;
+  // B (m x n) <- op(L)^{-1} B, L lower triangular with non-unit diagonal
+  virtual void trsm_left_lower(Trans trans, i64 m, i64 n, const T* l, i64 ldl, T* b, i64 ldb) = 0;
+  // B (m x n) <- L B, L lower triangular with non-unit diagonal
+  virtual void trmm_left_lower(i64 m, i64 n, const T* l, i64 ldl, T* b, i64 ldb) = 0;
+  // Cholesky A = L L^T in the lower triangle; returns LAPACK's info (0: success, k > 0: the leading minor of
+  // order k is not positive definite). Synchronises.
+  virtual i64 potrf_lower(i64 n, T* a, i64 lda) = 0;
+  // B (n x nrhs) <- A^{-1} B with A's Cholesky factor from potrf_lower
+  virtual void potrs_lower(i64 n, i64 nrhs, const T* l, i64 ldl, T* b, i64 ldb) = 0;
+  // Symmetric eigen-decomposition from the lower triangle: eigenvalues ascending in w, eigenvectors in the
+  // columns of A. Returns LAPACK's info. Synchronises.
+  virtual i64 syevd_lower(i64 n, T* a, i64 lda, T* w) = 0;
+
+  // ---- element-wise kernels and reductions, row-major --------------------------------------------------
+  // mean[c] = (1/rows) sum_r A[r, c]
+  virtual void column_mean(i64 rows, i64 cols, const T* a, i64 lda, T* mean) = 0;
+  // out = alpha A + beta B (out may alias A or B)
+  virtual void axpby(i64 rows, i64 cols, T alpha, const T* a, i64 lda, T beta, const T* b, i64 ldb, T* out,
+                     i64 ldo) = 0;
+  // out[r, c] = A[r, c] + alpha v[c] (out may alias A)
+  virtual void add_row_vector(i64 rows, i64 cols, const T* a, i64 lda, T alpha, const T* v, T* out, i64 ldo) = 0;
+  // A[r, c] *= v[c]
+  virtual void scale_columns(i64 rows, i64 cols, T* a, i64 lda, const T* v) = 0;
+  // out[r, c] = y[c] + (eta ? eta[r, c] : 0) - G[r, c]
+  virtual void residual(i64 rows, i64 cols, const T* y, const T* eta, i64 ld_eta, const T* g, i64 ldg, T* out,
+                        i64 ldo) = 0;
+  // out[i, c] = A[index[i], c], index on the device
+  virtual void gather_rows(i64 count, i64 cols, const std::int64_t* index, const T* a, i64 lda, T* out,
+                           i64 ldo) = 0;
+  // out[i, c] = scale * (column_scale ? column_scale[c] : 1) * standard_normal(key, (first_row + i) * cols + c)
+  virtual void fill_normal(i64 rows, i64 cols, std::uint64_t key, i64 first_row, double scale,
+                           const T* column_scale, T* out, i64 ldo) = 0;
+  // A[i, i] += alpha * (v ? v[i] : 1) for the n x n matrix A
+  virtual void add_diagonal(i64 n, T* a, i64 lda, T alpha, const T* v) = 0;
+  // T = I + A - (A 1) 1^T / n for the n x n matrix A: the member transform whose product with U equals
+  // U + A (U - ubar) exactly (the rows of the centring matrix sum to zero). out may alias A.
+  virtual void fold_centering(i64 n, const T* a, i64 lda, T* out, i64 ldo) = 0;
+  // step = adaptive ? h / (||A||_F + eps) : h, written to *step; then A *= -step (no host round trip).
+  virtual void scale_by_negative_step(i64 rows, i64 cols, T* a, i64 lda, double h, double eps, bool adaptive,
+                                      T* step) = 0;
+  // flags[r] = 1 if row r of A holds a NaN or Inf (flags not touched otherwise)
+  virtual void flag_nonfinite_rows(i64 rows, i64 cols, const T* a, i64 lda, std::int32_t* flags) = 0;
+  // Number of NaN/Inf entries. Synchronises.
+  virtual i64 count_nonfinite(i64 rows, i64 cols, const T* a, i64 lda) = 0;
+  // Number of entries <= 0 (NaN counts too). Synchronises.
+  virtual i64 count_nonpositive(i64 rows, i64 cols, const T* a, i64 lda) = 0;
+  // (1/n) trace of the n x n matrix A. Synchronises.
+  virtual double mean_diagonal(i64 n, const T* a, i64 lda) = 0;
+  // sum over entries of (A - 1 mean^T)^2 (the spread numerator). Synchronises.
+  virtual double centred_sum_of_squares(i64 rows, i64 cols, const T* a, i64 lda, const T* mean) = 0;
+  // Column-major B (n x nrhs): B[i, c] /= max(w[i], floor)
+  virtual void divide_rows_clamped(i64 n, i64 nrhs, const T* w, T floor, T* b, i64 ldb) = 0;
+  // out[r] = sum_c A[r, c] B[r, c]
+  virtual void row_dots(i64 rows, i64 cols, const T* a, i64 lda, const T* b, i64 ldb, T* out) = 0;
+  // out[i] = 1 / sqrt(v[i]) (whitening weights of a diagonal covariance)
+  virtual void inverse_sqrt(i64 n, const T* v, T* out) = 0;
+
+  // ---- losses (eki-math section 2), row-major, scalar or diagonal noise only --------------------------
+  // Loss values per member (values[r]) and, when grad != nullptr, the gradient with respect to Z. For
+  // squared: inverse_variance (1 x M, nullable: then scalar_inverse_variance applies). For
+  // cross_entropy_logits and gaussian_nll, width is the outputs per example. Returns the number
+  // of invalid entries (probability <= 0 for cross_entropy, sigma <= 0 for gaussian_nll). Synchronises.
+  virtual i64 loss_gradient(Loss loss, i64 rows, i64 cols, i64 width, const T* z, i64 ldz, const T* y,
+                            const T* inverse_variance, double scalar_inverse_variance, T* values, T* grad,
+                            i64 ldg) = 0;
+};
+
+}  // namespace ekinet::detail

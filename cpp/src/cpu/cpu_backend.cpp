@@ -1,0 +1,373 @@
+// CPU backend: BLAS/LAPACK for the dense algebra, plain loops for the element-wise work.
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "backend.hpp"
+#include "cpu/blas_lapack.hpp"
+#include "ekinet/context.hpp"
+#include "ekinet/errors.hpp"
+#include "ekinet/random.hpp"
+
+namespace ekinet::detail {
+namespace {
+
+int to_int(i64 value, const char* what) {
+  if (value < 0 || value > INT_MAX) {
+    throw InvalidArgument(std::string("dimension ") + what + " = " + std::to_string(value) +
+                          " exceeds the 32-bit BLAS/LAPACK limit of " + std::to_string(INT_MAX));
+  }
+  return static_cast<int>(value);
+}
+
+const char* flag(Trans trans) { return trans == Trans::yes ? "T" : "N"; }
+
+class CpuAllocator final : public Allocator {
+ public:
+  void* allocate(std::size_t bytes) override {
+    void* pointer = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
+    if (pointer == nullptr) {
+      throw OutOfMemory("could not allocate " + std::to_string(bytes) + " bytes of host memory for the workspace");
+    }
+    return pointer;
+  }
+  void deallocate(void* pointer) override { std::free(pointer); }
+};
+
+template <class T>
+class CpuBackend final : public Backend<T> {
+ public:
+  explicit CpuBackend(Workspace& workspace) : workspace_(workspace) {}
+
+  Device device() const override { return {}; }
+  Workspace& workspace() override { return workspace_; }
+
+  void copy_to_host(void* host, const void* source, std::size_t bytes) override { std::memcpy(host, source, bytes); }
+  void copy_from_host(void* target, const void* host, std::size_t bytes) override {
+    std::memcpy(target, host, bytes);
+  }
+  double read_scalar(const T* value) override { return static_cast<double>(*value); }
+
+  void gemm(Trans trans_a, Trans trans_b, i64 m, i64 n, i64 k, T alpha, const T* a, i64 lda, const T* b, i64 ldb,
+            T beta, T* c, i64 ldc) override {
+    if (m == 0 || n == 0) return;
+    const int im = to_int(m, "m"), in = to_int(n, "n"), ik = to_int(k, "k");
+    const int ilda = to_int(std::max<i64>(lda, 1), "lda"), ildb = to_int(std::max<i64>(ldb, 1), "ldb"),
+              ildc = to_int(std::max<i64>(ldc, 1), "ldc");
+    blas::gemm(T{}, flag(trans_a), flag(trans_b), &im, &in, &ik, &alpha, a, &ilda, b, &ildb, &beta, c, &ildc,
+               std::size_t{1}, std::size_t{1});
+  }
+
+  void syrk_lower(Trans trans, i64 n, i64 k, T alpha, const T* a, i64 lda, T beta, T* c, i64 ldc) override {
+    if (n == 0) return;
+    const int in = to_int(n, "n"), ik = to_int(k, "k"), ilda = to_int(std::max<i64>(lda, 1), "lda"),
+              ildc = to_int(ldc, "ldc");
+    blas::syrk(T{}, "L", flag(trans), &in, &ik, &alpha, a, &ilda, &beta, c, &ildc, std::size_t{1}, std::size_t{1});
+  }
+
+  void trsm_left_lower(Trans trans, i64 m, i64 n, const T* l, i64 ldl, T* b, i64 ldb) override {
+    if (m == 0 || n == 0) return;
+    const int im = to_int(m, "m"), in = to_int(n, "n"), ildl = to_int(ldl, "ldl"), ildb = to_int(ldb, "ldb");
+    const T one = 1;
+    blas::trsm(T{}, "L", "L", flag(trans), "N", &im, &in, &one, l, &ildl, b, &ildb, std::size_t{1}, std::size_t{1},
+               std::size_t{1}, std::size_t{1});
+  }
+
+  void trmm_left_lower(i64 m, i64 n, const T* l, i64 ldl, T* b, i64 ldb) override {
+    if (m == 0 || n == 0) return;
+    const int im = to_int(m, "m"), in = to_int(n, "n"), ildl = to_int(ldl, "ldl"), ildb = to_int(ldb, "ldb");
+    const T one = 1;
+    blas::trmm(T{}, "L", "L", "N", "N", &im, &in, &one, l, &ildl, b, &ildb, std::size_t{1}, std::size_t{1},
+               std::size_t{1}, std::size_t{1});
+  }
+
+  i64 potrf_lower(i64 n, T* a, i64 lda) override {
+    const int in = to_int(n, "n"), ilda = to_int(lda, "lda");
+    int info = 0;
+    blas::potrf(T{}, "L", &in, a, &ilda, &info, std::size_t{1});
+    return info;
+  }
+
+  void potrs_lower(i64 n, i64 nrhs, const T* l, i64 ldl, T* b, i64 ldb) override {
+    const int in = to_int(n, "n"), inrhs = to_int(nrhs, "nrhs"), ildl = to_int(ldl, "ldl"),
+              ildb = to_int(ldb, "ldb");
+    int info = 0;
+    blas::potrs(T{}, "L", &in, &inrhs, l, &ildl, b, &ildb, &info, std::size_t{1});
+    if (info != 0) throw Error("potrs failed with info " + std::to_string(info));
+  }
+
+  i64 syevd_lower(i64 n, T* a, i64 lda, T* w) override {
+    const int in = to_int(n, "n"), ilda = to_int(lda, "lda");
+    int info = 0, lwork = -1, liwork = -1, iwork_size = 0;
+    T work_size = 0;
+    blas::syevd(T{}, "V", "L", &in, a, &ilda, w, &work_size, &lwork, &iwork_size, &liwork, &info, std::size_t{1},
+                std::size_t{1});
+    if (info != 0) return info;
+    lwork = static_cast<int>(work_size);
+    liwork = iwork_size;
+    T* work = workspace_.take<T>(lwork);
+    int* iwork = workspace_.take<int>(liwork);
+    blas::syevd(T{}, "V", "L", &in, a, &ilda, w, work, &lwork, iwork, &liwork, &info, std::size_t{1},
+                std::size_t{1});
+    return info;
+  }
+
+  void column_mean(i64 rows, i64 cols, const T* a, i64 lda, T* mean) override {
+    std::vector<double> sum(static_cast<std::size_t>(cols), 0.0);
+    for (i64 r = 0; r < rows; ++r) {
+      const T* row = a + r * lda;
+      for (i64 c = 0; c < cols; ++c) sum[c] += row[c];
+    }
+    for (i64 c = 0; c < cols; ++c) mean[c] = static_cast<T>(sum[c] / static_cast<double>(rows));
+  }
+
+  void axpby(i64 rows, i64 cols, T alpha, const T* a, i64 lda, T beta, const T* b, i64 ldb, T* out,
+             i64 ldo) override {
+    for (i64 r = 0; r < rows; ++r) {
+      const T* ar = a + r * lda;
+      const T* br = b + r * ldb;
+      T* o = out + r * ldo;
+      for (i64 c = 0; c < cols; ++c) o[c] = alpha * ar[c] + beta * br[c];
+    }
+  }
+
+  void add_row_vector(i64 rows, i64 cols, const T* a, i64 lda, T alpha, const T* v, T* out, i64 ldo) override {
+    for (i64 r = 0; r < rows; ++r) {
+      const T* ar = a + r * lda;
+      T* o = out + r * ldo;
+      for (i64 c = 0; c < cols; ++c) o[c] = ar[c] + alpha * v[c];
+    }
+  }
+
+  void scale_columns(i64 rows, i64 cols, T* a, i64 lda, const T* v) override {
+    for (i64 r = 0; r < rows; ++r) {
+      T* ar = a + r * lda;
+      for (i64 c = 0; c < cols; ++c) ar[c] *= v[c];
+    }
+  }
+
+  void residual(i64 rows, i64 cols, const T* y, const T* eta, i64 ld_eta, const T* g, i64 ldg, T* out,
+                i64 ldo) override {
+    for (i64 r = 0; r < rows; ++r) {
+      const T* gr = g + r * ldg;
+      T* o = out + r * ldo;
+      if (eta != nullptr) {
+        const T* er = eta + r * ld_eta;
+        for (i64 c = 0; c < cols; ++c) o[c] = y[c] + er[c] - gr[c];
+      } else {
+        for (i64 c = 0; c < cols; ++c) o[c] = y[c] - gr[c];
+      }
+    }
+  }
+
+  void gather_rows(i64 count, i64 cols, const std::int64_t* index, const T* a, i64 lda, T* out,
+                   i64 ldo) override {
+    for (i64 i = 0; i < count; ++i) std::copy(a + index[i] * lda, a + index[i] * lda + cols, out + i * ldo);
+  }
+
+  void fill_normal(i64 rows, i64 cols, std::uint64_t key, i64 first_row, double scale, const T* column_scale,
+                   T* out, i64 ldo) override {
+    for (i64 r = 0; r < rows; ++r) {
+      T* o = out + r * ldo;
+      const std::uint64_t base = static_cast<std::uint64_t>(first_row + r) * static_cast<std::uint64_t>(cols);
+      for (i64 c = 0; c < cols; ++c) {
+        const double z = scale * standard_normal(key, base + static_cast<std::uint64_t>(c));
+        o[c] = static_cast<T>(column_scale != nullptr ? z * column_scale[c] : z);
+      }
+    }
+  }
+
+  void add_diagonal(i64 n, T* a, i64 lda, T alpha, const T* v) override {
+    for (i64 i = 0; i < n; ++i) a[i * lda + i] += alpha * (v != nullptr ? v[i] : T{1});
+  }
+
+  void fold_centering(i64 n, const T* a, i64 lda, T* out, i64 ldo) override {
+    for (i64 i = 0; i < n; ++i) {
+      double row_sum = 0;
+      for (i64 k = 0; k < n; ++k) row_sum += a[i * lda + k];
+      const T shift = static_cast<T>(row_sum / static_cast<double>(n));
+      for (i64 k = 0; k < n; ++k) out[i * ldo + k] = a[i * lda + k] - shift + (i == k ? T{1} : T{0});
+    }
+  }
+
+  void scale_by_negative_step(i64 rows, i64 cols, T* a, i64 lda, double h, double eps, bool adaptive,
+                              T* step) override {
+    double sum_of_squares = 0;
+    for (i64 r = 0; r < rows; ++r)
+      for (i64 c = 0; c < cols; ++c) sum_of_squares += static_cast<double>(a[r * lda + c]) * a[r * lda + c];
+    const T h_n = static_cast<T>(adaptive ? h / (std::sqrt(sum_of_squares) + eps) : h);
+    *step = h_n;
+    for (i64 r = 0; r < rows; ++r)
+      for (i64 c = 0; c < cols; ++c) a[r * lda + c] *= -h_n;
+  }
+
+  void flag_nonfinite_rows(i64 rows, i64 cols, const T* a, i64 lda, std::int32_t* flags) override {
+    for (i64 r = 0; r < rows; ++r) {
+      const T* ar = a + r * lda;
+      for (i64 c = 0; c < cols; ++c) {
+        if (!std::isfinite(ar[c])) {
+          flags[r] = 1;
+          break;
+        }
+      }
+    }
+  }
+
+  i64 count_nonfinite(i64 rows, i64 cols, const T* a, i64 lda) override {
+    i64 count = 0;
+    for (i64 r = 0; r < rows; ++r)
+      for (i64 c = 0; c < cols; ++c) count += !std::isfinite(a[r * lda + c]);
+    return count;
+  }
+
+  i64 count_nonpositive(i64 rows, i64 cols, const T* a, i64 lda) override {
+    i64 count = 0;
+    for (i64 r = 0; r < rows; ++r)
+      for (i64 c = 0; c < cols; ++c) count += !(a[r * lda + c] > 0);
+    return count;
+  }
+
+  double mean_diagonal(i64 n, const T* a, i64 lda) override {
+    double sum = 0;
+    for (i64 i = 0; i < n; ++i) sum += a[i * lda + i];
+    return sum / static_cast<double>(n);
+  }
+
+  double centred_sum_of_squares(i64 rows, i64 cols, const T* a, i64 lda, const T* mean) override {
+    double sum = 0;
+    for (i64 r = 0; r < rows; ++r) {
+      const T* ar = a + r * lda;
+      for (i64 c = 0; c < cols; ++c) {
+        const double d = static_cast<double>(ar[c]) - mean[c];
+        sum += d * d;
+      }
+    }
+    return sum;
+  }
+
+  void divide_rows_clamped(i64 n, i64 nrhs, const T* w, T floor, T* b, i64 ldb) override {
+    for (i64 c = 0; c < nrhs; ++c)
+      for (i64 i = 0; i < n; ++i) b[i + c * ldb] /= std::max(w[i], floor);
+  }
+
+  void row_dots(i64 rows, i64 cols, const T* a, i64 lda, const T* b, i64 ldb, T* out) override {
+    for (i64 r = 0; r < rows; ++r) {
+      double sum = 0;
+      for (i64 c = 0; c < cols; ++c) sum += static_cast<double>(a[r * lda + c]) * b[r * ldb + c];
+      out[r] = static_cast<T>(sum);
+    }
+  }
+
+  void inverse_sqrt(i64 n, const T* v, T* out) override {
+    for (i64 i = 0; i < n; ++i) out[i] = static_cast<T>(1.0 / std::sqrt(static_cast<double>(v[i])));
+  }
+
+  i64 loss_gradient(Loss loss, i64 rows, i64 cols, i64 width, const T* z, i64 ldz, const T* y,
+                    const T* inverse_variance, double scalar_inverse_variance, T* values, T* grad,
+                    i64 ldg) override {
+    i64 invalid = 0;
+    for (i64 r = 0; r < rows; ++r) {
+      const T* zr = z + r * ldz;
+      T* gr = grad != nullptr ? grad + r * ldg : nullptr;
+      double value = 0;
+      switch (loss) {
+        case Loss::squared:
+          for (i64 c = 0; c < cols; ++c) {
+            const double iv = inverse_variance != nullptr ? inverse_variance[c] : scalar_inverse_variance;
+            const double d = static_cast<double>(zr[c]) - y[c];
+            value += 0.5 * d * d * iv;
+            if (gr) gr[c] = static_cast<T>(d * iv);
+          }
+          break;
+        case Loss::cross_entropy:
+          for (i64 c = 0; c < cols; ++c) {
+            if (y[c] == 0) {
+              if (gr) gr[c] = 0;
+              continue;
+            }
+            invalid += !(zr[c] > 0);
+            value -= static_cast<double>(y[c]) * std::log(static_cast<double>(zr[c]));
+            if (gr) gr[c] = static_cast<T>(-static_cast<double>(y[c]) / zr[c]);
+          }
+          break;
+        case Loss::cross_entropy_logits:
+          for (i64 e = 0; e < cols / width; ++e) value += softmax_cross_entropy(zr + e * width, y + e * width, width,
+                                                                               gr ? gr + e * width : nullptr);
+          break;
+        case Loss::gaussian_nll:
+          for (i64 e = 0; e < cols / width; ++e)
+            value += gaussian_nll(zr + e * width, y + e * (width / 2), width / 2, gr ? gr + e * width : nullptr,
+                                  invalid);
+          break;
+      }
+      values[r] = static_cast<T>(value);
+    }
+    return invalid;
+  }
+
+ private:
+  static double softmax_cross_entropy(const T* z, const T* y, i64 width, T* g) {
+    double max_z = -std::numeric_limits<double>::infinity(), sum_exp = 0, sum_y = 0;
+    for (i64 k = 0; k < width; ++k) max_z = std::max(max_z, static_cast<double>(z[k]));
+    for (i64 k = 0; k < width; ++k) sum_exp += std::exp(z[k] - max_z);
+    const double log_sum = std::log(sum_exp);
+    double value = 0;
+    for (i64 k = 0; k < width; ++k) {
+      value -= static_cast<double>(y[k]) * (z[k] - max_z - log_sum);
+      sum_y += y[k];
+    }
+    if (g != nullptr)
+      for (i64 k = 0; k < width; ++k) g[k] = static_cast<T>(sum_y * std::exp(z[k] - max_z) / sum_exp - y[k]);
+    return value;
+  }
+
+  static double gaussian_nll(const T* z, const T* y, i64 k, T* g, i64& invalid) {
+    constexpr double kTwoPi = 6.283185307179586;
+    double value = 0;
+    for (i64 i = 0; i < k; ++i) {
+      const double mu = z[i], sigma = z[k + i], d = static_cast<double>(y[i]) - mu;
+      invalid += !(sigma > 0);
+      value += 0.5 * std::log(kTwoPi * sigma * sigma) + d * d / (2 * sigma * sigma);
+      if (g != nullptr) {
+        g[i] = static_cast<T>(-d / (sigma * sigma));
+        g[k + i] = static_cast<T>(1 / sigma - d * d / (sigma * sigma * sigma));
+      }
+    }
+    return value;
+  }
+
+  Workspace& workspace_;
+};
+
+class CpuContext final : public Context {
+ public:
+  CpuContext() : workspace_(allocator_), float_backend_(workspace_), double_backend_(workspace_) {}
+
+  Device device() const override { return {}; }
+  void set_stream(void*) override {}
+  void* stream() const override { return nullptr; }
+  void synchronize() override {}
+  std::size_t workspace_bytes() const override { return workspace_.bytes(); }
+  void release_workspace() override { workspace_.release(); }
+  Backend<float>& backend(float) override { return float_backend_; }
+  Backend<double>& backend(double) override { return double_backend_; }
+
+ private:
+  CpuAllocator allocator_;
+  Workspace workspace_;
+  CpuBackend<float> float_backend_;
+  CpuBackend<double> double_backend_;
+};
+
+}  // namespace
+}  // namespace ekinet::detail
+
+namespace ekinet {
+std::unique_ptr<Context> make_cpu_context() { return std::make_unique<detail::CpuContext>(); }
+}  // namespace ekinet

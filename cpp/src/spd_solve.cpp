@@ -1,0 +1,56 @@
+#include "spd_solve.hpp"
+
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "ekinet/errors.hpp"
+
+namespace ekinet::detail {
+
+template <class T>
+void robust_spd_solve(Backend<T>& backend, i64 n, T* a, i64 lda, i64 nrhs, T* b, i64 ldb, UpdateReport& report) {
+  Workspace& workspace = backend.workspace();
+  T* original = workspace.take<T>(n * n);
+  backend.axpby(n, n, T{1}, a, lda, T{0}, a, lda, original, n);
+  if (backend.potrf_lower(n, a, lda) == 0) {
+    backend.potrs_lower(n, nrhs, a, lda, b, ldb);
+    return;
+  }
+
+  const double eps = std::numeric_limits<T>::epsilon();
+  const double mean_diagonal = backend.mean_diagonal(n, original, n);
+  if (std::isfinite(mean_diagonal)) {
+    const double jitter = std::sqrt(eps) * std::max(std::abs(mean_diagonal), double(std::numeric_limits<T>::min()));
+    backend.axpby(n, n, T{1}, original, n, T{0}, original, n, a, lda);
+    backend.add_diagonal(n, a, lda, static_cast<T>(jitter), nullptr);
+    if (backend.potrf_lower(n, a, lda) == 0) {
+      ++report.cholesky_jitter_retries;
+      backend.potrs_lower(n, nrhs, a, lda, b, ldb);
+      return;
+    }
+  }
+
+  backend.axpby(n, n, T{1}, original, n, T{0}, original, n, a, lda);
+  T* eigenvalues = workspace.take<T>(n);
+  const i64 info = backend.syevd_lower(n, a, lda, eigenvalues);
+  const double largest = info == 0 ? backend.read_scalar(eigenvalues + n - 1) : 0.0;
+  if (info != 0 || !std::isfinite(largest)) {
+    throw NumericalError("the " + std::to_string(n) + " x " + std::to_string(n) +
+                         " system of the Kalman gain could not be solved (Cholesky, jittered Cholesky and the "
+                         "eigen-decomposition all failed): the ensemble outputs or the noise covariance hold "
+                         "values too large or not finite");
+  }
+  ++report.eigen_fallbacks;
+  const T floor = static_cast<T>(std::max(largest, double(std::numeric_limits<T>::min())) * n * eps);
+  // X = V diag(1 / max(w, floor)) V^T B
+  T* projected = workspace.take<T>(n * nrhs);
+  backend.gemm(Trans::yes, Trans::no, n, nrhs, n, T{1}, a, lda, b, ldb, T{0}, projected, n);
+  backend.divide_rows_clamped(n, nrhs, eigenvalues, floor, projected, n);
+  backend.gemm(Trans::no, Trans::no, n, nrhs, n, T{1}, a, lda, projected, n, T{0}, b, ldb);
+}
+
+template void robust_spd_solve(Backend<float>&, i64, float*, i64, i64, float*, i64, UpdateReport&);
+template void robust_spd_solve(Backend<double>&, i64, double*, i64, i64, double*, i64, UpdateReport&);
+
+}  // namespace ekinet::detail

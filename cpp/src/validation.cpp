@@ -1,0 +1,38 @@
+#include "validation.hpp"
+
+#include "ekinet/errors.hpp"
+
+namespace ekinet::detail {
+
+std::string shape_string(i64 rows, i64 cols) { return "(" + std::to_string(rows) + ", " + std::to_string(cols) + ")"; }
+
+void ArgumentChecker::fail(const std::string& message) const {
+  throw InvalidArgument(std::string(operation_) + ": " + message);
+}
+
+void ArgumentChecker::array(const ConstMatrixView& view, const char* name) const {
+  if (view.dtype != dtype_) {
+    throw DTypeError(std::string(operation_) + ": " + name + " has dtype " + to_string(view.dtype) +
+                     " but the ensemble is " + to_string(dtype_) + "; pass every array in one dtype");
+  }
+  if (view.device.kind != device_.kind || view.device.index != device_.index) {
+    fail(std::string(name) + " is on " + to_string(view.device) + " but the context runs on " +
+         to_string(device_) + "; move the array or use a context for its device");
+  }
+  if (view.rows < 0 || view.cols < 0 || (view.rows > 1 && view.row_stride < view.cols)) {
+    fail(std::string(name) + " has an invalid layout: shape " + shape_string(view.rows, view.cols) +
+         " with row stride " + std::to_string(view.row_stride));
+  }
+  if (view.data == nullptr && view.size() > 0) fail(std::string(name) + " is a null pointer");
+}
+
+void ArgumentChecker::shape(const ConstMatrixView& view, const char* name, i64 rows, i64 cols,
+                            const char* meaning) const {
+  array(view, name);
+  if (view.rows != rows || view.cols != cols) {
+    fail(std::string(name) + " has shape " + shape_string(view.rows, view.cols) + " but " +
+         shape_string(rows, cols) + " was expected (" + meaning + ")");
+  }
+}
+
+}  // namespace ekinet::detail

@@ -1,0 +1,43 @@
+// Argument checks shared by every operation. Messages name the operation and the argument, and say what was
+// expected, what was got and, where it helps, what to do.
+#pragma once
+
+#include <string>
+
+#include "backend.hpp"
+#include "ekinet/context.hpp"
+
+namespace ekinet::detail {
+
+class ArgumentChecker {
+ public:
+  ArgumentChecker(const char* operation, const Context& context, DType dtype)
+      : operation_(operation), device_(context.device()), dtype_(dtype) {}
+
+  // Non-null, on the context's device, of the operation's dtype, with a valid row stride.
+  void array(const ConstMatrixView& view, const char* name) const;
+  // array() plus the exact shape; `meaning` explains the expectation ("one row per ensemble member").
+  void shape(const ConstMatrixView& view, const char* name, i64 rows, i64 cols, const char* meaning) const;
+  [[noreturn]] void fail(const std::string& message) const;
+
+  // Throws InvalidArgument when the view holds NaN or Inf.
+  template <class T>
+  void finite(Backend<T>& backend, const ConstMatrixView& view, const char* name) const {
+    const i64 bad = backend.count_nonfinite(view.rows, view.cols, view.as<T>(), view.row_stride);
+    if (bad > 0) {
+      fail(std::string(name) + " contains " + std::to_string(bad) + " NaN/Inf value" + (bad > 1 ? "s" : "") +
+           "; pass finite values");
+    }
+  }
+
+  const char* operation() const { return operation_; }
+
+ private:
+  const char* operation_;
+  Device device_;
+  DType dtype_;
+};
+
+std::string shape_string(i64 rows, i64 cols);
+
+}  // namespace ekinet::detail

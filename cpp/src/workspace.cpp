@@ -1,0 +1,51 @@
+#include <algorithm>
+
+#include "backend.hpp"
+#include "ekinet/errors.hpp"
+
+namespace ekinet::detail {
+
+namespace {
+constexpr std::size_t kAlignment = 256;  // cuBLAS/cuSOLVER and AVX-512 friendly
+std::size_t aligned(std::size_t bytes) { return (bytes + kAlignment - 1) / kAlignment * kAlignment; }
+}  // namespace
+
+Workspace::~Workspace() { release(); }
+
+void Workspace::reset() {
+  if (spill_count_ > 0) {
+    for (std::size_t i = 0; i < spill_count_; ++i) allocator_.deallocate(spills_[i]);
+    spill_count_ = 0;
+    if (block_ != nullptr) allocator_.deallocate(block_);
+    block_ = allocator_.allocate(high_water_);
+    capacity_ = high_water_;
+  }
+  used_ = 0;
+}
+
+void Workspace::release() {
+  for (std::size_t i = 0; i < spill_count_; ++i) allocator_.deallocate(spills_[i]);
+  spill_count_ = 0;
+  if (block_ != nullptr) allocator_.deallocate(block_);
+  block_ = nullptr;
+  capacity_ = used_ = high_water_ = 0;
+}
+
+void* Workspace::take_bytes(std::size_t bytes) {
+  bytes = aligned(std::max<std::size_t>(bytes, 1));
+  high_water_ = std::max(high_water_, used_ + bytes);
+  if (used_ + bytes <= capacity_) {
+    void* pointer = static_cast<char*>(block_) + used_;
+    used_ += bytes;
+    return pointer;
+  }
+  if (spill_count_ == kMaxSpills) {
+    throw Error("ekinet internal error: workspace spill limit exceeded");
+  }
+  void* pointer = allocator_.allocate(bytes);
+  spills_[spill_count_++] = pointer;
+  used_ += bytes;
+  return pointer;
+}
+
+}  // namespace ekinet::detail

@@ -1,0 +1,62 @@
+"""ekinet: training neural networks without back-propagation, by Ensemble Kalman Inversion.
+
+The heavy work runs in a C++ core (BLAS/LAPACK on the CPU, cuBLAS/cuSOLVER on NVIDIA GPUs); a readable
+NumPy/CuPy reference implementation of every algorithm lives in ekinet.reference.
+"""
+
+
+def _load_blas():
+    # The core links the BLAS of the scipy-openblas32 wheel; load it by absolute path so the extension finds
+    # it wherever pip put the two packages.
+    import ctypes
+    import os
+
+    import scipy_openblas32
+
+    ctypes.CDLL(os.path.join(scipy_openblas32.get_lib_dir(), "libscipy_openblas.so"), mode=ctypes.RTLD_GLOBAL)
+
+
+_load_blas()
+
+from . import losses, reference  # noqa: E402
+from ._core import BackendUnavailable, NumericalError  # noqa: E402
+from ._inputs import NumericalWarning  # noqa: E402
+from .eki import EKI, MinimizeResult, Randomization, minimize  # noqa: E402
+from .ensemble import ensemble_mean, ensemble_spread, randomize  # noqa: E402
+from .schedulers import AdaptiveStep, ConstantStep, DataMisfitController  # noqa: E402
+from .updates import kalman_update, loss_update, nesterov_extrapolate  # noqa: E402
+
+__version__ = "0.1.0"
+
+
+def build_info():
+    """What the native core was compiled with: version, CUDA (and toolkit, architectures), BLAS, compiler, and
+    the CUDA devices visible now."""
+    from . import _core
+
+    info = dict(_core.build_info())
+    info["cuda_devices"] = _core.cuda_device_count()
+    return info
+
+
+__all__ = [
+    "AdaptiveStep",
+    "BackendUnavailable",
+    "ConstantStep",
+    "DataMisfitController",
+    "EKI",
+    "MinimizeResult",
+    "NumericalError",
+    "NumericalWarning",
+    "Randomization",
+    "build_info",
+    "ensemble_mean",
+    "ensemble_spread",
+    "kalman_update",
+    "loss_update",
+    "losses",
+    "minimize",
+    "nesterov_extrapolate",
+    "randomize",
+    "reference",
+]

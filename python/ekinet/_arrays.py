@@ -1,0 +1,84 @@
+"""Arrays in and out: NumPy and CuPy natively, anything with __dlpack__ (PyTorch, JAX) through DLPack."""
+
+import numpy as np
+
+FLOAT_DTYPES = ("float32", "float64")
+_DLPACK_CPU = 1
+_DLPACK_CUDA = 2
+
+
+def is_cupy(a):
+    return type(a).__module__.startswith("cupy")
+
+
+def namespace_of(a):
+    if is_cupy(a):
+        import cupy
+
+        return cupy
+    return np
+
+
+def to_array(x, name):
+    """NumPy or CuPy array from x (array, DLPack producer, list, scalar); DLPack data is not copied."""
+    if isinstance(x, np.ndarray) or is_cupy(x):
+        return x
+    if hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
+        device_type = int(x.__dlpack_device__()[0])
+        if device_type == _DLPACK_CPU:
+            return np.from_dlpack(x)
+        if device_type == _DLPACK_CUDA:
+            import cupy
+
+            return cupy.from_dlpack(x)
+        raise ValueError(f"{name} lives on DLPack device type {device_type}; ekinet takes CPU or CUDA arrays")
+    try:
+        return np.asarray(x)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{name} must be an array (NumPy, CuPy or DLPack), got {type(x).__name__}") from error
+
+
+def like_input(result, original):
+    """Return result in the framework of the caller's original array (PyTorch and JAX via DLPack)."""
+    module = type(original).__module__
+    if module.startswith("torch"):
+        import torch
+
+        return torch.from_dlpack(result)
+    if module.startswith("jax") or module.startswith("jaxlib"):
+        import jax.numpy as jnp
+
+        return jnp.from_dlpack(result)
+    return result
+
+
+def floating(a, name):
+    """The array if its dtype is float32/float64, else TypeError naming the argument."""
+    if a.dtype.name not in FLOAT_DTYPES:
+        raise TypeError(f"{name} has dtype {a.dtype.name}; ekinet computes in float32 or float64 "
+                        f"(convert with {name}.astype('float32'))")
+    return a
+
+
+def same_dtype(a, name, dtype):
+    floating(a, name)
+    if a.dtype != dtype:
+        raise TypeError(f"{name} has dtype {a.dtype.name} but U is {dtype.name}; pass every ensemble-sized "
+                        f"array in one dtype (e.g. {name}.astype(U.dtype))")
+    return a
+
+
+def matrix(a, name, ndim_hint):
+    """2-D view of a (a vector becomes one row); TypeError/ValueError for other ranks."""
+    if a.ndim == 1:
+        return a.reshape(1, -1)
+    if a.ndim != 2:
+        raise ValueError(f"{name} has {a.ndim} dimensions; {ndim_hint}")
+    return a
+
+
+def same_namespace(a, name, xp):
+    if namespace_of(a) is not xp:
+        where = "a CuPy (GPU)" if xp is not np else "a NumPy (CPU)"
+        raise ValueError(f"{name} is not {where} array like U; pass all arrays on one device")
+    return a

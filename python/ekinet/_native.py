@@ -1,0 +1,52 @@
+"""The compiled core: one context per device and thread (a context owns handles and workspace)."""
+
+import threading
+
+import numpy as np
+
+from . import _core
+from ._arrays import is_cupy
+
+_local = threading.local()
+
+
+def cuda_built():
+    return bool(_core.build_info()["cuda"])
+
+
+def context_for(xp):
+    """The calling thread's context for NumPy (CPU) or CuPy (current device and stream) arrays."""
+    contexts = _local.__dict__.setdefault("contexts", {})
+    if xp is np:
+        if "cpu" not in contexts:
+            contexts["cpu"] = _core.make_cpu_context()
+        return contexts["cpu"]
+    device = xp.cuda.Device().id
+    key = f"cuda:{device}"
+    if key not in contexts:
+        contexts[key] = _core.make_cuda_context(device)
+    context = contexts[key]
+    context.set_stream(xp.cuda.get_current_stream().ptr)
+    return context
+
+
+def view(a):
+    """A _core.View of a 2-D (or 1-D, as one row) array with unit stride along its last axis."""
+    if a.ndim == 1:
+        a = a.reshape(1, -1)
+    itemsize = a.dtype.itemsize
+    if a.shape[1] > 1 and a.strides[1] != itemsize:
+        raise ValueError("internal: arrays passed to the native core need contiguous rows")
+    row_stride = a.strides[0] // itemsize if a.shape[0] > 1 else a.shape[1]
+    if is_cupy(a):
+        return _core.View(a.data.ptr, a.dtype.name, "cuda", a.device.id, a.shape[0], a.shape[1], row_stride)
+    return _core.View(a.ctypes.data, a.dtype.name, "cpu", 0, a.shape[0], a.shape[1], row_stride)
+
+
+def rows_contiguous(xp, a):
+    """a itself when each row is contiguous, else a contiguous copy."""
+    if a.ndim == 2 and a.shape[1] > 1 and a.strides[1] != a.dtype.itemsize:
+        return xp.ascontiguousarray(a)
+    if a.ndim == 2 and a.shape[0] > 1 and a.strides[0] < 0:
+        return xp.ascontiguousarray(a)
+    return a

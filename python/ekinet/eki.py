@@ -1,0 +1,233 @@
+"""EKI as an ask/tell optimiser for black-box forward models, and a minimize() loop with a progress bar."""
+
+import dataclasses
+
+import numpy as np
+
+from . import losses
+from ._arrays import namespace_of
+from ._inputs import ensemble, seed_from
+from .ensemble import ensemble_mean, ensemble_spread, randomize
+from .schedulers import AdaptiveStep, ConstantStep, DataMisfitController
+from .updates import kalman_update, loss_update, nesterov_extrapolate
+
+METHODS = ("kalman", "loss")
+
+
+@dataclasses.dataclass
+class Randomization:
+    """EKI(R): every `every` updates, u_j <- ubar + gamma(n) xi_j with gamma(n) = scale * decay**n and xi_j
+    drawn from the centred prior N(0, prior_std^2) (prior_std: one value or one per parameter)."""
+
+    scale: float = 0.1
+    every: int = 1
+    decay: float = 1.0
+    prior_std: object = 1.0
+
+    def gamma(self, n):
+        return self.scale * self.decay**n
+
+
+class EKI:
+    """Ensemble Kalman inversion of a black-box forward model, driven by ask() and tell().
+
+    >>> opt = EKI(U0, noise_cov=0.01, rng=0)
+    >>> for _ in range(20):
+    ...     U = opt.ask()                      # (J, P) parameters to evaluate
+    ...     opt.tell(forward(U), y)            # (J, M) outputs; the Kalman update
+    >>> opt.mean, opt.history[-1]
+
+    method : "kalman" (the EKI update, needs y) or "loss" (the general-loss scheme, needs grad, or y for the
+        least-squares loss).
+    scheduler : ConstantStep(h), AdaptiveStep(h) (loss scheme) or DataMisfitController() (Kalman); default
+        ConstantStep(1) for "kalman" and AdaptiveStep(1) for "loss".
+    momentum : Nesterov acceleration (MEKI), v_{n+1} = u_{n+1} + n/(n+3) (u_{n+1} - u_n).
+    randomization : a Randomization for EKI(R), or None.
+    perturb : "kalman" only: draw perturbed observations eta_j ~ N(0, Gamma/h) (True) or not.
+    """
+
+    def __init__(self, U0, *, noise_cov=1.0, method="kalman", scheduler=None, momentum=False, randomization=None,
+                 perturb=True, formulation="auto", on_failure="redraw", rng=None, backend="auto"):
+        if method not in METHODS:
+            raise ValueError(f"method = {method!r} is not one of {', '.join(map(repr, METHODS))}")
+        _, U0 = ensemble(U0, "U0")
+        self.method = method
+        self.noise_cov = noise_cov
+        self.scheduler = scheduler or (ConstantStep(1.0) if method == "kalman" else AdaptiveStep(1.0))
+        if method == "kalman" and isinstance(self.scheduler, AdaptiveStep):
+            raise ValueError("AdaptiveStep belongs to the loss scheme; use ConstantStep or DataMisfitController")
+        self.momentum = bool(momentum)
+        self.randomization = randomization
+        self.perturb = bool(perturb)
+        self.formulation = formulation
+        self.on_failure = on_failure
+        self.backend = backend
+        self._rng = np.random.default_rng(seed_from(rng))
+        self._U = U0.copy()
+        self._V = self._U  # where the forward model is evaluated (differs from U under momentum)
+        self.iteration = 0
+        self.history = []
+        self._best = None
+
+    @property
+    def ensemble(self):
+        """The current ensemble U (J, P)."""
+        return self._U
+
+    @property
+    def mean(self):
+        return ensemble_mean(self._U, backend=self.backend)
+
+    @property
+    def best(self):
+        """The member with the lowest loss at the last tell() (the paper's u^(j*))."""
+        return self._best
+
+    @property
+    def finished(self):
+        return bool(getattr(self.scheduler, "finished", False))
+
+    def ask(self):
+        """The ensemble whose outputs the next tell() expects."""
+        return self._V
+
+    def tell(self, G, y=None, *, grad=None, loss_values=None):
+        """Update with the outputs G (J, M) of the ensemble from ask().
+
+        kalman: y (M,) is required. loss: grad (J, M) from a loss of ekinet.losses (or y alone for the
+        least-squares loss with noise_cov); loss_values (J,) are recorded in the history when given.
+        Returns the new ensemble.
+        """
+        if self.finished:
+            raise RuntimeError("the DataMisfitController reached its terminal time; no further update is made")
+        V = self._V
+        xp = namespace_of(V)
+        G = xp.asarray(G)
+        if y is not None:
+            misfits, grad_squared = losses.squared(G, xp.asarray(y, dtype=G.dtype), noise_cov=self.noise_cov,
+                                                   backend=self.backend)
+        if self.method == "kalman":
+            if y is None:
+                raise ValueError("method='kalman' needs the data y: tell(G, y)")
+            step = self.scheduler.next_step(_host(misfits), G.shape[1])
+            U_new, info = kalman_update(
+                V, G, y, self.noise_cov, rng=self._rng if self.perturb else None, step=step,
+                formulation=self.formulation, backend=self.backend, on_failure=self.on_failure, return_info=True)
+        else:
+            if grad is None:
+                if y is None:
+                    raise ValueError("method='loss' needs grad= (see ekinet.losses) or y for the least-squares loss")
+                grad = grad_squared
+            if loss_values is None and y is not None:
+                loss_values = misfits
+            step = self.scheduler.next_step(None if loss_values is None else _host(loss_values), G.shape[1])
+            U_new, _, info = loss_update(V, G, grad, step=step, adaptive=self.scheduler.adaptive,
+                                         eps=getattr(self.scheduler, "eps", 1e-8), backend=self.backend,
+                                         on_failure=self.on_failure, rng=self._rng, return_info=True)
+        member_loss = _host(misfits) if y is not None else (None if loss_values is None else _host(loss_values))
+        self._record(V, G, member_loss, info)
+        self._advance(U_new)
+        return self._U
+
+    def randomize(self, scale=None):
+        """Apply the EKI(R) randomisation now (e.g. at the end of an epoch); scale defaults to gamma(n)."""
+        spec = self.randomization or Randomization()
+        gamma = spec.gamma(self.iteration) if scale is None else scale
+        self._U = randomize(self._U, gamma, prior_std=spec.prior_std, rng=self._rng, backend=self.backend)
+        self._V = self._U
+        return self._U
+
+    def _advance(self, U_new):
+        self.iteration += 1
+        if self.momentum:
+            coefficient = (self.iteration - 1) / (self.iteration + 2)  # n / (n + 3) with n = iteration - 1
+            self._V = nesterov_extrapolate(U_new, self._U, coefficient, backend=self.backend)
+        else:
+            self._V = U_new
+        self._U = U_new
+        spec = self.randomization
+        if spec is not None and spec.every and self.iteration % spec.every == 0:
+            self.randomize()
+
+    def _record(self, V, G, member_loss, info):
+        record = {
+            "iteration": self.iteration,
+            "step": float(info["step"]),
+            "formulation": info["formulation"],
+            "failed_members": int(info["failed_members"]),
+            "spread": float(ensemble_spread(V, backend=self.backend)),
+        }
+        if member_loss is not None:
+            finite = np.isfinite(member_loss)
+            best = int(np.argmin(np.where(finite, member_loss, np.inf)))
+            record.update(best_member=best, best_loss=float(member_loss[best]),
+                          mean_member_loss=float(member_loss[finite].mean()) if finite.any() else float("nan"))
+            self._best = V[best].copy()
+        self.history.append(record)
+
+    def history_arrays(self):
+        """The history as a dict of NumPy arrays, one entry per recorded quantity."""
+        keys = [k for k in self.history[0] if k != "formulation"] if self.history else []
+        return {k: np.array([r.get(k, np.nan) for r in self.history]) for k in keys}
+
+    def plot_history(self, ax=None, keys=("mean_member_loss", "best_loss", "mean_particle_loss")):
+        """Learning curves (needs matplotlib); returns the axes."""
+        import matplotlib.pyplot as plt
+
+        ax = ax or plt.gca()
+        arrays = self.history_arrays()
+        for key in keys:
+            if key in arrays:
+                ax.semilogy(arrays["iteration"], arrays[key], label=key.replace("_", " "))
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("loss")
+        ax.legend()
+        return ax
+
+
+@dataclasses.dataclass
+class MinimizeResult:
+    mean: object
+    best: object
+    ensemble: object
+    history: list
+    optimizer: EKI
+
+
+def minimize(forward, U0, y, *, noise_cov=1.0, iterations=20, batched=True, progress=True, callback=None,
+             **options):
+    """Run EKI on forward(U) -> G for `iterations` updates; records the loss of the mean particle.
+
+    forward : with batched=True takes the (J, P) ensemble and returns (J, M) outputs; with batched=False it
+        takes one parameter vector (P,) and returns (M,) outputs.
+    options : passed to EKI (method, scheduler, momentum, randomization, rng, backend, ...).
+    Returns a MinimizeResult (mean, best, ensemble, history, optimizer).
+    """
+    from tqdm.auto import tqdm
+
+    optimizer = EKI(U0, noise_cov=noise_cov, **options)
+    xp = namespace_of(optimizer.ensemble)
+    y = xp.asarray(y)
+
+    def evaluate(U):
+        if batched:
+            return xp.asarray(forward(U))
+        return xp.stack([xp.asarray(forward(u)) for u in U])
+
+    bar = tqdm(range(iterations), disable=not progress, desc="EKI", unit="it")
+    for _ in bar:
+        if optimizer.finished:
+            break
+        optimizer.tell(evaluate(optimizer.ask()), y)
+        mean = optimizer.mean
+        mean_loss, _ = losses.squared(evaluate(xp.stack([mean, mean])), y.astype(mean.dtype), noise_cov=noise_cov,
+                                      backend=optimizer.backend)
+        optimizer.history[-1]["mean_particle_loss"] = float(_host(mean_loss)[0])
+        bar.set_postfix(loss=f"{optimizer.history[-1]['mean_particle_loss']:.4g}")
+        if callback is not None:
+            callback(optimizer)
+    return MinimizeResult(optimizer.mean, optimizer.best, optimizer.ensemble, optimizer.history, optimizer)
+
+
+def _host(a):
+    return a.get() if hasattr(a, "get") else np.asarray(a)

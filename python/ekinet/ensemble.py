@@ -1,0 +1,55 @@
+"""Ensemble statistics and EKI(R) randomisation (eki-math sections 3 and 4)."""
+
+from . import _core, reference
+from ._arrays import like_input, to_array
+from ._backend import resolve
+from ._inputs import ensemble, member_matrix, require_finite, seed_from
+from ._native import context_for, view
+
+
+def ensemble_mean(U, *, backend="auto"):
+    """ubar = (1/J) sum_j u_j, shape (P,)."""
+    original = U
+    xp, U = ensemble(U)
+    if resolve(backend, xp) == "reference":
+        return like_input(reference.ensemble_mean(U), original)
+    mean = xp.empty(U.shape[1], dtype=U.dtype)
+    _core.ensemble_mean(context_for(xp), view(U), view(mean))
+    return like_input(mean, original)
+
+
+def ensemble_spread(U, *, backend="auto"):
+    """Trace of the parameter covariance, (1/J) sum_j |u_j - ubar|^2, without forming it."""
+    xp, U = ensemble(U)
+    if resolve(backend, xp) == "reference":
+        return reference.ensemble_spread(U)
+    return _core.ensemble_spread(context_for(xp), view(U))
+
+
+def randomize(U, scale, *, prior_std=1.0, rng=0, xi=None, backend="auto"):
+    """EKI(R): u_j <- ubar + scale * xi_j.
+
+    xi_j = prior_std * z_j with z_j standard normal drawn from `rng` (int seed or numpy Generator), where
+    prior_std is one value or one per parameter (e.g. the Glorot scales of a network); or give the prior
+    samples xi (J, P) directly. Returns a new ensemble.
+    """
+    original = U
+    xp, U = ensemble(U)
+    if not scale >= 0:
+        raise ValueError(f"scale = {scale} must be non-negative")
+    std = xp.asarray(to_array(prior_std, "prior_std"), dtype=U.dtype).reshape(1, -1)
+    if std.shape[1] not in (1, U.shape[1]):
+        raise ValueError(f"prior_std has {std.shape[1]} values; pass one, or one per parameter ({U.shape[1]})")
+    if xi is not None:
+        xi = member_matrix(xi, "xi", xp, U, U.shape[1], "one prior sample per member, like U")
+    seed = seed_from(rng)
+    if resolve(backend, xp) == "reference":
+        require_finite(xp, U, "U")
+        out = reference.randomize(U, scale, prior_std=std.reshape(-1), seed=seed, xi=xi)
+        return like_input(out, original)
+    out = xp.empty_like(U, order="C")
+    if xi is None:
+        _core.randomize(context_for(xp), view(U), float(scale), view(xp.ascontiguousarray(std)), seed, view(out))
+    else:
+        _core.randomize_with(context_for(xp), view(U), float(scale), view(xi), view(out))
+    return like_input(out, original)

@@ -1,0 +1,33 @@
+"""The general-loss scheme of Kovachki & Stuart, eki-math section 2."""
+
+import numpy as np
+
+from ._common import check_survivors, failed_members, namespace, new_report, redraw_failed
+
+
+def loss_update(U, G, grad, *, step, adaptive=True, eps=1e-8, on_failure="redraw", redraw_seed=0):
+    """u_{n+1} = u_n - h_n D u_n, D^{jk} = (1/J) <G_k - Gbar, g_j>, h_n = h / (||D||_F + eps) when adaptive.
+
+    Returns (U_new, report) with report["step"] = h_n.
+    """
+    xp = namespace(U, G, grad)
+    if not step > 0 or not np.isfinite(step):
+        raise ValueError(f"loss_update: step = {step} must be a positive finite number")
+    failed = failed_members(xp, G, grad)
+    check_survivors(failed, on_failure, "loss_update", "G or grad")
+    survivors = xp.flatnonzero(~failed)
+    Us, Gs, gs = U[survivors], G[survivors], grad[survivors]
+    J = Us.shape[0]
+
+    D = gs @ (Gs - Gs.mean(axis=0)).T / J
+    h = step / (float(xp.linalg.norm(D)) + eps) if adaptive else step
+    U_new = U.copy()
+    U_new[survivors] = Us - h * (D @ (Us - Us.mean(axis=0)))  # D u = D (u - ubar): rows of D-bar sum to 0
+    report = new_report("ensemble", h)
+    report["failed_members"] = int(failed.sum())
+    return redraw_failed(xp, U_new, failed, redraw_seed), report
+
+
+def nesterov_extrapolate(U_new, U_old, coefficient):
+    """v = u_new + c (u_new - u_old); MEKI uses c = n / (n + 3)."""
+    return U_new + coefficient * (U_new - U_old)
