@@ -8,13 +8,33 @@
 
 namespace ekinet::detail {
 
+namespace {
+
+// Some LAPACKs let NaN or overflow through potrf; a solution that is not finite is never returned.
+template <class T>
+void require_finite_solution(Backend<T>& backend, i64 n, i64 nrhs, const T* b, i64 ldb) {
+  if (backend.count_nonfinite(nrhs, n, b, ldb) > 0) {
+    throw NumericalError("the " + std::to_string(n) + " x " + std::to_string(n) +
+                         " system of the Kalman gain gave a non-finite solution: the ensemble outputs or the noise "
+                         "covariance hold values too large (overflow) or not finite");
+  }
+}
+
+template <class T>
+void cholesky_solve(Backend<T>& backend, i64 n, const T* factor, i64 lda, i64 nrhs, T* b, i64 ldb) {
+  backend.potrs_lower(n, nrhs, factor, lda, b, ldb);
+  require_finite_solution(backend, n, nrhs, b, ldb);
+}
+
+}  // namespace
+
 template <class T>
 void robust_spd_solve(Backend<T>& backend, i64 n, T* a, i64 lda, i64 nrhs, T* b, i64 ldb, UpdateReport& report) {
   Workspace& workspace = backend.workspace();
   T* original = workspace.take<T>(n * n);
   backend.axpby(n, n, T{1}, a, lda, T{0}, a, lda, original, n);
   if (backend.potrf_lower(n, a, lda) == 0) {
-    backend.potrs_lower(n, nrhs, a, lda, b, ldb);
+    cholesky_solve(backend, n, a, lda, nrhs, b, ldb);
     return;
   }
 
@@ -26,7 +46,7 @@ void robust_spd_solve(Backend<T>& backend, i64 n, T* a, i64 lda, i64 nrhs, T* b,
     backend.add_diagonal(n, a, lda, static_cast<T>(jitter), nullptr);
     if (backend.potrf_lower(n, a, lda) == 0) {
       ++report.cholesky_jitter_retries;
-      backend.potrs_lower(n, nrhs, a, lda, b, ldb);
+      cholesky_solve(backend, n, a, lda, nrhs, b, ldb);
       return;
     }
   }
@@ -48,6 +68,7 @@ void robust_spd_solve(Backend<T>& backend, i64 n, T* a, i64 lda, i64 nrhs, T* b,
   backend.gemm(Trans::yes, Trans::no, n, nrhs, n, T{1}, a, lda, b, ldb, T{0}, projected, n);
   backend.divide_rows_clamped(n, nrhs, eigenvalues, floor, projected, n);
   backend.gemm(Trans::no, Trans::no, n, nrhs, n, T{1}, a, lda, projected, n, T{0}, b, ldb);
+  require_finite_solution(backend, n, nrhs, b, ldb);
 }
 
 template void robust_spd_solve(Backend<float>&, i64, float*, i64, i64, float*, i64, UpdateReport&);

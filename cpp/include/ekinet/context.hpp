@@ -34,7 +34,8 @@ class Context {
 };
 
 std::unique_ptr<Context> make_cpu_context();
-// Throws BackendUnavailable when ekinet was built without CUDA or the device does not exist.
+// Throws BackendUnavailable when ekinet was built without CUDA or no CUDA device is present, InvalidArgument
+// for a device index out of range.
 // stream == nullptr uses the default stream.
 std::unique_ptr<Context> make_cuda_context(int device = 0, void* stream = nullptr);
 

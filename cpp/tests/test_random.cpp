@@ -1,0 +1,52 @@
+#include "test_support.hpp"
+
+namespace ekinet::testing {
+namespace {
+
+TEST(CounterRandom, IsDeterministicAndStandardNormal) {
+  const std::uint64_t key = stream_key(7, RandomStream::perturbation);
+  EXPECT_EQ(standard_normal(key, 12345), standard_normal(key, 12345));
+  EXPECT_NE(standard_normal(key, 1), standard_normal(stream_key(7, RandomStream::redraw), 1));
+  const int n = 200000;
+  double sum = 0, sum_squares = 0, sum_fourth = 0;
+  for (int i = 0; i < n; ++i) {
+    const double z = standard_normal(key, static_cast<std::uint64_t>(i));
+    sum += z;
+    sum_squares += z * z;
+    sum_fourth += z * z * z * z;
+  }
+  EXPECT_NEAR(sum / n, 0.0, 5 / std::sqrt(n));                 // 5 standard errors
+  EXPECT_NEAR(sum_squares / n, 1.0, 5 * std::sqrt(2.0 / n));
+  EXPECT_NEAR(sum_fourth / n, 3.0, 5 * std::sqrt(96.0 / n));
+}
+
+class Randomization : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override { EKINET_SKIP_UNLESS_AVAILABLE(GetParam()); }
+};
+INSTANTIATE_TEST_SUITE_P(Devices, Randomization, ::testing::ValuesIn(devices()));
+
+TEST_P(Randomization, RedrawsAroundTheMeanWithThePriorScale) {
+  const std::int64_t J = 4000, P = 3;
+  const Matrix U = random_matrix(J, P, 5);
+  Harness harness(GetParam());
+  const MatrixView out = harness.zeros(J, P);
+  randomize(harness.context(), harness.upload(U, J, P), 0.5, harness.upload({1.0, 2.0, 0.0}, 1, P), 9, out);
+  const Matrix r = harness.download(out);
+  Matrix mean(P, 0.0), new_mean(P, 0.0), variance(P, 0.0);
+  for (std::int64_t j = 0; j < J; ++j)
+    for (std::int64_t p = 0; p < P; ++p) {
+      mean[p] += U[j * P + p] / J;
+      new_mean[p] += r[j * P + p] / J;
+    }
+  for (std::int64_t j = 0; j < J; ++j)
+    for (std::int64_t p = 0; p < P; ++p) variance[p] += std::pow(r[j * P + p] - new_mean[p], 2) / J;
+  EXPECT_NEAR(std::sqrt(variance[0]), 0.5, 0.03);
+  EXPECT_NEAR(std::sqrt(variance[1]), 1.0, 0.06);
+  EXPECT_NEAR(variance[2], 0.0, 1e-20);  // a zero prior scale leaves that parameter at the mean
+  EXPECT_NEAR(new_mean[2], mean[2], 1e-12);
+  EXPECT_NEAR(ensemble_spread(harness.context(), out), variance[0] + variance[1] + variance[2], 1e-9);
+}
+
+}  // namespace
+}  // namespace ekinet::testing

@@ -1,0 +1,137 @@
+"""Shared fixtures and helpers of the ekinet test suite.
+
+Helpers are plain functions (imported by the test modules with ``from conftest import ...``; pytest puts this
+directory on sys.path) and the most used ones are also fixtures.
+"""
+
+import zlib
+
+import numpy as np
+import pytest
+
+import ekinet
+
+# (J, P, M) shapes for the Kalman and loss updates: J = 2, P = 1, M = 1, M >> J, J >> M, P >> J, square-ish.
+SHAPES = [
+    (2, 1, 1),
+    (2, 3, 4),
+    (3, 1, 5),
+    (4, 50, 120),  # M >> J
+    (60, 5, 3),  # J >> M
+    (10, 200, 8),  # P >> J
+    (7, 1, 30),  # P = 1, M >> J
+    (30, 40, 30),
+    (5, 7, 2),
+]
+SHAPE_IDS = [f"J{J}-P{P}-M{M}" for J, P, M in SHAPES]
+NOISE_KINDS = ("scalar", "diagonal", "full")
+FORMULATIONS = ("ensemble", "observation")
+PERTURBATIONS = ("none", "given", "seeded")
+STEPS = (0.1, 1.0, 10.0)
+
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+def random_spd(rng, M, condition=10.0):
+    """A random symmetric positive definite M x M matrix with eigenvalues spread log-uniformly in [1, condition]
+    (times 0.5), built as Q diag(w) Q^T with a random orthogonal Q."""
+    Q, _ = np.linalg.qr(rng.standard_normal((M, M)))
+    w = 0.5 * np.geomspace(1.0, condition, M) if M > 1 else np.array([0.5])
+    A = (Q * w) @ Q.T
+    return (A + A.T) / 2
+
+
+def make_noise(kind, M, rng, dtype=np.float64):
+    """Gamma in the form the API takes: a Python float, (M,) variances or an (M, M) SPD matrix."""
+    if kind == "scalar":
+        return 0.3
+    if kind == "diagonal":
+        return rng.uniform(0.1, 1.0, M).astype(dtype)
+    if kind == "full":
+        return random_spd(rng, M).astype(dtype)
+    raise ValueError(kind)
+
+
+def noise_matrix(noise, M):
+    """Gamma as a dense float64 M x M matrix."""
+    if np.isscalar(noise):
+        return float(noise) * np.eye(M)
+    noise = np.asarray(noise, dtype=np.float64)
+    if noise.ndim == 1:
+        return np.diag(noise)
+    return noise
+
+
+def make_problem(J, P, M, rng, dtype=np.float64):
+    """A random ensemble U (J, P), outputs G (J, M) of a mildly nonlinear map of U, and data y (M,)."""
+    U = rng.standard_normal((J, P))
+    A = rng.standard_normal((P, M)) / np.sqrt(P)
+    G = np.tanh(U @ A) + 0.3 * rng.standard_normal((J, M))
+    y = rng.standard_normal(M)
+    return U.astype(dtype), G.astype(dtype), y.astype(dtype)
+
+
+def textbook_kalman(U, G, y, Gamma, step=1.0, eta=None):
+    """eki-math section 1 written out literally in float64:
+    u_j + C^uw (C^ww + Gamma/h)^{-1} (y + eta_j - G_j), C^uw = dU^T dG / J, C^ww = dG^T dG / J."""
+    U, G, y, Gamma = (np.asarray(a, dtype=np.float64) for a in (U, G, y, Gamma))
+    J = U.shape[0]
+    dU = U - U.mean(axis=0)
+    dG = G - G.mean(axis=0)
+    C_uw = dU.T @ dG / J
+    C_ww = dG.T @ dG / J
+    Y = y[None, :] + (0.0 if eta is None else np.asarray(eta, dtype=np.float64))
+    gain = C_uw @ np.linalg.inv(C_ww + Gamma / step)
+    return U + (Y - G) @ gain.T
+
+
+def kalman_system_condition(G, Gamma, step, formulation):
+    """Condition number of the SPD system each formulation factorises (float64)."""
+    G = np.asarray(G, dtype=np.float64)
+    J = G.shape[0]
+    dG = G - G.mean(axis=0)
+    if formulation == "observation":
+        system = dG.T @ dG / J + Gamma / step
+    else:
+        system = dG @ np.linalg.solve(Gamma, dG.T) + (J / step) * np.eye(J)
+    return float(np.linalg.cond(system))
+
+
+def perturbation_kwargs(kind, J, M, rng, dtype=np.float64):
+    if kind == "none":
+        return {}
+    if kind == "given":
+        return {"perturbation": (0.5 * rng.standard_normal((J, M))).astype(dtype)}
+    if kind == "seeded":
+        return {"rng": 12345}
+    raise ValueError(kind)
+
+
+def assert_update_close(got, expected, U, rtol, what=""):
+    """max |got - expected| <= rtol * max |expected - U|: the error relative to the size of the update."""
+    got = np.asarray(got, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    size = float(np.max(np.abs(expected - np.asarray(U, dtype=np.float64))))
+    error = float(np.max(np.abs(got - expected)))
+    assert np.all(np.isfinite(got)), f"{what}: non-finite entries"
+    assert error <= rtol * size, f"{what}: error {error:.3e} > {rtol:.1e} x update size {size:.3e}"
+
+
+def orthogonal_complement_residual(V, base, directions):
+    """Largest norm of the part of each row of V - base orthogonal to the row span of `directions`."""
+    Q, s, _ = np.linalg.svd(directions.T, full_matrices=False)
+    Q = Q[:, s > s[0] * 1e-10]
+    D = V - base
+    residual = D - (D @ Q) @ Q.T
+    return float(np.max(np.linalg.norm(residual, axis=1)))
+
+
+@pytest.fixture
+def rng(request):
+    """A NumPy generator seeded from the test's name, so every test draws its own reproducible numbers."""
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture(scope="session")
+def cpu_context():
+    return ekinet._native.context_for(np)
