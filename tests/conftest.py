@@ -135,3 +135,57 @@ def rng(request):
 @pytest.fixture(scope="session")
 def cpu_context():
     return ekinet._native.context_for(np)
+
+
+# The counter-based generator of cpp/include/ekinet/random.hpp, re-implemented here from its comment so the
+# tests do not depend on the library's own reference code for the random numbers.
+_GOLDEN = 0x9E3779B97F4A7C15
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64_int(x):
+    x = (x + _GOLDEN) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def counter_normal_int(seed, stream, index):
+    """Draw `index` of (seed, stream), in pure Python integer arithmetic and the math module."""
+    import math
+
+    key = _splitmix64_int((seed & _MASK64) ^ ((stream * 0xD1B54A32D192ED03) & _MASK64))
+    bits = _splitmix64_int((key + index * _GOLDEN) & _MASK64)
+    u1 = ((bits >> 32) + 1.0) * 2.0**-32
+    u2 = (bits & 0xFFFFFFFF) * 2.0**-32
+    return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+
+
+def counter_normals(seed, stream, rows, cols):
+    """rows x cols draws of (seed, stream), entry (r, c) being draw r * cols + c (vectorised with uint64)."""
+
+    def splitmix(x):
+        x = x + np.uint64(_GOLDEN)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+    key = np.uint64(_splitmix64_int((seed & _MASK64) ^ ((stream * 0xD1B54A32D192ED03) & _MASK64)))
+    with np.errstate(over="ignore"):
+        index = np.arange(rows * cols, dtype=np.uint64).reshape(rows, cols)
+        bits = splitmix(key + index * np.uint64(_GOLDEN))
+    u1 = ((bits >> np.uint64(32)).astype(np.float64) + 1.0) * 2.0**-32
+    u2 = (bits & np.uint64(0xFFFFFFFF)).astype(np.float64) * 2.0**-32
+    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+
+
+def coloured_perturbation(noise, M, seed, J, step):
+    """eta_j ~ N(0, Gamma/h) as eki-math and random.hpp define it: z from stream 1 (perturbation), coloured by
+    sqrt(gamma), sqrt(d) or the lower Cholesky factor of Gamma, divided by sqrt(h)."""
+    z = counter_normals(seed, 1, J, M)
+    if np.isscalar(noise):
+        return np.sqrt(noise / step) * z
+    noise = np.asarray(noise, dtype=np.float64)
+    if noise.ndim == 1:
+        return z * np.sqrt(noise / step)
+    return z @ np.linalg.cholesky(noise).T / np.sqrt(step)
