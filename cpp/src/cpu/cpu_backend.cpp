@@ -7,6 +7,7 @@
 #include <limits>
 #include <new>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "backend.hpp"
@@ -27,6 +28,42 @@ int to_int(i64 value, const char* what) {
 }
 
 const char* flag(Trans trans) { return trans == Trans::yes ? "T" : "N"; }
+
+// Runs body(first, last) over [0, count) split across the cores when there are at least `grain` elements
+// of work per thread: the memory-bound passes over J x P ensembles are otherwise single-threaded next to a
+// multithreaded BLAS. Chunks are contiguous and ordered, so reductions combined in order are deterministic.
+template <class Body>
+void parallel_ranges(i64 count, i64 work_per_item, Body body) {
+  constexpr i64 kGrain = i64{1} << 18;
+  const i64 hardware = std::max<i64>(1, static_cast<i64>(std::thread::hardware_concurrency()));
+  const i64 threads = std::clamp<i64>(count * work_per_item / kGrain, 1, std::min(hardware, count));
+  if (threads <= 1) {
+    body(i64{0}, count, i64{0});
+    return;
+  }
+  std::vector<std::thread> workers;
+  const i64 chunk = (count + threads - 1) / threads;
+  for (i64 t = 1; t < threads; ++t) {
+    const i64 first = t * chunk, last = std::min(count, first + chunk);
+    if (first < last) workers.emplace_back(body, first, last, t);
+  }
+  body(i64{0}, std::min(count, chunk), i64{0});
+  for (std::thread& worker : workers) worker.join();
+}
+
+i64 worker_slots() { return std::max<i64>(1, static_cast<i64>(std::thread::hardware_concurrency())); }
+
+// NaN or Inf: all exponent bits set. An integer test the compiler vectorises, unlike std::isfinite.
+inline bool nonfinite(float x) {
+  std::uint32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  return (bits & 0x7F800000u) == 0x7F800000u;
+}
+inline bool nonfinite(double x) {
+  std::uint64_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  return (bits & 0x7FF0000000000000ull) == 0x7FF0000000000000ull;
+}
 
 class CpuAllocator final : public Allocator {
  public:
@@ -120,29 +157,35 @@ class CpuBackend final : public Backend<T> {
 
   void column_mean(i64 rows, i64 cols, const T* a, i64 lda, T* mean) override {
     std::vector<double> sum(static_cast<std::size_t>(cols), 0.0);
-    for (i64 r = 0; r < rows; ++r) {
-      const T* row = a + r * lda;
-      for (i64 c = 0; c < cols; ++c) sum[c] += row[c];
-    }
-    for (i64 c = 0; c < cols; ++c) mean[c] = static_cast<T>(sum[c] / static_cast<double>(rows));
+    parallel_ranges(cols, rows, [&](i64 first, i64 last, i64) {
+      for (i64 r = 0; r < rows; ++r) {
+        const T* row = a + r * lda;
+        for (i64 c = first; c < last; ++c) sum[c] += row[c];
+      }
+      for (i64 c = first; c < last; ++c) mean[c] = static_cast<T>(sum[c] / static_cast<double>(rows));
+    });
   }
 
   void axpby(i64 rows, i64 cols, T alpha, const T* a, i64 lda, T beta, const T* b, i64 ldb, T* out,
              i64 ldo) override {
-    for (i64 r = 0; r < rows; ++r) {
+    parallel_ranges(rows, cols, [&](i64 first, i64 last, i64) {
+      for (i64 r = first; r < last; ++r) {
       const T* ar = a + r * lda;
       const T* br = b + r * ldb;
       T* o = out + r * ldo;
       for (i64 c = 0; c < cols; ++c) o[c] = alpha * ar[c] + beta * br[c];
-    }
+      }
+    });
   }
 
   void add_row_vector(i64 rows, i64 cols, const T* a, i64 lda, T alpha, const T* v, T* out, i64 ldo) override {
-    for (i64 r = 0; r < rows; ++r) {
-      const T* ar = a + r * lda;
-      T* o = out + r * ldo;
-      for (i64 c = 0; c < cols; ++c) o[c] = ar[c] + alpha * v[c];
-    }
+    parallel_ranges(rows, cols, [&](i64 first, i64 last, i64) {
+      for (i64 r = first; r < last; ++r) {
+        const T* ar = a + r * lda;
+        T* o = out + r * ldo;
+        for (i64 c = 0; c < cols; ++c) o[c] = ar[c] + alpha * v[c];
+      }
+    });
   }
 
   void scale_columns(i64 rows, i64 cols, T* a, i64 lda, const T* v) override {
@@ -173,14 +216,16 @@ class CpuBackend final : public Backend<T> {
 
   void fill_normal(i64 rows, i64 cols, std::uint64_t key, i64 first_row, double scale, const T* column_scale,
                    T* out, i64 ldo) override {
-    for (i64 r = 0; r < rows; ++r) {
-      T* o = out + r * ldo;
-      const std::uint64_t base = static_cast<std::uint64_t>(first_row + r) * static_cast<std::uint64_t>(cols);
-      for (i64 c = 0; c < cols; ++c) {
-        const double z = scale * standard_normal(key, base + static_cast<std::uint64_t>(c));
-        o[c] = static_cast<T>(column_scale != nullptr ? z * column_scale[c] : z);
+    parallel_ranges(rows, cols * 16, [&](i64 first, i64 last, i64) {
+      for (i64 r = first; r < last; ++r) {
+        T* o = out + r * ldo;
+        const std::uint64_t base = static_cast<std::uint64_t>(first_row + r) * static_cast<std::uint64_t>(cols);
+        for (i64 c = 0; c < cols; ++c) {
+          const double z = scale * standard_normal(key, base + static_cast<std::uint64_t>(c));
+          o[c] = static_cast<T>(column_scale != nullptr ? z * column_scale[c] : z);
+        }
       }
-    }
+    });
   }
 
   void add_diagonal(i64 n, T* a, i64 lda, T alpha, const T* v) override {
@@ -209,21 +254,18 @@ class CpuBackend final : public Backend<T> {
 
   void flag_nonfinite_rows(i64 rows, i64 cols, const T* a, i64 lda, std::int32_t* flags) override {
     for (i64 r = 0; r < rows; ++r) {
-      const T* ar = a + r * lda;
-      for (i64 c = 0; c < cols; ++c) {
-        if (!std::isfinite(ar[c])) {
-          flags[r] = 1;
-          break;
-        }
-      }
+      if (count_row_nonfinite(a + r * lda, cols) > 0) flags[r] = 1;
     }
   }
 
   i64 count_nonfinite(i64 rows, i64 cols, const T* a, i64 lda) override {
-    i64 count = 0;
-    for (i64 r = 0; r < rows; ++r)
-      for (i64 c = 0; c < cols; ++c) count += !std::isfinite(a[r * lda + c]);
-    return count;
+    std::vector<i64> counts(static_cast<std::size_t>(worker_slots()), 0);
+    parallel_ranges(rows, cols, [&](i64 first, i64 last, i64 slot) {
+      for (i64 r = first; r < last; ++r) counts[slot] += count_row_nonfinite(a + r * lda, cols);
+    });
+    i64 total = 0;
+    for (i64 count : counts) total += count;
+    return total;
   }
 
   i64 count_nonpositive(i64 rows, i64 cols, const T* a, i64 lda) override {
@@ -240,15 +282,19 @@ class CpuBackend final : public Backend<T> {
   }
 
   double centred_sum_of_squares(i64 rows, i64 cols, const T* a, i64 lda, const T* mean) override {
-    double sum = 0;
-    for (i64 r = 0; r < rows; ++r) {
-      const T* ar = a + r * lda;
-      for (i64 c = 0; c < cols; ++c) {
-        const double d = static_cast<double>(ar[c]) - mean[c];
-        sum += d * d;
+    std::vector<double> sums(static_cast<std::size_t>(worker_slots()), 0.0);
+    parallel_ranges(rows, cols, [&](i64 first, i64 last, i64 slot) {
+      for (i64 r = first; r < last; ++r) {
+        const T* ar = a + r * lda;
+        for (i64 c = 0; c < cols; ++c) {
+          const double d = static_cast<double>(ar[c]) - mean[c];
+          sums[slot] += d * d;
+        }
       }
-    }
-    return sum;
+    });
+    double total = 0;
+    for (double sum : sums) total += sum;
+    return total;
   }
 
   void divide_rows_clamped(i64 n, i64 nrhs, const T* w, T floor, T* b, i64 ldb) override {
@@ -312,6 +358,12 @@ class CpuBackend final : public Backend<T> {
   }
 
  private:
+  static i64 count_row_nonfinite(const T* row, i64 cols) {
+    i64 count = 0;
+    for (i64 c = 0; c < cols; ++c) count += nonfinite(row[c]);
+    return count;
+  }
+
   static double softmax_cross_entropy(const T* z, const T* y, i64 width, T* g) {
     double max_z = -std::numeric_limits<double>::infinity(), sum_exp = 0, sum_y = 0;
     for (i64 k = 0; k < width; ++k) max_z = std::max(max_z, static_cast<double>(z[k]));

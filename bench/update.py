@@ -1,0 +1,304 @@
+"""Benchmark of the ensemble updates (issue: native EKI core, item 7).
+
+kalman_update (each formulation and auto) and loss_update over J in {100, 500, 2000}, P in {1e4, 1e5} (and 1e6
+on a GPU), M in {100, 1000, 10000}. On the CPU the native core is compared, in the same run, with
+  - the NumPy reference (ekinet.reference: the readable oracle),
+  - the best NumPy formulation of the same update (identity and mean subtraction folded into the J x J factor,
+    so the big product is one GEMM; the observation form with the P x M gain where that is cheaper),
+  - one BLAS GEMM of the dominant shape (J x J times J x P).
+On a GPU (CuPy present and the CUDA core built), native CUDA is compared with the CuPy reference and with
+PyTorch code of the same formulas, and the achieved FLOP/s with one cuBLAS GEMM of the same size.
+
+Usage: python bench/update.py [--device cpu|cuda] [--quick] [--budget SECONDS] [--out bench/results]
+Configurations whose predicted time exceeds the budget are recorded as skipped, with the prediction.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+import ekinet
+from ekinet import _core
+
+GRID_J = (100, 500, 2000)
+GRID_P = (10_000, 100_000)
+GRID_M = (100, 1000, 10_000)
+
+
+def timed(function, repeats, synchronize=lambda: None):
+    """Best wall time of `repeats` runs after one warm-up run."""
+    function()
+    synchronize()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The best NumPy/CuPy/PyTorch formulations of the same update (eki-math section 1), for comparison.
+
+def folded_ensemble_update(xp, U, G, y, gamma, step, solve):
+    """U_new = T U, T = I + W^T (I - 11^T/J), W = (K + (J/h) I)^{-1} Q^T: one J x J by J x P product."""
+    J = U.shape[0]
+    dG = G - G.mean(0)
+    R = y - G
+    K = dG @ dG.T / gamma
+    Qt = dG @ R.T / gamma
+    W = solve(K + (J / step) * xp.eye(J, dtype=U.dtype), Qt)
+    A = W.T
+    T = A - A.sum(1, keepdims=True) / J
+    T += xp.eye(J, dtype=U.dtype)
+    return T @ U
+
+
+def gain_observation_update(xp, U, G, y, gamma, step, solve):
+    """U + (C^uw (C^ww + Gamma/h)^{-1} R^T)^T with the P x M gain C^uw = dU^T dG / J."""
+    J, M = G.shape
+    dG = G - G.mean(0)
+    ubar = U.mean(0)
+    C = dG.T @ dG / J + (gamma / step) * xp.eye(M, dtype=U.dtype)
+    X = solve(C, (y - G).T)
+    gain = (U - ubar).T @ dG / J
+    return U + (gain @ X).T
+
+
+def folded_loss_update(xp, U, G, grad, step, eps):
+    J = U.shape[0]
+    D = grad @ (G - G.mean(0)).T / J
+    h = step / (float(xp.linalg.norm(D)) + eps)
+    T = -h * (D - D.sum(1, keepdims=True) / J)
+    T += xp.eye(J, dtype=U.dtype)
+    return T @ U
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+def predicted_seconds(J, P, M, rate):
+    worst = max(_core.kalman_update_flops("observation", J, P, M, "scalar"),
+                _core.kalman_update_flops("ensemble", J, P, M, "scalar"))
+    return worst / rate
+
+
+def problem(xp, J, P, M, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    U = xp.asarray(rng.standard_normal((J, P), dtype=np.float32).astype(dtype) * 0.1)
+    G = xp.asarray(rng.standard_normal((J, M), dtype=np.float32).astype(dtype))
+    y = xp.asarray(rng.standard_normal(M, dtype=np.float32).astype(dtype))
+    grad = xp.asarray(rng.standard_normal((J, M), dtype=np.float32).astype(dtype))
+    return U, G, y, grad
+
+
+def bench_cpu(J, P, M, dtype, repeats, budget, rate):
+    xp = np
+    U, G, y, grad = problem(xp, J, P, M, dtype)
+    gamma, step = 0.5, 1.0
+    row = {"J": J, "P": P, "M": M, "dtype": np.dtype(dtype).name}
+    solve = np.linalg.solve
+    observation_ok = P * M * np.dtype(dtype).itemsize < (4 << 30) and \
+        _core.kalman_update_flops("observation", J, P, M, "scalar") / rate < budget
+    ensemble_ok = _core.kalman_update_flops("ensemble", J, P, M, "scalar") / rate < budget
+
+    T = np.eye(J, dtype=dtype)
+    row["gemm_s"] = timed(lambda: T @ U, repeats)
+    if ensemble_ok:
+        row["native_ensemble_s"] = timed(lambda: ekinet.kalman_update(U, G, y, gamma, formulation="ensemble"), repeats)
+        row["numpy_folded_ensemble_s"] = timed(lambda: folded_ensemble_update(xp, U, G, y, gamma, step, solve), repeats)
+        row["native_loss_update_s"] = timed(lambda: ekinet.loss_update(U, G, grad, step=0.1), repeats)
+        row["numpy_folded_loss_update_s"] = timed(lambda: folded_loss_update(xp, U, G, grad, 0.1, 1e-8), repeats)
+    if observation_ok:
+        row["native_observation_s"] = timed(
+            lambda: ekinet.kalman_update(U, G, y, gamma, formulation="observation"), repeats)
+        row["numpy_gain_observation_s"] = timed(
+            lambda: gain_observation_update(xp, U, G, y, gamma, step, solve), repeats)
+    row["auto_choice"] = _core.choose_formulation(J, P, M, "scalar", np.dtype(dtype).itemsize, 2 << 30)
+    if row["auto_choice"] == "ensemble" and ensemble_ok or row["auto_choice"] == "observation" and observation_ok:
+        row["native_auto_s"] = timed(lambda: ekinet.kalman_update(U, G, y, gamma), repeats)
+    if ensemble_ok and J * P <= 5_000_000:
+        reference = "ensemble" if row["auto_choice"] == "ensemble" else "observation"
+        row["reference_s"] = timed(lambda: ekinet.kalman_update(U, G, y, gamma, formulation=reference,
+                                                                backend="reference"), 1)
+    if not ensemble_ok or not observation_ok:
+        row["skipped"] = (f"formulations predicted over the {budget:.0f} s budget at {rate / 1e9:.0f} GFLOP/s"
+                          " (or a P x M gain over 4 GiB) were not run")
+    return summarise(row)
+
+
+def summarise(row):
+    native = {k: row[k] for k in ("native_ensemble_s", "native_observation_s") if k in row}
+    if native:
+        fastest = min(native.values())
+        if "native_auto_s" in row:
+            row["auto_over_fastest"] = row["native_auto_s"] / fastest
+    numpy_best = [row[k] for k in ("numpy_folded_ensemble_s", "numpy_gain_observation_s") if k in row]
+    if native and numpy_best:
+        row["numpy_best_over_native_best"] = min(numpy_best) / min(native.values())
+    if "native_ensemble_s" in row:
+        row["native_ensemble_over_gemm"] = row["native_ensemble_s"] / row["gemm_s"]
+    return row
+
+
+def bench_cuda(J, P, M, dtype, repeats, budget, rate):
+    import cupy as cp
+
+    U, G, y, grad = problem(cp, J, P, M, dtype)
+    gamma, step = 0.5, 1.0
+    sync = cp.cuda.Stream.null.synchronize
+    row = {"J": J, "P": P, "M": M, "dtype": np.dtype(dtype).name}
+    T = cp.eye(J, dtype=dtype)
+    row["gemm_s"] = timed(lambda: T @ U, repeats, sync)
+    flops = _core.kalman_update_flops("ensemble", J, P, M, "scalar")
+    if flops / rate > budget:
+        row["skipped"] = f"predicted over the {budget:.0f} s budget"
+        return row
+    row["native_ensemble_s"] = timed(lambda: ekinet.kalman_update(U, G, y, gamma, formulation="ensemble"),
+                                     repeats, sync)
+    if P * M * np.dtype(dtype).itemsize < (8 << 30):
+        row["native_observation_s"] = timed(
+            lambda: ekinet.kalman_update(U, G, y, gamma, formulation="observation"), repeats, sync)
+    row["native_auto_s"] = timed(lambda: ekinet.kalman_update(U, G, y, gamma), repeats, sync)
+    row["native_loss_update_s"] = timed(lambda: ekinet.loss_update(U, G, grad, step=0.1), repeats, sync)
+    row["cupy_reference_s"] = timed(lambda: ekinet.kalman_update(U, G, y, gamma, formulation="ensemble",
+                                                                 backend="reference"), 1, sync)
+    row["cupy_folded_ensemble_s"] = timed(
+        lambda: folded_ensemble_update(cp, U, G, y, gamma, step, cp.linalg.solve), repeats, sync)
+    try:
+        import torch
+
+        tU, tG, ty = (torch.from_dlpack(a) for a in (U, G, y))
+        row["torch_folded_ensemble_s"] = timed(
+            lambda: folded_ensemble_update(_TorchNamespace, tU, tG, ty, gamma, step, torch.linalg.solve), repeats,
+            torch.cuda.synchronize)
+    except ImportError:
+        row["torch"] = "not installed"
+    gemm_flops = 2.0 * J * J * P
+    row["gemm_tflops"] = gemm_flops / row["gemm_s"] / 1e12
+    row["native_ensemble_tflops"] = flops / row["native_ensemble_s"] / 1e12
+    row["roofline_ratio"] = row["native_ensemble_tflops"] / row["gemm_tflops"]
+    if "torch_folded_ensemble_s" in row:
+        row["torch_over_native"] = row["torch_folded_ensemble_s"] / row["native_ensemble_s"]
+    return summarise(row)
+
+
+class _TorchNamespace:
+    """The few array functions the folded formulas use, for PyTorch tensors."""
+
+    @staticmethod
+    def eye(n, dtype):
+        import torch
+
+        return torch.eye(n, dtype=dtype, device="cuda")
+
+
+def environment(device):
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python " + " ".join(sys.argv),
+        "ekinet": ekinet.build_info(),
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "device": device,
+    }
+    if device == "cuda":
+        import cupy as cp
+
+        info["gpu"] = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
+        info["cupy"] = cp.__version__
+        try:
+            import torch
+
+            info["torch"] = torch.__version__
+        except ImportError:
+            pass
+    return info
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def markdown(results):
+    env = results["environment"]
+    where = env.get("gpu", env["cpu"])
+    lines = [f"# kalman_update / loss_update benchmark ({env['device']}: {where})", "",
+             f"Command: `{env['command']}` on {env['date']}; ekinet {env['ekinet']['version']}, "
+             f"BLAS {env['ekinet']['blas']}, numpy {env['numpy']}, {env['cores']} cores.", "",
+             "Times in milliseconds (best of the repeats). ratio columns: numpy best / native best, "
+             "native ensemble / one GEMM of J x J by J x P, auto / faster native formulation.", "",
+             "| J | P | M | dtype | GEMM | native ens | native obs | auto (choice) | loss_update | numpy best | "
+             "reference | numpy/native | ens/GEMM | auto/best |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def ms(row, key):
+        return f"{1e3 * row[key]:.1f}" if key in row else "-"
+
+    def ratio(row, key):
+        return f"{row[key]:.2f}" if key in row else "-"
+
+    for row in results["rows"]:
+        numpy_keys = [k for k in ("numpy_folded_ensemble_s", "numpy_gain_observation_s", "cupy_folded_ensemble_s",
+                                  "torch_folded_ensemble_s") if k in row]
+        best_numpy = f"{1e3 * min(row[k] for k in numpy_keys):.1f}" if numpy_keys else "-"
+        lines.append(
+            f"| {row['J']} | {row['P']} | {row['M']} | {row['dtype']} | {ms(row, 'gemm_s')} | "
+            f"{ms(row, 'native_ensemble_s')} | {ms(row, 'native_observation_s')} | "
+            f"{ms(row, 'native_auto_s')} ({row.get('auto_choice', '-')}) | {ms(row, 'native_loss_update_s')} | "
+            f"{best_numpy} | {ms(row, 'reference_s')} | {ratio(row, 'numpy_best_over_native_best')} | "
+            f"{ratio(row, 'native_ensemble_over_gemm')} | {ratio(row, 'auto_over_fastest')} |")
+    skipped = [r for r in results["rows"] if "skipped" in r]
+    if skipped:
+        lines += ["", "Skipped (predicted too slow for this machine): " +
+                  ", ".join(f"J={r['J']} P={r['P']} M={r['M']}" for r in skipped) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--quick", action="store_true", help="J=500, P=1e5, M=1000 only (the CPU target)")
+    parser.add_argument("--budget", type=float, default=20.0, help="skip runs predicted longer (seconds)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    args = parser.parse_args(argv)
+
+    dtype = np.dtype(args.dtype)
+    rate = 4e10 if args.device == "cpu" else 2e13  # rough sustained FLOP/s, only for skipping
+    grid_p = GRID_P + ((1_000_000,) if args.device == "cuda" else ())
+    configs = [(500, 100_000, 1000)] if args.quick else [(J, P, M) for J in GRID_J for P in grid_p for M in GRID_M]
+    run = bench_cpu if args.device == "cpu" else bench_cuda
+    rows = []
+    for J, P, M in configs:
+        row = run(J, P, M, dtype, args.repeats, args.budget, rate)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    results = {"environment": environment(args.device), "rows": rows}
+    os.makedirs(args.out, exist_ok=True)
+    name = f"update-{args.device}{'-quick' if args.quick else ''}-{args.dtype}"
+    with open(os.path.join(args.out, name + ".json"), "w") as f:
+        json.dump(results, f, indent=1)
+    with open(os.path.join(args.out, name + ".md"), "w") as f:
+        f.write(markdown(results))
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()

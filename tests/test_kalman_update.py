@@ -1,0 +1,760 @@
+"""The Kalman (EKI) update of eki-math section 1: native core against the NumPy reference and against the
+formula written out here, algebraic properties (formulations, subspace property), convergence on linear
+problems, the counter-based generator, failed members, argument checking and robustness."""
+
+import warnings
+
+import numpy as np
+import pytest
+from conftest import (EPS32, FORMULATIONS, NOISE_KINDS, PERTURBATIONS, SHAPE_IDS, SHAPES, STEPS,
+                      assert_update_close, coloured_perturbation, counter_normal_int, counter_normals,
+                      kalman_system_condition, make_noise, make_problem, noise_matrix, orthogonal_complement_residual,
+                      perturbation_kwargs, random_spd, textbook_kalman)
+
+import ekinet
+from ekinet import _core
+from ekinet._native import view
+
+# float64: the native core and the reference follow different operation orders (Cholesky whitening vs solve,
+# ensemble-space transform vs direct sum, BLAS blocking), so they agree to rounding amplified by the condition
+# of the gain system. Measured worst case over this grid: 2e-13 relative to the size of the update; 1e-10
+# leaves a margin of about 500.
+RTOL64 = 1e-10
+# float32: the native float32 result is compared with the float64 reference evaluated on the same (float32-
+# rounded) inputs. Backward-stable factorisations give an error of about eps32 * (kappa |update| + |U|), where
+# kappa is the condition number of the system solved (C^ww + Gamma/h or K + (J/h) I) and the |U| term is the
+# rounding of U + update itself (which dominates when h is small and the update tiny). Over this grid the
+# measured constant is at most 2.6 (J = 60, h = 0.1); 50 leaves a margin of about 20.
+C32 = 50.0
+
+
+def _noise32(noise):
+    return noise if np.isscalar(noise) else np.asarray(noise, dtype=np.float32)
+
+
+def _as64(kwargs):
+    return {k: (v.astype(np.float64) if isinstance(v, np.ndarray) else v) for k, v in kwargs.items()}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# native == reference
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("step", STEPS)
+@pytest.mark.parametrize("perturbation", PERTURBATIONS)
+@pytest.mark.parametrize("noise_kind", NOISE_KINDS)
+@pytest.mark.parametrize("formulation", FORMULATIONS)
+@pytest.mark.parametrize("J,P,M", SHAPES, ids=SHAPE_IDS)
+def test_native_matches_reference_float64(J, P, M, formulation, noise_kind, perturbation, step, rng):
+    U, G, y = make_problem(J, P, M, rng)
+    noise = make_noise(noise_kind, M, rng)
+    kwargs = perturbation_kwargs(perturbation, J, M, rng)
+    native, info = ekinet.kalman_update(U, G, y, noise, step=step, formulation=formulation, backend="native",
+                                        return_info=True, **kwargs)
+    reference = ekinet.kalman_update(U, G, y, noise, step=step, formulation=formulation, backend="reference",
+                                     **kwargs)
+    assert native.dtype == np.float64 and native.shape == (J, P)
+    assert info["formulation"] == formulation
+    assert info["step"] == step
+    assert info["failed_members"] == 0
+    assert np.max(np.abs(reference - U)) > 0
+    assert_update_close(native, reference, U, RTOL64, "native vs reference (float64)")
+
+
+@pytest.mark.parametrize("step", STEPS)
+@pytest.mark.parametrize("perturbation", PERTURBATIONS)
+@pytest.mark.parametrize("noise_kind", NOISE_KINDS)
+@pytest.mark.parametrize("formulation", FORMULATIONS)
+@pytest.mark.parametrize("J,P,M", SHAPES, ids=SHAPE_IDS)
+def test_native_matches_reference_float32(J, P, M, formulation, noise_kind, perturbation, step, rng):
+    U, G, y = make_problem(J, P, M, rng, dtype=np.float32)
+    noise = _noise32(make_noise(noise_kind, M, rng))
+    kwargs = perturbation_kwargs(perturbation, J, M, rng, dtype=np.float32)
+    native = ekinet.kalman_update(U, G, y, noise, step=step, formulation=formulation, backend="native", **kwargs)
+    assert native.dtype == np.float32
+    # The float64 reference on the float32 inputs (so that input rounding is not counted as error).
+    noise64 = noise if np.isscalar(noise) else noise.astype(np.float64)
+    reference = ekinet.kalman_update(U.astype(np.float64), G.astype(np.float64), y.astype(np.float64), noise64,
+                                     step=step, formulation=formulation, backend="reference", **_as64(kwargs))
+    # the float32 reference must agree too (looser: it is float32 all the way)
+    reference32 = ekinet.kalman_update(U, G, y, noise, step=step, formulation=formulation, backend="reference",
+                                       **kwargs)
+    assert reference32.dtype == np.float32
+    kappa = kalman_system_condition(G, noise_matrix(noise64, M), step, formulation)
+    tolerance = C32 * EPS32 * (kappa * np.max(np.abs(reference - U)) + np.max(np.abs(U)))
+    error = np.max(np.abs(native.astype(np.float64) - reference))
+    assert error <= tolerance, f"float32 error {error:.3e} > tolerance {tolerance:.3e} (kappa {kappa:.2e})"
+    error32 = np.max(np.abs(reference32.astype(np.float64) - reference))
+    assert error32 <= 2 * tolerance, f"float32 reference error {error32:.3e} > {2 * tolerance:.3e}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the two formulations, "auto", the report
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"])
+@pytest.mark.parametrize("perturbation", PERTURBATIONS)
+@pytest.mark.parametrize("noise_kind", NOISE_KINDS)
+@pytest.mark.parametrize("J,P,M", SHAPES, ids=SHAPE_IDS)
+def test_formulations_agree_and_auto_reports_its_choice(J, P, M, noise_kind, perturbation, backend, rng):
+    U, G, y = make_problem(J, P, M, rng)
+    noise = make_noise(noise_kind, M, rng)
+    kwargs = perturbation_kwargs(perturbation, J, M, rng)
+    step = 0.7
+    results = {}
+    for formulation in ("ensemble", "observation", "auto"):
+        results[formulation], info = ekinet.kalman_update(U, G, y, noise, step=step, formulation=formulation,
+                                                          backend=backend, return_info=True, **kwargs)
+        assert isinstance(info, dict)
+        assert set(info) >= {"formulation", "failed_members", "cholesky_jitter_retries", "eigen_fallbacks", "step"}
+        if formulation != "auto":
+            assert info["formulation"] == formulation
+        else:
+            chosen = info["formulation"]
+    assert chosen in ("ensemble", "observation")
+    kind = {"diagonal": "diagonal"}.get(noise_kind, noise_kind)
+    assert chosen == ekinet.reference.kalman.choose_formulation(J, P, M, kind, 8)
+    assert chosen == _core.choose_formulation(J, P, M, kind, 8, 2 << 30)
+    assert_update_close(results["ensemble"], results["observation"], U, RTOL64, "ensemble vs observation")
+    assert_update_close(results["auto"], results["ensemble"], U, RTOL64, "auto vs ensemble")
+    assert_update_close(results["auto"], results["observation"], U, RTOL64, "auto vs observation")
+    # auto is the formulation it reports, not merely close to it
+    np.testing.assert_array_equal(results["auto"], results[chosen])
+
+
+@pytest.mark.parametrize("J,P,M,expected", [(4, 50, 120, "ensemble"), (3, 5, 400, "ensemble"),
+                                            (60, 5, 3, "observation"), (200, 1000, 2, "observation")])
+def test_auto_picks_the_cheaper_formulation(J, P, M, expected, rng):
+    """eki-math: "auto" uses ensemble space whenever M is not small against J."""
+    U, G, y = make_problem(J, P, M, rng)
+    _, info = ekinet.kalman_update(U, G, y, 1.0, return_info=True)
+    assert info["formulation"] == expected
+
+
+# --------------------------------------------------------------------------------------------------------------
+# independent check against the textbook formula
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"])
+@pytest.mark.parametrize("perturbation", PERTURBATIONS)
+@pytest.mark.parametrize("noise_kind", NOISE_KINDS)
+@pytest.mark.parametrize("formulation", ["auto", *FORMULATIONS])
+@pytest.mark.parametrize("J,P,M", [(2, 1, 1), (4, 50, 120), (60, 5, 3), (10, 200, 8), (5, 7, 2)],
+                         ids=["J2-P1-M1", "J4-P50-M120", "J60-P5-M3", "J10-P200-M8", "J5-P7-M2"])
+def test_matches_textbook_formula(J, P, M, formulation, noise_kind, perturbation, backend, rng):
+    U, G, y = make_problem(J, P, M, rng)
+    noise = make_noise(noise_kind, M, rng)
+    step = 0.5
+    kwargs = perturbation_kwargs(perturbation, J, M, rng)
+    if perturbation == "given":
+        eta = kwargs["perturbation"]
+    elif perturbation == "seeded":
+        eta = coloured_perturbation(noise, M, kwargs["rng"], J, step)
+    else:
+        eta = None
+    expected = textbook_kalman(U, G, y, noise_matrix(noise, M), step, eta)
+    got = ekinet.kalman_update(U, G, y, noise, step=step, formulation=formulation, backend=backend, **kwargs)
+    assert_update_close(got, expected, U, RTOL64, "library vs textbook formula")
+
+
+def test_full_noise_reads_only_the_lower_triangle_consistently(rng):
+    """A symmetric full Gamma equals the same Gamma passed as a diagonal when it is diagonal."""
+    J, P, M = 6, 4, 5
+    U, G, y = make_problem(J, P, M, rng)
+    d = rng.uniform(0.2, 2.0, M)
+    for formulation in FORMULATIONS:
+        a = ekinet.kalman_update(U, G, y, np.diag(d), formulation=formulation)
+        b = ekinet.kalman_update(U, G, y, d, formulation=formulation)
+        c = ekinet.kalman_update(U, G, y, 0.7, formulation=formulation)
+        e = ekinet.kalman_update(U, G, y, np.full(M, 0.7), formulation=formulation)
+        assert_update_close(a, b, U, RTOL64, "full diag vs diagonal")
+        assert_update_close(c, e, U, RTOL64, "scalar vs constant diagonal")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the subspace property
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("perturbation", ["none", "seeded"])
+@pytest.mark.parametrize("formulation", FORMULATIONS)
+def test_subspace_property(formulation, perturbation, rng):
+    """Without randomisation every member stays in ubar_0 + span{u_0^j - ubar_0} (P >> J), whatever the
+    (nonlinear) forward map and the data perturbations; a randomisation leaves the subspace."""
+    J, P, M = 6, 120, 15
+    U0 = rng.standard_normal((J, P))
+    A = rng.standard_normal((P, M)) / np.sqrt(P)
+    y = rng.standard_normal(M)
+    ubar0 = U0.mean(axis=0)
+    directions = U0 - ubar0
+    U = U0
+    for n in range(6):
+        G = np.sin(U @ A) + 0.1 * (U @ A) ** 2
+        U = ekinet.kalman_update(U, G, y, 0.05, formulation=formulation,
+                                 rng=None if perturbation == "none" else 100 + n)
+    moved = np.max(np.linalg.norm(U - U0, axis=1))
+    assert moved > 1e-2  # the updates did something
+    residual = orthogonal_complement_residual(U, ubar0, directions)
+    assert residual <= 1e-10 * np.max(np.linalg.norm(U0, axis=1)), residual
+    # control: EKI(R) leaves the initial subspace (so the check above can fail)
+    R = ekinet.randomize(U, 0.1, rng=1)
+    assert orthogonal_complement_residual(R, ubar0, directions) > 0.1
+
+
+# --------------------------------------------------------------------------------------------------------------
+# linear problems: least squares, ridge / posterior
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _full_rank_ensemble(rng, J, P, centre, scale):
+    U = centre + scale * rng.standard_normal((J, P))
+    assert np.linalg.matrix_rank(U - U.mean(axis=0)) == P
+    return U
+
+
+@pytest.mark.parametrize("noise_kind", ["scalar", "full"])
+@pytest.mark.parametrize("formulation", FORMULATIONS)
+@pytest.mark.parametrize("P,M", [(3, 3), (3, 8), (5, 12)])
+def test_linear_deterministic_eki_converges_to_least_squares(P, M, formulation, noise_kind, rng):
+    """G(u) = A u, no perturbation, h = 1, J > P + 1 with a full-rank initial ensemble: the ensemble collapses
+    and its mean converges (like 1/n) to the Gamma-weighted least-squares minimiser (the whole space is the
+    initial span)."""
+    J = 3 * P
+    A = rng.standard_normal((M, P))
+    u_true = rng.standard_normal(P)
+    Gamma = 0.01 * np.eye(M) if noise_kind == "scalar" else 0.01 * random_spd(rng, M)
+    y = A @ u_true + np.linalg.cholesky(Gamma) @ rng.standard_normal(M)
+    noise = 0.01 if noise_kind == "scalar" else Gamma
+    L = np.linalg.cholesky(Gamma)
+    u_ls = np.linalg.lstsq(np.linalg.solve(L, A), np.linalg.solve(L, y), rcond=None)[0]
+
+    U = _full_rank_ensemble(rng, J, P, rng.standard_normal(P), 1.0)
+    errors = []
+    for n in range(400):
+        U = ekinet.kalman_update(U, U @ A.T, y, noise, formulation=formulation)
+        if n in (39, 399):
+            errors.append(np.linalg.norm(U.mean(axis=0) - u_ls) / np.linalg.norm(u_ls))
+    spread = ekinet.ensemble_spread(U)
+    assert spread < 1e-4  # the ensemble collapses
+    assert errors[1] < 1e-3, errors
+    assert errors[1] < errors[0] or errors[0] < 1e-10  # and the mean keeps converging
+    # it converges to the least-squares point, not to the truth (which the noise moved away from it)
+    if M > P:
+        assert np.linalg.norm(U.mean(axis=0) - u_ls) < 0.1 * np.linalg.norm(u_ls - u_true)
+
+
+def test_linear_eki_stays_in_a_deficient_initial_span(rng):
+    """With J <= P the limit is the least-squares point within ubar_0 + span (here a line, J = 2, P = 3)."""
+    P, M = 3, 6
+    A = rng.standard_normal((M, P))
+    y = rng.standard_normal(M)
+    U = rng.standard_normal((2, P))
+    ubar0, d = U.mean(axis=0), U[0] - U.mean(axis=0)
+    for _ in range(300):
+        U = ekinet.kalman_update(U, U @ A.T, y, 1e-2)
+    # least squares over ubar0 + t d
+    t = np.linalg.lstsq((A @ d)[:, None], y - A @ ubar0, rcond=None)[0]
+    u_line = ubar0 + t * d
+    assert np.linalg.norm(U.mean(axis=0) - u_line) < 1e-3 * max(1.0, np.linalg.norm(u_line))
+    u_ls = np.linalg.lstsq(A, y, rcond=None)[0]
+    assert np.linalg.norm(U.mean(axis=0) - u_ls) > 1e-2  # the unrestricted minimiser is not reachable
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"])
+@pytest.mark.parametrize("formulation", FORMULATIONS)
+@pytest.mark.parametrize("step", [0.3, 1.0])
+def test_linear_update_is_exactly_the_ridge_solution_of_the_ensemble_prior(step, formulation, backend, rng):
+    """For G(u) = A u and no perturbation, u_j' = u_j + C A^T (A C A^T + Gamma/h)^{-1} (y - A u_j) with C the
+    ensemble covariance (1/J): by Woodbury, u_j' = argmin_u h |y - A u|^2_Gamma + |u - u_j|^2_{C^{-1}}
+    (Tikhonov / ridge / Gaussian posterior mean) when C is invertible (J > P)."""
+    J, P, M = 12, 4, 7
+    A = rng.standard_normal((M, P))
+    y = rng.standard_normal(M)
+    Gamma = 0.2 * random_spd(rng, M)
+    U = _full_rank_ensemble(rng, J, P, 0.0, 1.0)
+    got = ekinet.kalman_update(U, U @ A.T, y, Gamma, step=step, formulation=formulation, backend=backend)
+    dU = U - U.mean(axis=0)
+    C = dU.T @ dU / J
+    Ci = np.linalg.inv(C)
+    H = Ci + step * A.T @ np.linalg.solve(Gamma, A)
+    expected = np.linalg.solve(H, (U @ Ci + step * (A.T @ np.linalg.solve(Gamma, y))[None, :]).T).T
+    assert_update_close(got, expected, U, RTOL64, "Kalman update vs ridge solution")
+
+
+def test_perturbed_update_of_a_large_gaussian_ensemble_samples_the_posterior(rng):
+    """One perturbed-observation update (h = 1) of J = 20000 draws of N(m0, C0) through a linear model: the
+    updated ensemble's mean and covariance approximate the Gaussian posterior's (Monte-Carlo error about
+    1/sqrt(J) = 0.007 of the prior scale; tolerances of 0.05 are 7 standard errors)."""
+    J, P, M = 20000, 3, 5
+    A = rng.standard_normal((M, P))
+    m0 = np.array([0.5, -1.0, 2.0])
+    C0 = random_spd(rng, P, condition=4.0)
+    Gamma = 0.5 * np.eye(M)
+    y = rng.standard_normal(M)
+    U = m0 + rng.standard_normal((J, P)) @ np.linalg.cholesky(C0).T
+    post = ekinet.kalman_update(U, U @ A.T, y, Gamma, rng=7)
+    S = A @ C0 @ A.T + Gamma
+    mean_post = m0 + C0 @ A.T @ np.linalg.solve(S, y - A @ m0)
+    cov_post = C0 - C0 @ A.T @ np.linalg.solve(S, A @ C0)
+    scale = np.sqrt(np.max(np.diag(C0)))
+    assert np.max(np.abs(post.mean(axis=0) - mean_post)) < 0.05 * scale
+    assert np.max(np.abs(np.cov(post.T, bias=True) - cov_post)) < 0.05 * scale**2
+    # the deterministic update under-spreads (covariance (I - K A) C (I - K A)^T), the perturbed one does not
+    det = ekinet.kalman_update(U, U @ A.T, y, Gamma)
+    assert np.trace(np.cov(det.T)) < np.trace(cov_post) - 0.05 * scale**2
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the counter-based generator
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("formulation", FORMULATIONS)
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_seeded_perturbation_is_reproducible(backend, formulation, rng):
+    U, G, y = make_problem(8, 5, 6, rng)
+    kw = dict(formulation=formulation, backend=backend, step=0.5)
+    a = ekinet.kalman_update(U, G, y, 0.2, rng=3, **kw)
+    b = ekinet.kalman_update(U, G, y, 0.2, rng=3, **kw)
+    c = ekinet.kalman_update(U, G, y, 0.2, rng=4, **kw)
+    d = ekinet.kalman_update(U, G, y, 0.2, **kw)
+    np.testing.assert_array_equal(a, b)
+    assert np.max(np.abs(a - c)) > 1e-3
+    assert np.max(np.abs(a - d)) > 1e-3
+    # a numpy Generator: same state, same result; it is advanced by each call
+    g1, g2 = np.random.default_rng(9), np.random.default_rng(9)
+    e = ekinet.kalman_update(U, G, y, 0.2, rng=g1, **kw)
+    np.testing.assert_array_equal(e, ekinet.kalman_update(U, G, y, 0.2, rng=g2, **kw))
+    assert np.max(np.abs(e - ekinet.kalman_update(U, G, y, 0.2, rng=g1, **kw))) > 1e-3
+
+
+def test_native_and_reference_use_the_same_perturbations(rng):
+    """Native and reference with the same seed agree (float64, seeded eta), which needs the same draws."""
+    U, G, y = make_problem(9, 4, 7, rng)
+    for seed in (0, 1, 2**40 + 3, 2**63 - 1):
+        a = ekinet.kalman_update(U, G, y, 0.3, rng=seed, backend="native")
+        b = ekinet.kalman_update(U, G, y, 0.3, rng=seed, backend="reference")
+        assert_update_close(a, b, U, RTOL64, f"seed {seed}")
+
+
+INDICES = np.concatenate([np.arange(300, dtype=np.uint64),
+                          np.array([2**32 - 1, 2**32, 2**53 + 1, 2**63, 2**64 - 1], dtype=np.uint64),
+                          np.random.default_rng(0).integers(0, 2**63, 200, dtype=np.uint64)])
+
+
+@pytest.mark.parametrize("stream", [1, 2, 3])
+@pytest.mark.parametrize("seed", [0, 1, 12345, 2**63 - 1, 2**64 - 1])
+def test_core_standard_normal_equals_reference(seed, stream):
+    core = np.array([_core.standard_normal(seed, stream, int(i)) for i in INDICES])
+    reference = ekinet.reference.rng.standard_normal(np, seed, stream, INDICES)
+    np.testing.assert_allclose(core, reference, rtol=1e-13, atol=1e-14)
+    # and the same as the pure-Python transcription of random.hpp's comment
+    for i in INDICES[::37]:
+        assert core[list(INDICES).index(i)] == pytest.approx(counter_normal_int(seed, stream, int(i)), rel=1e-13,
+                                                              abs=1e-14)
+
+
+def test_draws_look_standard_normal():
+    """1e5 draws of one stream: mean 0 and standard deviation 1 (standard errors 0.0032 and 0.0022; the
+    tolerances are > 6 of them), the 1.96 quantile, kurtosis 3; streams and seeds are uncorrelated."""
+    z = counter_normals(42, 1, 100, 1000).ravel()
+    ref = ekinet.reference.rng.normal_matrix(np, 42, 1, 100, 1000).ravel()
+    np.testing.assert_allclose(ref, z, rtol=1e-13, atol=1e-14)
+    assert abs(z.mean()) < 0.02
+    assert abs(z.std() - 1.0) < 0.015
+    assert abs(np.mean(np.abs(z) < 1.959964) - 0.95) < 0.005
+    assert abs(np.mean(z**4) - 3.0) < 0.1
+    assert abs(np.corrcoef(z[:-1], z[1:])[0, 1]) < 0.02
+    other_stream = counter_normals(42, 2, 100, 1000).ravel()
+    other_seed = counter_normals(43, 1, 100, 1000).ravel()
+    assert abs(np.corrcoef(z, other_stream)[0, 1]) < 0.02
+    assert abs(np.corrcoef(z, other_seed)[0, 1]) < 0.02
+    assert np.all(np.isfinite(z)) and np.max(np.abs(z)) < 7
+
+
+def test_native_draws_look_standard_normal():
+    """The native generator's draws (through randomize of a zero ensemble: out = 0 + 1 * z, stream 3) are the
+    counter-based draws and look standard normal."""
+    z = ekinet.randomize(np.zeros((200, 500)), 1.0, rng=5, backend="native")
+    np.testing.assert_allclose(z, counter_normals(5, 3, 200, 500), rtol=1e-13, atol=1e-14)
+    assert abs(z.mean()) < 0.02
+    assert abs(z.std() - 1.0) < 0.015
+    assert abs(np.mean(z.mean(axis=0) ** 2) * 200 - 1.0) < 0.3  # column means have variance 1/J
+
+
+# --------------------------------------------------------------------------------------------------------------
+# failed members
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _with_failures(G, rows=(2, 5)):
+    G = G.copy()
+    G[rows[0], 1] = np.nan
+    G[rows[1], :] = np.inf
+    return G
+
+
+@pytest.mark.parametrize("perturbation", PERTURBATIONS)
+@pytest.mark.parametrize("noise_kind", NOISE_KINDS)
+@pytest.mark.parametrize("formulation", ["auto", *FORMULATIONS])
+def test_failed_members_native_equals_reference(formulation, noise_kind, perturbation, rng):
+    J, P, M = 9, 6, 5
+    U, G, y = make_problem(J, P, M, rng)
+    G = _with_failures(G)
+    noise = make_noise(noise_kind, M, rng)
+    kwargs = perturbation_kwargs(perturbation, J, M, rng)
+    native, info = ekinet.kalman_update(U, G, y, noise, formulation=formulation, backend="native",
+                                        return_info=True, **kwargs)
+    reference, rinfo = ekinet.kalman_update(U, G, y, noise, formulation=formulation, backend="reference",
+                                            return_info=True, **kwargs)
+    assert info["failed_members"] == 2 and rinfo["failed_members"] == 2
+    assert info["formulation"] == "ensemble"  # failed members are re-drawn in ensemble space
+    assert np.all(np.isfinite(native))
+    assert_update_close(native, reference, U, RTOL64, "failed members: native vs reference")
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"])
+@pytest.mark.parametrize("perturbation", ["none", "given"])
+@pytest.mark.parametrize("noise_kind", NOISE_KINDS)
+def test_failed_members_are_dropped_and_redrawn(noise_kind, perturbation, backend, rng):
+    J, P, M = 10, 8, 6
+    U, G, y = make_problem(J, P, M, rng)
+    failed = [2, 5]
+    survivors = [j for j in range(J) if j not in failed]
+    G_bad = _with_failures(G, failed)
+    noise = make_noise(noise_kind, M, rng)
+    kwargs = perturbation_kwargs(perturbation, J, M, rng)
+    got = ekinet.kalman_update(U, G_bad, y, noise, backend=backend, **kwargs)
+    kwargs_s = {"perturbation": kwargs["perturbation"][survivors]} if kwargs else {}
+    alone = ekinet.kalman_update(U[survivors], G[survivors], y, noise, backend=backend, **kwargs_s)
+    # the survivors' update is the update of the survivors alone: the failed rows did not poison it
+    assert_update_close(got[survivors], alone, U[survivors], RTOL64, "survivors vs survivors alone")
+    # the re-drawn members are finite, distinct, and lie in the affine span of the updated survivors
+    redrawn = got[failed]
+    assert np.all(np.isfinite(redrawn))
+    assert np.linalg.norm(redrawn[0] - redrawn[1]) > 1e-6
+    assert np.min(np.linalg.norm(redrawn - U[failed], axis=1)) > 1e-6
+    mean_s = alone.mean(axis=0)
+    assert orthogonal_complement_residual(redrawn, mean_s, alone - mean_s) < 1e-10 * np.max(np.abs(U))
+    # their spread is that of the survivors (re-drawn "around" them): within a factor of 10
+    spread_s = np.sqrt(ekinet.ensemble_spread(alone))
+    distance = np.linalg.norm(redrawn - mean_s, axis=1)
+    assert np.all(distance < 10 * spread_s) and np.all(distance > 0.01 * spread_s)
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_redraw_depends_on_the_seed(backend, rng):
+    U, G, y = make_problem(8, 5, 4, rng)
+    G = _with_failures(G)
+    eta = 0.1 * rng.standard_normal((8, 4))
+    a = ekinet.kalman_update(U, G, y, 0.5, backend=backend, perturbation=eta)
+    b = ekinet.kalman_update(U, G, y, 0.5, backend=backend, perturbation=eta)
+    np.testing.assert_array_equal(a, b)
+    c = ekinet.kalman_update(U, G, y, 0.5, backend=backend, rng=1)
+    d = ekinet.kalman_update(U, G, y, 0.5, backend=backend, rng=2)
+    assert np.max(np.abs(c[[2, 5]] - d[[2, 5]])) > 1e-6
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_failed_members_raise_when_asked(backend, rng):
+    U, G, y = make_problem(6, 3, 4, rng)
+    G[3, 2] = np.nan
+    with pytest.raises(ValueError, match=r"\bG\b.*NaN/Inf"):
+        ekinet.kalman_update(U, G, y, 1.0, backend=backend, on_failure="raise")
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"])
+@pytest.mark.parametrize("n_failed", [5, 6])
+def test_fewer_than_two_survivors_raise_floating_point_error(n_failed, backend, rng):
+    U, G, y = make_problem(6, 3, 4, rng)
+    G[:n_failed, 0] = np.nan
+    with pytest.raises(FloatingPointError, match=r"at least 2"):
+        ekinet.kalman_update(U, G, y, 1.0, backend=backend)
+
+
+def test_numerical_error_is_a_floating_point_error(rng):
+    assert issubclass(ekinet.NumericalError, FloatingPointError)
+    U, G, y = make_problem(4, 3, 4, rng)
+    G[1:, :] = np.inf
+    with pytest.raises(ekinet.NumericalError, match=r"only 1 of 4 members"):
+        ekinet.kalman_update(U, G, y, 1.0, backend="native")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# bad input
+# --------------------------------------------------------------------------------------------------------------
+
+BACKENDS = ["native", "reference"]
+
+
+@pytest.fixture
+def problem(rng):
+    return make_problem(5, 4, 3, rng)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("change,match", [
+    (lambda U, G, y: (U, G[:4], y), r"\bG has shape \(4, 3\)"),
+    (lambda U, G, y: (U, G[:, :, None], y), r"\bG has shape"),
+    (lambda U, G, y: (U, G, y[:2]), r"\by has shape \(2,\)"),
+    (lambda U, G, y: (U, G, np.ones((3, 1))), r"\by has shape"),
+    (lambda U, G, y: (U[None], G, y), r"\bU has shape"),
+    (lambda U, G, y: (U[:1], G[:1], y), r"\bU has 1 member"),
+], ids=["G-rows", "G-3d", "y-length", "y-2d", "U-3d", "J-is-1"])
+def test_shape_errors(change, match, backend, problem):
+    U, G, y = change(*problem)
+    with pytest.raises(ValueError, match=match):
+        ekinet.kalman_update(U, G, y, 1.0, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("noise_cov,match", [
+    (np.ones(4), r"noise_cov has shape \(4,\)"),
+    (np.eye(4), r"noise_cov has shape \(4, 4\)"),
+    (np.ones((3, 4)), r"noise_cov has shape \(3, 4\)"),
+    (np.ones((3, 3, 3)), r"noise_cov has shape"),
+])
+def test_noise_shape_errors(noise_cov, match, backend, problem):
+    U, G, y = problem
+    with pytest.raises(ValueError, match=match):
+        ekinet.kalman_update(U, G, y, noise_cov, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_perturbation_shape_error(backend, problem):
+    U, G, y = problem
+    with pytest.raises(ValueError, match=r"perturbation has shape \(5, 2\)"):
+        ekinet.kalman_update(U, G, y, 1.0, perturbation=np.zeros((5, 2)), backend=backend)
+    with pytest.raises(ValueError, match=r"perturbation has shape \(4, 3\)"):
+        ekinet.kalman_update(U, G, y, 1.0, perturbation=np.zeros((4, 3)), backend=backend)
+    with pytest.raises(ValueError, match=r"perturbation.*rng|rng.*perturbation"):
+        ekinet.kalman_update(U, G, y, 1.0, perturbation=np.zeros((5, 3)), rng=1, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dtype_errors(backend, problem):
+    U, G, y = problem
+    with pytest.raises(TypeError, match=r"\bU has dtype int64"):
+        ekinet.kalman_update(np.arange(20).reshape(5, 4), G, y, 1.0, backend=backend)
+    with pytest.raises(TypeError, match=r"\bG has dtype float64 but U is float32"):
+        ekinet.kalman_update(U.astype(np.float32), G, y, 1.0, backend=backend)
+    with pytest.raises(TypeError, match=r"\bG has dtype int64"):
+        ekinet.kalman_update(U, np.ones((5, 3), dtype=np.int64), y, 1.0, backend=backend)
+    with pytest.raises(TypeError, match=r"perturbation has dtype float32 but U is float64"):
+        ekinet.kalman_update(U, G, y, 1.0, perturbation=np.zeros((5, 3), np.float32), backend=backend)
+    with pytest.raises(TypeError, match=r"\by has dtype"):
+        ekinet.kalman_update(U, G, np.array(["a", "b", "c"]), 1.0, backend=backend)
+    with pytest.raises(TypeError, match=r"\brng\b"):
+        ekinet.kalman_update(U, G, y, 1.0, rng="seed", backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_inputs_are_rejected(bad, backend, problem):
+    U, G, y = problem
+    U_bad = U.copy()
+    U_bad[1, 2] = bad
+    with pytest.raises(ValueError, match=r"\bU contains 1 NaN/Inf"):
+        ekinet.kalman_update(U_bad, G, y, 1.0, backend=backend)
+    y_bad = y.copy()
+    y_bad[0] = bad
+    with pytest.raises(ValueError, match=r"\by contains 1 NaN/Inf"):
+        ekinet.kalman_update(U, G, y_bad, 1.0, backend=backend)
+    eta = np.zeros((5, 3))
+    eta[4, 0] = bad
+    with pytest.raises(ValueError, match=r"perturbation contains 1 NaN/Inf"):
+        ekinet.kalman_update(U, G, y, 1.0, perturbation=eta, backend=backend)
+    with pytest.raises(ValueError, match=r"noise_cov"):
+        ekinet.kalman_update(U, G, y, np.array([1.0, bad, 1.0]), backend=backend)
+    with pytest.raises(ValueError, match=r"noise_cov"):
+        ekinet.kalman_update(U, G, y, bad if bad > 0 else -bad, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_noise_must_be_positive_definite(backend, problem, rng):
+    U, G, y = problem
+    Q, _ = np.linalg.qr(rng.standard_normal((3, 3)))
+    indefinite = (Q * np.array([1.0, 0.5, -0.1])) @ Q.T
+    with pytest.raises(ValueError, match=r"noise_cov.*positive definite"):
+        ekinet.kalman_update(U, G, y, indefinite, backend=backend)
+    with pytest.raises(ValueError, match=r"noise_cov.*positive definite"):
+        ekinet.kalman_update(U, G, y, np.zeros((3, 3)), backend=backend)
+    for diagonal in ([1.0, 0.0, 1.0], [1.0, -2.0, 1.0]):
+        with pytest.raises(ValueError, match=r"noise_cov.*positive"):
+            ekinet.kalman_update(U, G, y, np.array(diagonal), backend=backend)
+    for scalar in (0.0, -1.0, np.float64(-3.0), np.array(-1.0)):
+        with pytest.raises(ValueError, match=r"noise_cov.*positive"):
+            ekinet.kalman_update(U, G, y, scalar, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("step", [0.0, -1.0, np.inf, np.nan])
+def test_step_must_be_positive(step, backend, problem):
+    U, G, y = problem
+    with pytest.raises(ValueError, match=r"step"):
+        ekinet.kalman_update(U, G, y, 1.0, step=step, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unknown_options(backend, problem):
+    U, G, y = problem
+    with pytest.raises(ValueError, match=r"formulation = 'woodbury'"):
+        ekinet.kalman_update(U, G, y, 1.0, formulation="woodbury", backend=backend)
+    with pytest.raises(ValueError, match=r"on_failure = 'ignore'"):
+        ekinet.kalman_update(U, G, y, 1.0, on_failure="ignore", backend=backend)
+    with pytest.raises(ValueError, match=r"rng = -1"):
+        ekinet.kalman_update(U, G, y, 1.0, rng=-1, backend=backend)
+
+
+def test_unknown_backend(problem):
+    U, G, y = problem
+    with pytest.raises(ValueError, match=r"backend = 'gpu'"):
+        ekinet.kalman_update(U, G, y, 1.0, backend="gpu")
+
+
+def _native_call(ctx, U, G, y, U_out, *, eta=None, formulation="auto", on_failure="redraw", step=1.0):
+    return _core.kalman_update(ctx, view(U), view(G), view(y), "scalar", 1.0, None,
+                               None if eta is None else view(eta), None, step, formulation, on_failure, 0,
+                               view(U_out))
+
+
+def test_native_layer_checks_its_arguments(cpu_context, problem):
+    """The C++ core validates on its own (the Python layer is not the only guard)."""
+    U, G, y = problem
+    out = np.empty_like(U)
+    report = _native_call(cpu_context, U, G, y, out)
+    assert report["formulation"] in ("ensemble", "observation")
+    np.testing.assert_allclose(out, ekinet.kalman_update(U, G, y, 1.0, backend="reference"), rtol=1e-12)
+    with pytest.raises(ValueError, match=r"kalman_update: G has shape \(4, 3\) but \(5, 3\)"):
+        _native_call(cpu_context, U, np.ascontiguousarray(G[:4]), y, out)
+    with pytest.raises(ValueError, match=r"kalman_update: y has shape \(1, 2\)"):
+        _native_call(cpu_context, U, G, np.ascontiguousarray(y[:2]), out)
+    with pytest.raises(ValueError, match=r"U_out has shape"):
+        _native_call(cpu_context, U, G, y, np.empty((5, 3)))
+    with pytest.raises(ValueError, match=r"perturbation has shape"):
+        _native_call(cpu_context, U, G, y, out, eta=np.zeros((5, 2)))
+    with pytest.raises(TypeError, match=r"\bG has dtype float32 but the ensemble is float64"):
+        _native_call(cpu_context, U, G.astype(np.float32), y, out)
+    with pytest.raises(TypeError, match=r"U_out has dtype float32"):
+        _native_call(cpu_context, U, G, y, out.astype(np.float32))
+    with pytest.raises(ValueError, match=r"formulation = 'x'"):
+        _native_call(cpu_context, U, G, y, out, formulation="x")
+    with pytest.raises(ValueError, match=r"on_failure = 'x'"):
+        _native_call(cpu_context, U, G, y, out, on_failure="x")
+    with pytest.raises(ValueError, match=r"step"):
+        _native_call(cpu_context, U, G, y, out, step=-1.0)
+    with pytest.raises(ValueError, match=r"U has 1 member"):
+        _native_call(cpu_context, U[:1], G[:1], y, out[:1])
+    with pytest.raises(TypeError, match=r"unsupported dtype int64"):
+        _core.View(0, "int64", "cpu", 0, 1, 1, 1)
+    with pytest.raises(ValueError, match=r"noise_cov.*positive definite"):
+        M = G.shape[1]
+        _core.kalman_update(cpu_context, view(U), view(G), view(y), "full", 0.0, view(-np.eye(M)), None, None, 1.0,
+                            "auto", "redraw", 0, view(out))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the inputs are not modified
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("formulation", ["auto", *FORMULATIONS])
+@pytest.mark.parametrize("case", ["plain", "seeded", "failed", "full-noise"])
+def test_inputs_are_not_modified(case, formulation, backend, rng):
+    J, P, M = 7, 5, 4
+    U, G, y = make_problem(J, P, M, rng)
+    noise = random_spd(rng, M) if case == "full-noise" else 0.5
+    if case == "failed":
+        G[3] = np.nan
+    eta = 0.1 * rng.standard_normal((J, M))
+    copies = [a.copy() for a in (U, G, y, eta, np.asarray(noise))]
+    kw = {"rng": 3} if case == "seeded" else {"perturbation": eta}
+    out = ekinet.kalman_update(U, G, y, noise, formulation=formulation, backend=backend, **kw)
+    assert out is not U and not np.shares_memory(out, U)
+    for original, copy in zip((U, G, y, eta, np.asarray(noise)), copies):
+        np.testing.assert_array_equal(original, copy)
+    assert np.max(np.abs(out - U)) > 0
+
+
+def test_non_contiguous_and_fortran_inputs(rng):
+    """Strided and column-major inputs give the same result as contiguous ones."""
+    J, P, M = 6, 5, 4
+    U, G, y = make_problem(J, P, M, rng)
+    expected = ekinet.kalman_update(U, G, y, 0.4)
+    U_f, G_f = np.asfortranarray(U), np.asfortranarray(G)
+    assert_update_close(ekinet.kalman_update(U_f, G_f, y, 0.4), expected, U, RTOL64, "fortran")
+    big = np.zeros((J, 2 * P))
+    big[:, ::2] = U
+    wide_y = np.zeros(2 * M)
+    wide_y[::2] = y
+    assert_update_close(ekinet.kalman_update(big[:, ::2], G, wide_y[::2], 0.4), expected, U, RTOL64, "strided")
+    assert_update_close(ekinet.kalman_update(U[::-1], G[::-1], y, 0.4), expected[::-1], U[::-1], RTOL64, "reversed")
+    assert_update_close(ekinet.kalman_update(U.tolist(), G, y, 0.4), expected, U, RTOL64, "list")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# robustness: never a silent NaN
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _finite_or_clear_error(U, G, y, noise, **kwargs):
+    """The update either returns finite numbers (a rescue must come with an ekinet.NumericalWarning and be
+    counted in the report) or raises a FloatingPointError / ValueError with a message."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            out, info = ekinet.kalman_update(U, G, y, noise, return_info=True, **kwargs)
+        except (FloatingPointError, ValueError) as error:
+            assert str(error)
+            return "raised"
+    assert np.all(np.isfinite(out)), f"non-finite result returned silently ({info}, warnings {caught})"
+    rescued = info["cholesky_jitter_retries"] + info["eigen_fallbacks"]
+    warned = any(issubclass(w.category, ekinet.NumericalWarning) for w in caught)
+    assert bool(rescued) == warned
+    return "finite"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tiny_noise_rank_deficient_observation_space(backend, rng):
+    """noise_cov = 1e-300 with M > J: C^ww + Gamma/h is numerically singular in observation space; the result is
+    finite and the rescue is reported with a NumericalWarning."""
+    U, G, y = make_problem(5, 8, 20, rng)
+    with pytest.warns(ekinet.NumericalWarning, match=r"ill-conditioned"):
+        out, info = ekinet.kalman_update(U, G, y, 1e-300, formulation="observation", backend=backend,
+                                         return_info=True)
+    assert np.all(np.isfinite(out))
+    assert info["cholesky_jitter_retries"] + info["eigen_fallbacks"] >= 1
+    # with (essentially) no noise the update fits the data in the ensemble's output space as well as it can:
+    # the mean residual is the part of y - Gbar orthogonal to span(dG) (up to the jitter's bias)
+    assert np.all(np.abs(out - U) < 1e3 * (1 + np.abs(U)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("formulation", FORMULATIONS)
+@pytest.mark.parametrize("dtype,noise,g_scale", [
+    (np.float64, 1e-300, 1.0),
+    (np.float64, 1e-320, 1.0),  # subnormal variance: 1/gamma overflows
+    (np.float64, 1.0, 1e160),  # outputs so large that C^ww / K overflow
+    (np.float32, 1e-30, 1.0),
+    (np.float32, 1e-40, 1.0),  # Gamma^{-1/2} dG overflows float32 in ensemble space
+    (np.float32, 1.0, 1e20),
+    (np.float32, 1e-300, 1.0),
+], ids=["f64-1e-300", "f64-1e-320", "f64-G1e160", "f32-1e-30", "f32-1e-40", "f32-G1e20", "f32-1e-300"])
+def test_extreme_scales_never_return_nan_silently(dtype, noise, g_scale, formulation, backend, rng):
+    U, G, y = make_problem(5, 8, 20, rng)
+    U, G, y = U.astype(dtype), (g_scale * G).astype(dtype), y.astype(dtype)
+    _finite_or_clear_error(U, G, y, noise, formulation=formulation, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("formulation", FORMULATIONS)
+def test_collapsed_ensemble(formulation, backend, rng):
+    """Identical members (dU = 0, dG = 0): the update is the identity, finite, with no rescue."""
+    U = np.tile(rng.standard_normal(4), (5, 1))
+    G = np.tile(rng.standard_normal(6), (5, 1))
+    out = ekinet.kalman_update(U, G, np.zeros(6), 0.1, formulation=formulation, backend=backend)
+    np.testing.assert_allclose(out, U, rtol=0, atol=1e-14)
