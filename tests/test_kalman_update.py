@@ -114,9 +114,8 @@ def test_formulations_agree_and_auto_reports_its_choice(J, P, M, noise_kind, per
         else:
             chosen = info["formulation"]
     assert chosen in ("ensemble", "observation")
-    kind = {"diagonal": "diagonal"}.get(noise_kind, noise_kind)
-    assert chosen == ekinet.reference.kalman.choose_formulation(J, P, M, kind, 8)
-    assert chosen == _core.choose_formulation(J, P, M, kind, 8, 2 << 30)
+    assert chosen == ekinet.reference.kalman.choose_formulation(J, P, M, noise_kind, 8)
+    assert chosen == _core.choose_formulation(J, P, M, noise_kind, 8, 2 << 30)
     assert_update_close(results["ensemble"], results["observation"], U, RTOL64, "ensemble vs observation")
     assert_update_close(results["auto"], results["ensemble"], U, RTOL64, "auto vs ensemble")
     assert_update_close(results["auto"], results["observation"], U, RTOL64, "auto vs observation")
@@ -215,52 +214,79 @@ def _full_rank_ensemble(rng, J, P, centre, scale):
     return U
 
 
+def _well_conditioned(rng, M, P):
+    """An M x P matrix with singular values evenly spread in [1, 2]."""
+    Q1, _ = np.linalg.qr(rng.standard_normal((M, P)))
+    Q2, _ = np.linalg.qr(rng.standard_normal((P, P)))
+    return (Q1 * np.linspace(1.0, 2.0, P)) @ Q2
+
+
+def _mean_error_coefficients(U, u_star):
+    """w with ubar - u_star = dU^T w (exists when the anomalies span the direction to u_star)."""
+    dU = U - U.mean(axis=0)
+    w = np.linalg.lstsq(dU.T, U.mean(axis=0) - u_star, rcond=None)[0]
+    assert np.allclose(dU.T @ w, U.mean(axis=0) - u_star, rtol=1e-12, atol=1e-12)
+    return w
+
+
 @pytest.mark.parametrize("noise_kind", ["scalar", "full"])
 @pytest.mark.parametrize("formulation", FORMULATIONS)
 @pytest.mark.parametrize("P,M", [(3, 3), (3, 8), (5, 12)])
 def test_linear_deterministic_eki_converges_to_least_squares(P, M, formulation, noise_kind, rng):
-    """G(u) = A u, no perturbation, h = 1, J > P + 1 with a full-rank initial ensemble: the ensemble collapses
-    and its mean converges (like 1/n) to the Gamma-weighted least-squares minimiser (the whole space is the
-    initial span)."""
+    """G(u) = A u, no perturbation, h = 1, J = 3P > P + 1 with a full-rank initial ensemble. With
+    u_LS the Gamma-weighted least-squares minimiser, K (y - A u_LS) = 0, so the mean error and the anomalies are
+    multiplied by the same matrices: ubar_n - u_LS = dU_n^T w with w fixed (exactly). The ensemble collapses
+    (C_n ~ (A^T Gamma^{-1} A)^{-1} / (2n)), hence the mean converges to u_LS, like n^{-1/2}: 16 times more
+    iterations divide the error by about 4."""
     J = 3 * P
-    A = rng.standard_normal((M, P))
+    A = _well_conditioned(rng, M, P)
     u_true = rng.standard_normal(P)
-    Gamma = 0.01 * np.eye(M) if noise_kind == "scalar" else 0.01 * random_spd(rng, M)
-    y = A @ u_true + np.linalg.cholesky(Gamma) @ rng.standard_normal(M)
-    noise = 0.01 if noise_kind == "scalar" else Gamma
-    L = np.linalg.cholesky(Gamma)
+    S = np.eye(M) if noise_kind == "scalar" else random_spd(rng, M, condition=5.0)
+    L = np.linalg.cholesky(S)
+    y = A @ u_true + 0.5 * L @ rng.standard_normal(M)
+    noise = 1.0 if noise_kind == "scalar" else S
     u_ls = np.linalg.lstsq(np.linalg.solve(L, A), np.linalg.solve(L, y), rcond=None)[0]
 
-    U = _full_rank_ensemble(rng, J, P, rng.standard_normal(P), 1.0)
-    errors = []
-    for n in range(400):
+    U = _full_rank_ensemble(rng, J, P, u_true, 2.0)
+    w = _mean_error_coefficients(U, u_ls)
+    e0 = np.linalg.norm(U.mean(axis=0) - u_ls)
+    errors, spreads = {}, {}
+    for n in range(1, 1601):
         U = ekinet.kalman_update(U, U @ A.T, y, noise, formulation=formulation)
-        if n in (39, 399):
-            errors.append(np.linalg.norm(U.mean(axis=0) - u_ls) / np.linalg.norm(u_ls))
-    spread = ekinet.ensemble_spread(U)
-    assert spread < 1e-4  # the ensemble collapses
-    assert errors[1] < 1e-3, errors
-    assert errors[1] < errors[0] or errors[0] < 1e-10  # and the mean keeps converging
-    # it converges to the least-squares point, not to the truth (which the noise moved away from it)
+        if n in (100, 1600):
+            error = U.mean(axis=0) - u_ls
+            errors[n], spreads[n] = np.linalg.norm(error) / e0, ekinet.ensemble_spread(U)
+            dU = U - U.mean(axis=0)
+            assert np.linalg.norm(error - dU.T @ w) <= 1e-8 * np.linalg.norm(error)
+    assert 8 < spreads[100] / spreads[1600] < 32  # collapse like 1/n
+    assert 3.0 < errors[100] / errors[1600] < 5.0, errors  # the mean converges like n^{-1/2}
+    assert errors[1600] < 0.05, errors
+    # the limit is the least-squares point, not the truth (the data noise moved them apart)
     if M > P:
-        assert np.linalg.norm(U.mean(axis=0) - u_ls) < 0.1 * np.linalg.norm(u_ls - u_true)
+        assert np.linalg.norm(U.mean(axis=0) - u_ls) < 0.5 * np.linalg.norm(u_ls - u_true)
 
 
 def test_linear_eki_stays_in_a_deficient_initial_span(rng):
-    """With J <= P the limit is the least-squares point within ubar_0 + span (here a line, J = 2, P = 3)."""
+    """With J <= P the limit is the least-squares point within ubar_0 + span (here a line, J = 2, P = 3): the
+    mean error stays a fixed combination of the collapsing anomalies."""
     P, M = 3, 6
-    A = rng.standard_normal((M, P))
+    A = _well_conditioned(rng, M, P)
     y = rng.standard_normal(M)
     U = rng.standard_normal((2, P))
     ubar0, d = U.mean(axis=0), U[0] - U.mean(axis=0)
-    for _ in range(300):
-        U = ekinet.kalman_update(U, U @ A.T, y, 1e-2)
-    # least squares over ubar0 + t d
     t = np.linalg.lstsq((A @ d)[:, None], y - A @ ubar0, rcond=None)[0]
-    u_line = ubar0 + t * d
-    assert np.linalg.norm(U.mean(axis=0) - u_line) < 1e-3 * max(1.0, np.linalg.norm(u_line))
+    u_line = ubar0 + t * d  # least squares over ubar0 + t d
+    w = _mean_error_coefficients(U, u_line)
+    e0 = np.linalg.norm(U.mean(axis=0) - u_line)
+    for _ in range(400):
+        U = ekinet.kalman_update(U, U @ A.T, y, 1.0)
+    error = U.mean(axis=0) - u_line
+    dU = U - U.mean(axis=0)
+    assert np.linalg.norm(error - dU.T @ w) <= 1e-8 * max(np.linalg.norm(error), 1e-300)
+    assert np.linalg.norm(error) < 0.1 * e0
+    assert orthogonal_complement_residual(U, ubar0, d[None, :]) < 1e-12
     u_ls = np.linalg.lstsq(A, y, rcond=None)[0]
-    assert np.linalg.norm(U.mean(axis=0) - u_ls) > 1e-2  # the unrestricted minimiser is not reachable
+    assert np.linalg.norm(U.mean(axis=0) - u_ls) > 0.1  # the unrestricted minimiser is not reachable
 
 
 @pytest.mark.parametrize("backend", ["native", "reference"])
@@ -758,3 +784,25 @@ def test_collapsed_ensemble(formulation, backend, rng):
     G = np.tile(rng.standard_normal(6), (5, 1))
     out = ekinet.kalman_update(U, G, np.zeros(6), 0.1, formulation=formulation, backend=backend)
     np.testing.assert_allclose(out, U, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("formulation", FORMULATIONS)
+def test_overflowing_output_covariance_gives_the_right_update_or_raises(formulation, backend, rng):
+    """Outputs of size 1e155 make C^ww (about 1e310) overflow float64 although the update is well defined:
+    the Kalman update is invariant under (G, y, Gamma) -> (s G, s y, s^2 Gamma), so with s = 1e155 and
+    Gamma = 1e300 it equals the update of (G, y, 1e-10), which is O(1). The library must either return that
+    update or raise; returning U unchanged (a silently lost update) is wrong."""
+    U, G, y = make_problem(5, 8, 20, rng)
+    exact = ekinet.kalman_update(U, G, y, 1e-10, formulation=formulation, backend="reference")
+    assert np.max(np.abs(exact - U)) > 0.1
+    s = 1e155
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # NumPy's overflow warnings in the reference
+        try:
+            got = ekinet.kalman_update(U, s * G, s * y, 1e300, formulation=formulation, backend=backend)
+        except FloatingPointError as error:
+            assert "Kalman gain" in str(error) or "overflow" in str(error)
+            return
+    assert np.all(np.isfinite(got))
+    assert np.max(np.abs(got - exact)) <= 1e-3 * np.max(np.abs(exact - U)), "update lost or wrong after overflow"

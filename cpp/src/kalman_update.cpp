@@ -53,7 +53,7 @@ struct Innovations {
 };
 
 template <class T>
-void ensemble_space(Backend<T>& backend, const PreparedNoise<T>& noise, const Innovations<T>& in,
+void ensemble_space(Backend<T>& backend, const ArgumentChecker& check, const PreparedNoise<T>& noise, const Innovations<T>& in,
                     const Survivors& survivors, i64 M, double step, const ConstMatrixView& U, MatrixView& U_out,
                     std::uint64_t redraw_seed, UpdateReport& report) {
   const i64 Js = survivors.count();
@@ -68,8 +68,8 @@ void ensemble_space(Backend<T>& backend, const PreparedNoise<T>& noise, const In
   backend.gemm(Trans::yes, Trans::no, Js, Js, M, T{1}, in.anomalies, M, in.residuals, M, T{0}, w, Js);
   robust_spd_solve(backend, Js, k, Js, Js, w, Js, report);
   // Column-major W read row-major is W^T: U_new = U + W^T dU.
-  apply_member_transform(backend, w, survivors, U.as<T>(), U.row_stride, U.cols, U_out.as<T>(), U_out.row_stride,
-                         redraw_seed);
+  apply_member_transform(backend, check, w, survivors, U.as<T>(), U.row_stride, U.cols, U_out.as<T>(),
+                         U_out.row_stride, redraw_seed);
 }
 
 template <class T>
@@ -127,7 +127,6 @@ UpdateReport kalman_update_typed(Context& ctx, const ConstMatrixView& U, const C
     check.shape(perturbation.eta, "perturbation", J, M, "one perturbation of the data per member, like G");
     check.finite(backend, perturbation.eta, "perturbation");
   }
-  check.finite(backend, U, "U");
   check.finite(backend, y, "y");
   const PreparedNoise<T> noise = prepare_noise(backend, check, noise_cov, M);
   const Survivors survivors =
@@ -141,6 +140,10 @@ UpdateReport kalman_update_typed(Context& ctx, const ConstMatrixView& U, const C
                            ? options.formulation
                            : choose_formulation(J, P, M, noise_cov.kind, sizeof(T), kMaxGainBytes);
   if (!survivors.all()) report.formulation = Formulation::ensemble;  // failed members are re-drawn in J x J
+  // The ensemble form checks its output instead (in cache); the observation form writes U_out in passes.
+  if (report.formulation == Formulation::observation || check_ensemble_first(U.data, U_out.data)) {
+    check.finite(backend, U, "U");
+  }
 
   const T* eta = nullptr;
   i64 ld_eta = 0;
@@ -167,7 +170,8 @@ UpdateReport kalman_update_typed(Context& ctx, const ConstMatrixView& U, const C
   if (report.formulation == Formulation::observation) {
     observation_space(backend, noise, innovations, J, M, options.step, U, U_out, report);
   } else {
-    ensemble_space(backend, noise, innovations, survivors, M, options.step, U, U_out, options.redraw_seed, report);
+    ensemble_space(backend, check, noise, innovations, survivors, M, options.step, U, U_out, options.redraw_seed,
+                   report);
   }
   return report;
 }

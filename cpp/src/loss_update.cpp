@@ -32,7 +32,7 @@ UpdateReport loss_update_typed(Context& ctx, const ConstMatrixView& U, const Con
   if (!(options.eps >= 0) || !std::isfinite(options.eps)) {
     check.fail("eps = " + std::to_string(options.eps) + " must be a non-negative finite number");
   }
-  check.finite(backend, U, "U");
+  if (check_ensemble_first(U.data, U_out.data)) check.finite(backend, U, "U");
   const Survivors survivors = find_survivors(backend, check, J, M, G.as<T>(), G.row_stride, grad.as<T>(),
                                              grad.row_stride, options.on_failure);
   i64 ld_g = 0, ld_grad = 0;
@@ -50,7 +50,7 @@ UpdateReport loss_update_typed(Context& ctx, const ConstMatrixView& U, const Con
                Js);
   T* step = workspace.take<T>(1);
   backend.scale_by_negative_step(Js, Js, d, Js, options.step, options.eps, options.adaptive, step);
-  apply_member_transform(backend, d, survivors, U.as<T>(), U.row_stride, P, U_out.as<T>(), U_out.row_stride,
+  apply_member_transform(backend, check, d, survivors, U.as<T>(), U.row_stride, P, U_out.as<T>(), U_out.row_stride,
                          options.redraw_seed);
 
   UpdateReport report;

@@ -34,9 +34,15 @@ Survivors find_survivors(Backend<T>& backend, const ArgumentChecker& check, i64 
 template <class T>
 const T* survivor_rows(Backend<T>& backend, const Survivors& survivors, i64 cols, const T* a, i64 lda, i64& ld_out);
 
-// U_out = T U with T built from A (J_s x J_s, row-major, overwritten); see the file comment. U_out may be U.
+// Whether U must be checked for NaN/Inf before the update: an in-place update would overwrite it before its
+// output is checked. Otherwise apply_member_transform checks the output, in cache, and U only if that fails.
+inline bool check_ensemble_first(const void* u, const void* u_out) { return u == u_out; }
+
+// U_out = T U with T built from A (J_s x J_s, row-major, overwritten); see the file comment. U_out may be U
+// (then U must have been checked finite). Throws InvalidArgument naming U if U holds NaN/Inf, NumericalError if
+// the update overflowed.
 template <class T>
-void apply_member_transform(Backend<T>& backend, T* a, const Survivors& survivors, const T* u, i64 ldu, i64 P,
-                            T* u_out, i64 ld_out, std::uint64_t redraw_seed);
+void apply_member_transform(Backend<T>& backend, const ArgumentChecker& check, T* a, const Survivors& survivors,
+                            const T* u, i64 ldu, i64 P, T* u_out, i64 ld_out, std::uint64_t redraw_seed);
 
 }  // namespace ekinet::detail

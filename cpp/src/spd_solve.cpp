@@ -31,6 +31,14 @@ void cholesky_solve(Backend<T>& backend, i64 n, const T* factor, i64 lda, i64 nr
 template <class T>
 void robust_spd_solve(Backend<T>& backend, i64 n, T* a, i64 lda, i64 nrhs, T* b, i64 ldb, UpdateReport& report) {
   Workspace& workspace = backend.workspace();
+  // An overflowed (Inf) matrix can pass Cholesky and yield a zero solution: reject it first. The diagonal bounds
+  // the rest of a positive semi-definite matrix, so checking it suffices.
+  const double mean_diagonal = backend.mean_diagonal(n, a, lda);
+  if (!std::isfinite(mean_diagonal)) {
+    throw NumericalError("the " + std::to_string(n) + " x " + std::to_string(n) +
+                         " system of the Kalman gain overflowed (its diagonal is not finite): rescale the outputs, "
+                         "data and noise covariance, or compute in float64");
+  }
   T* original = workspace.take<T>(n * n);
   backend.axpby(n, n, T{1}, a, lda, T{0}, a, lda, original, n);
   if (backend.potrf_lower(n, a, lda) == 0) {
@@ -39,16 +47,13 @@ void robust_spd_solve(Backend<T>& backend, i64 n, T* a, i64 lda, i64 nrhs, T* b,
   }
 
   const double eps = std::numeric_limits<T>::epsilon();
-  const double mean_diagonal = backend.mean_diagonal(n, original, n);
-  if (std::isfinite(mean_diagonal)) {
-    const double jitter = std::sqrt(eps) * std::max(std::abs(mean_diagonal), double(std::numeric_limits<T>::min()));
-    backend.axpby(n, n, T{1}, original, n, T{0}, original, n, a, lda);
-    backend.add_diagonal(n, a, lda, static_cast<T>(jitter), nullptr);
-    if (backend.potrf_lower(n, a, lda) == 0) {
-      ++report.cholesky_jitter_retries;
-      cholesky_solve(backend, n, a, lda, nrhs, b, ldb);
-      return;
-    }
+  const double jitter = std::sqrt(eps) * std::max(std::abs(mean_diagonal), double(std::numeric_limits<T>::min()));
+  backend.axpby(n, n, T{1}, original, n, T{0}, original, n, a, lda);
+  backend.add_diagonal(n, a, lda, static_cast<T>(jitter), nullptr);
+  if (backend.potrf_lower(n, a, lda) == 0) {
+    ++report.cholesky_jitter_retries;
+    cholesky_solve(backend, n, a, lda, nrhs, b, ldb);
+    return;
   }
 
   backend.axpby(n, n, T{1}, original, n, T{0}, original, n, a, lda);

@@ -91,11 +91,13 @@ class EKI:
         """The ensemble whose outputs the next tell() expects."""
         return self._V
 
-    def tell(self, G, y=None, *, grad=None, loss_values=None):
+    def tell(self, G, y=None, *, grad=None, loss_values=None, mean_output=None):
         """Update with the outputs G (J, M) of the ensemble from ask().
 
         kalman: y (M,) is required. loss: grad (J, M) from a loss of ekinet.losses (or y alone for the
         least-squares loss with noise_cov); loss_values (J,) are recorded in the history when given.
+        mean_output (M,): the outputs of the ensemble's mean particle, if the caller evaluated it; with y, its
+        least-squares loss is recorded as mean_particle_loss.
         Returns the new ensemble.
         """
         if self.finished:
@@ -104,8 +106,7 @@ class EKI:
         xp = namespace_of(V)
         G = xp.asarray(G)
         if y is not None:
-            misfits, grad_squared = losses.squared(G, xp.asarray(y, dtype=G.dtype), noise_cov=self.noise_cov,
-                                                   backend=self.backend)
+            misfits, grad_squared = self._least_squares(G, xp.asarray(y, dtype=G.dtype))
         if self.method == "kalman":
             if y is None:
                 raise ValueError("method='kalman' needs the data y: tell(G, y)")
@@ -126,8 +127,27 @@ class EKI:
                                          on_failure=self.on_failure, rng=self._rng, return_info=True)
         member_loss = _host(misfits) if y is not None else (None if loss_values is None else _host(loss_values))
         self._record(V, G, member_loss, info)
+        if mean_output is not None and y is not None:
+            mean_output = xp.asarray(mean_output, dtype=G.dtype).reshape(1, -1)
+            mean_loss, _ = losses.squared(xp.concatenate([mean_output, mean_output]), xp.asarray(y, dtype=G.dtype),
+                                          noise_cov=self.noise_cov, backend=self.backend)
+            self.history[-1]["mean_particle_loss"] = float(_host(mean_loss)[0])
         self._advance(U_new)
         return self._U
+
+    def _least_squares(self, G, y):
+        """Per-member misfits 1/2 |G_j - y|^2_Gamma and their gradients; NaN for failed members (rows with
+        NaN/Inf), which the update then drops and re-draws."""
+        xp = namespace_of(G)
+        finite = xp.all(xp.isfinite(G), axis=1)
+        if bool(finite.all()):
+            return losses.squared(G, y, noise_cov=self.noise_cov, backend=self.backend)
+        misfits = xp.full(G.shape[0], xp.nan, dtype=G.dtype)
+        grad = xp.full_like(G, xp.nan)
+        if int(finite.sum()) > 0:
+            misfits[finite], grad[finite] = losses.squared(G[finite], y, noise_cov=self.noise_cov,
+                                                           backend=self.backend)
+        return misfits, grad
 
     def randomize(self, scale=None):
         """Apply the EKI(R) randomisation now (e.g. at the end of an epoch); scale defaults to gamma(n)."""
@@ -196,7 +216,8 @@ class MinimizeResult:
 
 def minimize(forward, U0, y, *, noise_cov=1.0, iterations=20, batched=True, progress=True, callback=None,
              **options):
-    """Run EKI on forward(U) -> G for `iterations` updates; records the loss of the mean particle.
+    """Run EKI on forward(U) -> G for `iterations` updates; records the loss of the mean particle (evaluated
+    with the members, before each update).
 
     forward : with batched=True takes the (J, P) ensemble and returns (J, M) outputs; with batched=False it
         takes one parameter vector (P,) and returns (M,) outputs.
@@ -218,11 +239,9 @@ def minimize(forward, U0, y, *, noise_cov=1.0, iterations=20, batched=True, prog
     for _ in bar:
         if optimizer.finished:
             break
-        optimizer.tell(evaluate(optimizer.ask()), y)
-        mean = optimizer.mean
-        mean_loss, _ = losses.squared(evaluate(xp.stack([mean, mean])), y.astype(mean.dtype), noise_cov=noise_cov,
-                                      backend=optimizer.backend)
-        optimizer.history[-1]["mean_particle_loss"] = float(_host(mean_loss)[0])
+        V = optimizer.ask()
+        outputs = evaluate(xp.concatenate([V, V.mean(axis=0, keepdims=True)]))  # members and mean particle
+        optimizer.tell(outputs[:-1], y, mean_output=outputs[-1])
         bar.set_postfix(loss=f"{optimizer.history[-1]['mean_particle_loss']:.4g}")
         if callback is not None:
             callback(optimizer)

@@ -55,6 +55,7 @@ class DataMisfitController:
 
     def next_step(self, misfits, n_outputs):
         misfits = np.asarray(misfits, dtype=np.float64)
+        misfits = misfits[np.isfinite(misfits)]  # failed members take no part
         mean, variance = float(misfits.mean()), float(misfits.var())
         candidates = [n_outputs / (2 * mean) if mean > 0 else math.inf]
         if variance > 0:

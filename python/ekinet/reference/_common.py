@@ -86,14 +86,15 @@ def robust_spd_solve(a, b, report):
     n = a.shape[0]
     eps = float(np.finfo(a.dtype).eps)
     tiny = float(np.finfo(a.dtype).tiny)
+    mean_diagonal = float(xp.trace(a)) / n
+    if not np.isfinite(mean_diagonal):
+        raise FloatingPointError("the Kalman gain system overflowed (its diagonal is not finite)")
     factor = _cholesky_or_none(xp, a)
     if factor is None:
-        mean_diagonal = float(xp.trace(a)) / n
-        if np.isfinite(mean_diagonal):
-            jitter = np.sqrt(eps) * max(abs(mean_diagonal), tiny)
-            factor = _cholesky_or_none(xp, a + jitter * xp.eye(n, dtype=a.dtype))
-            if factor is not None:
-                report["cholesky_jitter_retries"] += 1
+        jitter = np.sqrt(eps) * max(abs(mean_diagonal), tiny)
+        factor = _cholesky_or_none(xp, a + jitter * xp.eye(n, dtype=a.dtype))
+        if factor is not None:
+            report["cholesky_jitter_retries"] += 1
     if factor is not None:
         return _cholesky_solve(xp, factor, b)
     if not bool(xp.all(xp.isfinite(a))):

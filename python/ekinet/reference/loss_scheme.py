@@ -13,6 +13,8 @@ def loss_update(U, G, grad, *, step, adaptive=True, eps=1e-8, on_failure="redraw
     xp = namespace(U, G, grad)
     if not step > 0 or not np.isfinite(step):
         raise ValueError(f"loss_update: step = {step} must be a positive finite number")
+    if not eps >= 0 or not np.isfinite(eps):
+        raise ValueError(f"loss_update: eps = {eps} must be a non-negative finite number")
     failed = failed_members(xp, G, grad)
     check_survivors(failed, on_failure, "loss_update", "G or grad")
     survivors = xp.flatnonzero(~failed)

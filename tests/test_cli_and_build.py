@@ -1,0 +1,97 @@
+"""build_info() and the command line (python -m ekinet info / demo)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import ekinet
+
+PACKAGE_PARENT = str(Path(ekinet.__file__).resolve().parent.parent)
+
+
+def _env():
+    """The current environment, with the directory ekinet was imported from first on PYTHONPATH (so the
+    subprocess imports the same package, source tree or installed)."""
+    env = dict(os.environ)
+    paths = [PACKAGE_PARENT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
+def _run(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "ekinet", *args], capture_output=True, text=True, env=_env(),
+                          timeout=timeout)
+
+
+def test_build_info():
+    info = ekinet.build_info()
+    assert info["version"] == ekinet.__version__
+    assert re.fullmatch(r"\d+\.\d+\.\d+\S*", info["version"])
+    assert isinstance(info["cuda"], bool)
+    assert isinstance(info["blas"], str) and info["blas"]
+    assert isinstance(info["compiler"], str) and info["compiler"]
+    assert isinstance(info["cuda_devices"], int) and info["cuda_devices"] >= 0
+    if info["cuda"]:
+        assert info["cuda_version"]
+    else:  # a CPU-only build sees no devices and names no toolkit
+        assert info["cuda_devices"] == 0
+        assert info["cuda_version"] == ""
+
+
+def test_cli_info_prints_json():
+    result = _run("info")
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    expected = ekinet.build_info()
+    for key in ("version", "cuda", "blas", "compiler", "cuda_devices"):
+        assert printed[key] == expected[key]
+
+
+def test_cli_demo_recovers_the_oscillator_parameters():
+    result = _run("demo", "--ensemble", "50", "--iterations", "8", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    estimates = {}
+    for line in result.stdout.splitlines():
+        match = re.match(r"\s*(omega|zeta)\s+([-\d.eE+]+)\s+([-\d.eE+]+)\s+([-\d.eE+]+)", line)
+        if match:
+            estimates[match.group(1)] = (float(match.group(2)), float(match.group(3)))
+    assert set(estimates) == {"omega", "zeta"}, result.stdout
+    assert estimates["omega"][0] == 2.0 and estimates["zeta"][0] == 0.15  # the truth column
+    assert estimates["omega"][1] == pytest.approx(2.0, rel=0.1)
+    assert estimates["zeta"][1] == pytest.approx(0.15, rel=0.1)
+    misfit = re.search(r"misfit: ([\d.eE+-]+) -> ([\d.eE+-]+)", result.stdout)
+    assert misfit and float(misfit.group(2)) < 0.1 * float(misfit.group(1))
+    assert "it/s" not in result.stderr  # --no-progress hides the bar
+
+
+@pytest.mark.parametrize("value,message", [("0", r"0 is not a positive integer"),
+                                           ("1", r"--ensemble must be at least 2"),
+                                           ("ten", r"invalid|not a positive integer")])
+def test_cli_demo_rejects_a_bad_ensemble_size(value, message):
+    result = _run("demo", "--ensemble", value, "--no-progress")
+    assert result.returncode != 0
+    assert re.search(message, result.stderr), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_needs_a_command():
+    result = _run()
+    assert result.returncode != 0
+    assert "info" in result.stderr and "demo" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_main_in_process(capsys):
+    from ekinet import cli
+
+    assert cli.main(["info"]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == ekinet.__version__
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["demo", "--iterations", "0"])
+    assert exit_info.value.code != 0
+    assert "not a positive integer" in capsys.readouterr().err
