@@ -85,10 +85,6 @@ class Backend {
   // columns of A. Returns LAPACK's info. Synchronises.
   virtual i64 syevd_lower(i64 n, T* a, i64 lda, T* w) = 0;
 
-  // Row-major C (rows x cols) = T (rows x k) B (k x cols), T contiguous; returns the number of NaN/Inf entries
-  // of C (checked while C is still in cache on the CPU). Synchronises.
-  virtual i64 transform_rows_checked(i64 rows, i64 k, i64 cols, const T* t, const T* b, i64 ldb, T* c, i64 ldc) = 0;
-
   // ---- element-wise kernels and reductions, row-major --------------------------------------------------
   // mean[c] = (1/rows) sum_r A[r, c]
   virtual void column_mean(i64 rows, i64 cols, const T* a, i64 lda, T* mean) = 0;

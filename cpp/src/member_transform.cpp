@@ -111,15 +111,16 @@ void apply_member_transform(Backend<T>& backend, const ArgumentChecker& check, T
   backend.fold_centering(Js, a, Js, a, Js);
   const T* transform = survivors.all() ? a : embed_with_redraws(backend, a, survivors, redraw_seed);
 
+  // Row-major U_out (J x P) = T U is column-major U_out^T = U^T T^T: gemm(N, N, P, J, J) on the same buffers.
   if (u_out != u) {
-    if (backend.transform_rows_checked(J, J, P, transform, u, ldu, u_out, ld_out) > 0) {
+    backend.gemm(Trans::no, Trans::no, P, J, J, T{1}, u, ldu, transform, J, T{0}, u_out, ld_out);
+    if (backend.count_nonfinite(J, P, u_out, ld_out) > 0) {
       check.finite(backend, ConstMatrixView{u, dtype_of<T>(), backend.device(), J, P, ldu}, "U");
       throw NumericalError(std::string(check.operation()) +
                            ": the updated ensemble overflowed to Inf/NaN; reduce the step or rescale the problem");
     }
     return;
   }
-  // Row-major U_out (J x P) = T U is column-major U_out^T = U^T T^T: gemm(N, N, P, J, J) on the same buffers.
   // In place: a column block of U at a time through a bounded copy, never a second J x P buffer.
   const i64 block = std::max<i64>(1, std::min<i64>(P, (i64{64} << 20) / static_cast<i64>(sizeof(T) * J)));
   T* copy = backend.workspace().template take<T>(J * block);

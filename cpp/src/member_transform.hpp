@@ -35,7 +35,8 @@ template <class T>
 const T* survivor_rows(Backend<T>& backend, const Survivors& survivors, i64 cols, const T* a, i64 lda, i64& ld_out);
 
 // Whether U must be checked for NaN/Inf before the update: an in-place update would overwrite it before its
-// output is checked. Otherwise apply_member_transform checks the output, in cache, and U only if that fails.
+// output is checked. Otherwise apply_member_transform checks the output (which also catches overflow), and U
+// only if that fails, so a finite ensemble is read once.
 inline bool check_ensemble_first(const void* u, const void* u_out) { return u == u_out; }
 
 // U_out = T U with T built from A (J_s x J_s, row-major, overwritten); see the file comment. U_out may be U

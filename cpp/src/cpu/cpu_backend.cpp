@@ -101,18 +101,6 @@ class CpuBackend final : public Backend<T> {
                std::size_t{1}, std::size_t{1});
   }
 
-  i64 transform_rows_checked(i64 rows, i64 k, i64 cols, const T* t, const T* b, i64 ldb, T* c, i64 ldc) override {
-    // Column blocks of about 4 MiB of output: each block is checked right after its GEMM wrote it.
-    const i64 width = std::clamp<i64>((i64{4} << 20) / static_cast<i64>(sizeof(T) * std::max(rows, k)), 256, cols);
-    i64 bad = 0;
-    for (i64 first = 0; first < cols; first += width) {
-      const i64 w = std::min(width, cols - first);
-      gemm(Trans::no, Trans::no, w, rows, k, T{1}, b + first, ldb, t, k, T{0}, c + first, ldc);
-      bad += count_nonfinite(rows, w, c + first, ldc);
-    }
-    return bad;
-  }
-
   void syrk_lower(Trans trans, i64 n, i64 k, T alpha, const T* a, i64 lda, T beta, T* c, i64 ldc) override {
     if (n == 0) return;
     const int in = to_int(n, "n"), ik = to_int(k, "k"), ilda = to_int(std::max<i64>(lda, 1), "lda"),

@@ -718,12 +718,6 @@ class CudaBackend final : public Backend<T> {
 
   i64 count_nonfinite(i64 rows, i64 cols, const T* a, i64 lda) override { return count<NonFinite>(rows, cols, a, lda); }
 
-  i64 transform_rows_checked(i64 rows, i64 k, i64 cols, const T* t, const T* b, i64 ldb, T* c, i64 ldc) override {
-    // One GEMM (row-major C = T B is column-major C^T = B^T T^T), then one counting pass: cheap next to it.
-    gemm(Trans::no, Trans::no, cols, rows, k, T{1}, b, ldb, t, k, T{0}, c, ldc);
-    return count_nonfinite(rows, cols, c, ldc);
-  }
-
   i64 count_nonpositive(i64 rows, i64 cols, const T* a, i64 lda) override {
     return count<NonPositive>(rows, cols, a, lda);
   }
