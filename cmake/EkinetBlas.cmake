@@ -37,3 +37,12 @@ if(_ekinet_blas_mode STREQUAL "SYSTEM")
   set(EKINET_BLAS_CONFIG_CODE "find_dependency(BLAS)\nfind_dependency(LAPACK)")
 endif()
 message(STATUS "ekinet: CPU BLAS/LAPACK: ${EKINET_BLAS_NAME}")
+
+# OpenBLAS's strided batched GEMM (the ensemble forward pass); a loop over members otherwise.
+include(CheckFunctionExists)
+include(CMakePushCheckState)
+cmake_push_check_state(RESET)
+set(CMAKE_REQUIRED_LIBRARIES ${EKINET_BLAS_TARGETS})
+set(CMAKE_REQUIRED_QUIET ON)
+check_function_exists(${EKINET_BLAS_PREFIX}cblas_sgemm_batch_strided EKINET_HAVE_GEMM_BATCH_STRIDED)
+cmake_pop_check_state()

@@ -10,6 +10,7 @@
 
 #include "ekinet/array.hpp"
 #include "ekinet/losses.hpp"
+#include "ekinet/network.hpp"
 
 namespace ekinet::detail {
 
@@ -128,6 +129,44 @@ class Backend {
   virtual void row_dots(i64 rows, i64 cols, const T* a, i64 lda, const T* b, i64 ldb, T* out) = 0;
   // out[i] = 1 / sqrt(v[i]) (whitening weights of a diagonal covariance)
   virtual void inverse_sqrt(i64 n, const T* v, T* out) = 0;
+
+  // ---- batched ensemble networks (network.hpp) -----------------------------------------------------------
+  // Activations of member i live at base + i * member_stride; within a member, row-major rows at stride ld.
+  // Convolutional activations are kept channel-major across the batch ("CNHW": row c holds every image's
+  // pixels of channel c), so that a convolution is one GEMM per member over the whole batch.
+
+  // `batch` independent column-major GEMMs C_i = alpha op(A_i) op(B_i) + beta C_i with X_i = X + i * stride_x
+  // (stride 0: one matrix shared by every member, e.g. the input batch).
+  virtual void gemm_strided_batched(Trans trans_a, Trans trans_b, i64 m, i64 n, i64 k, T alpha, const T* a, i64 lda,
+                                    i64 stride_a, const T* b, i64 ldb, i64 stride_b, T beta, T* c, i64 ldc,
+                                    i64 stride_c, i64 batch) = 0;
+  // x[i, r, c] = activation(x[i, r, c] + bias_i[bias_per_row ? r : c]), bias_i = bias + i * bias_stride
+  // (bias may be null). softmax normalises each row over its cols entries.
+  virtual void bias_activation(i64 batch, i64 rows, i64 cols, T* x, i64 ld, i64 member_stride, const T* bias,
+                               i64 bias_stride, bool bias_per_row, Activation activation) = 0;
+  // out[i, r, c] = in[i, r, c] for strided 3-D blocks (e.g. the last step of a sequence, recurrent state).
+  virtual void copy_strided(i64 batch, i64 rows, i64 cols, const T* in, i64 in_ld, i64 in_member_stride, T* out,
+                            i64 out_ld, i64 out_member_stride) = 0;
+  // out[i, r, c] = value
+  virtual void fill_strided(i64 batch, i64 rows, i64 cols, T value, T* out, i64 ld, i64 member_stride) = 0;
+  // Column-major patches of every image for a convolution: for member i, image n, output pixel (oy, ox) and
+  // patch entry q = (ch * kernel + ky) * kernel + kx, cols_i[q + (n * out_h * out_w + oy * out_w + ox) * Q] =
+  // in_i[ch * channel_stride + n * image_stride + (oy * stride - padding + ky) * width + (ox * stride - padding
+  // + kx)], zero outside the image; Q = channels * kernel^2.
+  virtual void im2col(i64 batch, i64 images, i64 channels, i64 height, i64 width, const T* in, i64 channel_stride,
+                      i64 image_stride, i64 member_stride, i64 kernel, i64 stride, i64 padding, i64 out_h, i64 out_w,
+                      T* cols, i64 cols_member_stride) = 0;
+  // Max-pooling of CNHW activations (channels x images*height*width per member) into CNHW
+  // (channels x images*out_h*out_w), windows kernel x kernel moved by stride, no padding.
+  virtual void maxpool2d(i64 batch, i64 channels, i64 images, i64 height, i64 width, const T* in, i64 in_member_stride,
+                         i64 kernel, i64 stride, i64 out_h, i64 out_w, T* out, i64 out_member_stride) = 0;
+  // CNHW (channels x images*pixels) to one row per image in PyTorch's flatten order (channel, pixel).
+  virtual void channels_to_rows(i64 batch, i64 channels, i64 images, i64 pixels, const T* in, i64 in_member_stride,
+                                T* out, i64 out_member_stride) = 0;
+  // One LSTM step for `rows` examples of each member: gates (rows x 4 hidden at gates_ld, PyTorch order i, f, g,
+  // o, pre-activation); c (rows x hidden, contiguous) <- f c + i g; h (rows x hidden at h_ld) <- o tanh(c).
+  virtual void lstm_cell(i64 batch, i64 rows, i64 hidden, const T* gates, i64 gates_ld, i64 gates_member_stride,
+                         T* c, i64 c_member_stride, T* h, i64 h_ld, i64 h_member_stride) = 0;
 
   // ---- losses (eki-math section 2), row-major, scalar or diagonal noise only --------------------------
   // Loss values per member (values[r]) and, when grad != nullptr, the gradient with respect to Z. For

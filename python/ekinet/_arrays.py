@@ -68,15 +68,6 @@ def same_dtype(a, name, dtype):
     return a
 
 
-def matrix(a, name, ndim_hint):
-    """2-D view of a (a vector becomes one row); TypeError/ValueError for other ranks."""
-    if a.ndim == 1:
-        return a.reshape(1, -1)
-    if a.ndim != 2:
-        raise ValueError(f"{name} has {a.ndim} dimensions; {ndim_hint}")
-    return a
-
-
 def same_namespace(a, name, xp):
     if namespace_of(a) is not xp:
         where = "a CuPy (GPU)" if xp is not np else "a NumPy (CPU)"

@@ -13,7 +13,7 @@ from ._backend import resolve
 from ._inputs import noise_covariance, noise_value, require_finite
 from ._native import context_for, view
 
-__all__ = ["cross_entropy", "cross_entropy_logits", "gaussian_nll", "squared"]
+__all__ = ["cross_entropy", "cross_entropy_logits", "gaussian_nll", "one_hot", "squared"]
 
 
 def squared(outputs, targets, *, noise_cov=1.0, backend="auto"):
@@ -81,7 +81,7 @@ def _targets(loss, targets, xp, Z, shape):
             raise ValueError(f"integer labels of shape {tuple(y.shape)} do not match outputs of shape {shape}")
         if bool(xp.any((y < 0) | (y >= width))):
             raise ValueError(f"labels must lie in [0, {width})")
-        y = xp.eye(width, dtype=Z.dtype)[y]
+        y = one_hot(y, width, Z.dtype)
     if y.dtype.kind not in "fiu":
         raise TypeError(f"targets have dtype {y.dtype.name}; pass real numbers")
     y = xp.ascontiguousarray(y.astype(Z.dtype, copy=False).reshape(-1))

@@ -64,6 +64,36 @@ Loss parse_loss(const std::string& value) {
                              {"gaussian_nll", Loss::gaussian_nll}});
 }
 
+Activation parse_activation(const std::string& value) {
+  return parse_choice<Activation>(value, "activation",
+                                  {{"identity", Activation::identity},
+                                   {"relu", Activation::relu},
+                                   {"tanh", Activation::tanh},
+                                   {"sigmoid", Activation::sigmoid},
+                                   {"heaviside", Activation::heaviside},
+                                   {"softmax", Activation::softmax}});
+}
+
+// A layer from the dict ekinet.nn builds: {"kind": ..., "units", "kernel", "stride", "padding", "activation",
+// "return_sequences"} (absent keys keep the defaults).
+Layer parse_layer(const py::dict& spec) {
+  Layer layer;
+  layer.kind = parse_choice<Layer::Kind>(spec["kind"].cast<std::string>(), "layer kind",
+                                         {{"dense", Layer::Kind::dense},
+                                          {"conv2d", Layer::Kind::conv2d},
+                                          {"maxpool2d", Layer::Kind::maxpool2d},
+                                          {"flatten", Layer::Kind::flatten},
+                                          {"rnn", Layer::Kind::rnn},
+                                          {"lstm", Layer::Kind::lstm}});
+  if (spec.contains("units")) layer.units = spec["units"].cast<std::int64_t>();
+  if (spec.contains("kernel")) layer.kernel = spec["kernel"].cast<std::int64_t>();
+  if (spec.contains("stride")) layer.stride = spec["stride"].cast<std::int64_t>();
+  if (spec.contains("padding")) layer.padding = spec["padding"].cast<std::int64_t>();
+  if (spec.contains("activation")) layer.activation = parse_activation(spec["activation"].cast<std::string>());
+  if (spec.contains("return_sequences")) layer.return_sequences = spec["return_sequences"].cast<bool>();
+  return layer;
+}
+
 NoiseCovariance make_noise(const std::string& kind, double scalar, const std::optional<View>& matrix) {
   if (kind == "scalar") return NoiseCovariance::isotropic(scalar);
   if (!matrix) throw InvalidArgument("noise_cov of kind " + kind + " needs an array");
@@ -220,6 +250,46 @@ PYBIND11_MODULE(_core, m) {
   m.def("standard_normal", [](std::uint64_t seed, std::uint64_t stream, std::uint64_t index) {
     return standard_normal(stream_key(seed, static_cast<RandomStream>(stream)), index);
   });
+
+  // ---- batched ensemble networks ----------------------------------------------------------------------
+  m.def("network", [](const std::vector<py::dict>& specs, const std::vector<std::int64_t>& input_shape) {
+    std::vector<Layer> layers;
+    for (const py::dict& spec : specs) layers.push_back(parse_layer(spec));
+    return Network(std::move(layers), input_shape);
+  }, py::arg("layers"), py::arg("input_shape"));
+  py::class_<Network>(m, "Network")
+      .def_property_readonly("parameter_count", &Network::parameter_count)
+      .def_property_readonly("input_shape", &Network::input_shape)
+      .def_property_readonly("output_shape", &Network::output_shape)
+      .def_property_readonly("state_size", &Network::state_size)
+      .def("shape", &Network::shape, py::arg("index"))
+      .def_property_readonly("parameters", [](const Network& n) {
+        py::list out;
+        for (const ParameterSlice& p : n.parameters()) {
+          py::dict d;
+          d["name"] = p.name;
+          d["offset"] = p.offset;
+          d["shape"] = p.shape;
+          d["fan_in"] = p.fan_in;
+          d["fan_out"] = p.fan_out;
+          out.append(d);
+        }
+        return out;
+      })
+      .def("forward_workspace_bytes", [](const Network& n, std::int64_t J, std::int64_t B, const std::string& dtype) {
+        return n.forward_workspace_bytes(J, B, parse_dtype(dtype));
+      });
+  m.def(
+      "forward",
+      [](Context& ctx, const Network& network, const View& U, const View& X, const View& G,
+         const std::optional<View>& state_in, const std::optional<View>& state_out) {
+        py::gil_scoped_release release;
+        forward(ctx, network, U.const_view(), X.const_view(), G.mutable_view(),
+                state_in ? state_in->const_view() : ConstMatrixView{},
+                state_out ? state_out->mutable_view() : MatrixView{});
+      },
+      py::arg("ctx"), py::arg("network"), py::arg("U"), py::arg("X"), py::arg("G"), py::arg("state_in"),
+      py::arg("state_out"));
 
   m.def("build_info", [] {
     const BuildInfo info = build_info();

@@ -8,6 +8,7 @@
 #include "ekinet/kalman_update.hpp"
 #include "ekinet/loss_update.hpp"
 #include "ekinet/losses.hpp"
+#include "ekinet/network.hpp"
 #include "ekinet/noise.hpp"
 #include "ekinet/random.hpp"
 #include "ekinet/randomization.hpp"

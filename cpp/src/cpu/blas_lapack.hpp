@@ -42,6 +42,14 @@ void EKINET_BLAS(ssyevd_)(const char*, const char*, const int*, float*, const in
                           int*, const int*, int*, std::size_t, std::size_t);
 void EKINET_BLAS(dsyevd_)(const char*, const char*, const int*, double*, const int*, double*, double*, const int*,
                           int*, const int*, int*, std::size_t, std::size_t);
+
+#ifdef EKINET_HAVE_GEMM_BATCH_STRIDED
+// OpenBLAS >= 0.3.28 extension (CBLAS interface; 101/102 row/column major, 111/112 no/transpose).
+void EKINET_BLAS(cblas_sgemm_batch_strided)(int, int, int, int, int, int, float, const float*, int, int, const float*,
+                                            int, int, float, float*, int, int, int);
+void EKINET_BLAS(cblas_dgemm_batch_strided)(int, int, int, int, int, int, double, const double*, int, int,
+                                            const double*, int, int, double, double*, int, int, int);
+#endif
 }
 
 namespace ekinet::detail::blas {
@@ -59,6 +67,9 @@ EKINET_OVERLOAD(trmm, strmm_, dtrmm_)
 EKINET_OVERLOAD(potrf, spotrf_, dpotrf_)
 EKINET_OVERLOAD(potrs, spotrs_, dpotrs_)
 EKINET_OVERLOAD(syevd, ssyevd_, dsyevd_)
+#ifdef EKINET_HAVE_GEMM_BATCH_STRIDED
+EKINET_OVERLOAD(gemm_batch_strided, cblas_sgemm_batch_strided, cblas_dgemm_batch_strided)
+#endif
 
 #undef EKINET_OVERLOAD
 

@@ -34,7 +34,7 @@ const char* flag(Trans trans) { return trans == Trans::yes ? "T" : "N"; }
 // multithreaded BLAS. Chunks are contiguous and ordered, so reductions combined in order are deterministic.
 template <class Body>
 void parallel_ranges(i64 count, i64 work_per_item, Body body) {
-  constexpr i64 kGrain = i64{1} << 18;
+  constexpr i64 kGrain = i64{1} << 20;  // about a millisecond of memory traffic, well above a thread start
   const i64 hardware = std::max<i64>(1, static_cast<i64>(std::thread::hardware_concurrency()));
   const i64 threads = std::clamp<i64>(count * work_per_item / kGrain, 1, std::min(hardware, count));
   if (threads <= 1) {
@@ -153,6 +153,129 @@ class CpuBackend final : public Backend<T> {
     blas::syevd(T{}, "V", "L", &in, a, &ilda, w, work, &lwork, iwork, &liwork, &info, std::size_t{1},
                 std::size_t{1});
     return info;
+  }
+
+  void gemm_strided_batched(Trans trans_a, Trans trans_b, i64 m, i64 n, i64 k, T alpha, const T* a, i64 lda,
+                            i64 stride_a, const T* b, i64 ldb, i64 stride_b, T beta, T* c, i64 ldc, i64 stride_c,
+                            i64 batch) override {
+    if (m == 0 || n == 0 || batch == 0) return;
+#ifdef EKINET_HAVE_GEMM_BATCH_STRIDED
+    constexpr int kColumnMajor = 102, kNoTrans = 111, kTrans = 112;
+    blas::gemm_batch_strided(T{}, kColumnMajor, trans_a == Trans::yes ? kTrans : kNoTrans,
+                             trans_b == Trans::yes ? kTrans : kNoTrans, to_int(m, "m"), to_int(n, "n"),
+                             to_int(k, "k"), alpha, a, to_int(std::max<i64>(lda, 1), "lda"),
+                             to_int(stride_a, "stride_a"), b, to_int(std::max<i64>(ldb, 1), "ldb"),
+                             to_int(stride_b, "stride_b"), beta, c, to_int(std::max<i64>(ldc, 1), "ldc"),
+                             to_int(stride_c, "stride_c"), to_int(batch, "batch"));
+#else
+    for (i64 i = 0; i < batch; ++i)
+      gemm(trans_a, trans_b, m, n, k, alpha, a + i * stride_a, lda, b + i * stride_b, ldb, beta, c + i * stride_c, ldc);
+#endif
+  }
+
+  void bias_activation(i64 batch, i64 rows, i64 cols, T* x, i64 ld, i64 member_stride, const T* bias,
+                       i64 bias_stride, bool bias_per_row, Activation activation) override {
+    parallel_ranges(batch * rows, cols * 4, [&](i64 first, i64 last, i64) {
+      for (i64 index = first; index < last; ++index) {
+        const i64 i = index / rows, r = index % rows;
+        T* row = x + i * member_stride + r * ld;
+        if (bias != nullptr) {
+          const T* b = bias + i * bias_stride;
+          for (i64 col = 0; col < cols; ++col) row[col] += bias_per_row ? b[r] : b[col];
+        }
+        activate(row, cols, activation);
+      }
+    });
+  }
+
+  void copy_strided(i64 batch, i64 rows, i64 cols, const T* in, i64 in_ld, i64 in_member_stride, T* out, i64 out_ld,
+                    i64 out_member_stride) override {
+    parallel_ranges(batch * rows, cols, [&](i64 first, i64 last, i64) {
+      for (i64 index = first; index < last; ++index) {
+        const i64 i = index / rows, r = index % rows;
+        const T* source = in + i * in_member_stride + r * in_ld;
+        std::copy(source, source + cols, out + i * out_member_stride + r * out_ld);
+      }
+    });
+  }
+
+  void fill_strided(i64 batch, i64 rows, i64 cols, T value, T* out, i64 ld, i64 member_stride) override {
+    for (i64 i = 0; i < batch; ++i)
+      for (i64 r = 0; r < rows; ++r) std::fill_n(out + i * member_stride + r * ld, cols, value);
+  }
+
+  void im2col(i64 batch, i64 images, i64 channels, i64 height, i64 width, const T* in, i64 channel_stride,
+              i64 image_stride, i64 member_stride, i64 kernel, i64 stride, i64 padding, i64 out_h, i64 out_w, T* cols,
+              i64 cols_member_stride) override {
+    const i64 q = channels * kernel * kernel;
+    parallel_ranges(batch * images, out_h * out_w * q, [&](i64 first, i64 last, i64) {
+      for (i64 index = first; index < last; ++index) {
+        const i64 i = index / images, n = index % images;
+        const T* image = in + i * member_stride + n * image_stride;
+        T* column = cols + i * cols_member_stride + n * out_h * out_w * q;
+        for (i64 oy = 0; oy < out_h; ++oy)
+          for (i64 ox = 0; ox < out_w; ++ox, column += q)
+            for (i64 ch = 0; ch < channels; ++ch)
+              for (i64 ky = 0; ky < kernel; ++ky) {
+                const i64 iy = oy * stride - padding + ky;
+                for (i64 kx = 0; kx < kernel; ++kx) {
+                  const i64 ix = ox * stride - padding + kx;
+                  const bool inside = iy >= 0 && iy < height && ix >= 0 && ix < width;
+                  column[(ch * kernel + ky) * kernel + kx] =
+                      inside ? image[ch * channel_stride + iy * width + ix] : T{0};
+                }
+              }
+      }
+    });
+  }
+
+  void maxpool2d(i64 batch, i64 channels, i64 images, i64 height, i64 width, const T* in, i64 in_member_stride,
+                 i64 kernel, i64 stride, i64 out_h, i64 out_w, T* out, i64 out_member_stride) override {
+    parallel_ranges(batch * channels * images, out_h * out_w * kernel * kernel, [&](i64 first, i64 last, i64) {
+      for (i64 index = first; index < last; ++index) {
+        const i64 i = index / (channels * images), plane = index % (channels * images);
+        const T* source = in + i * in_member_stride + plane * height * width;
+        T* target = out + i * out_member_stride + plane * out_h * out_w;
+        for (i64 oy = 0; oy < out_h; ++oy)
+          for (i64 ox = 0; ox < out_w; ++ox) {
+            T best = -std::numeric_limits<T>::infinity();
+            for (i64 ky = 0; ky < kernel; ++ky)
+              for (i64 kx = 0; kx < kernel; ++kx) {
+                const T v = source[(oy * stride + ky) * width + ox * stride + kx];
+                best = (v > best || v != v) ? v : best;  // NaN propagates: a failed member stays visible
+              }
+            target[oy * out_w + ox] = best;
+          }
+      }
+    });
+  }
+
+  void channels_to_rows(i64 batch, i64 channels, i64 images, i64 pixels, const T* in, i64 in_member_stride, T* out,
+                        i64 out_member_stride) override {
+    for (i64 i = 0; i < batch; ++i)
+      for (i64 n = 0; n < images; ++n)
+        for (i64 c = 0; c < channels; ++c) {
+          const T* source = in + i * in_member_stride + c * images * pixels + n * pixels;
+          std::copy(source, source + pixels, out + i * out_member_stride + n * channels * pixels + c * pixels);
+        }
+  }
+
+  void lstm_cell(i64 batch, i64 rows, i64 hidden, const T* gates, i64 gates_ld, i64 gates_member_stride, T* c,
+                 i64 c_member_stride, T* h, i64 h_ld, i64 h_member_stride) override {
+    parallel_ranges(batch * rows, hidden * 16, [&](i64 first, i64 last, i64) {
+      for (i64 index = first; index < last; ++index) {
+        const i64 i = index / rows, r = index % rows;
+        const T* g = gates + i * gates_member_stride + r * gates_ld;
+        T* cell = c + i * c_member_stride + r * hidden;
+        T* out = h + i * h_member_stride + r * h_ld;
+        for (i64 u = 0; u < hidden; ++u) {
+          const T input = sigmoid(g[u]), forget = sigmoid(g[hidden + u]), candidate = std::tanh(g[2 * hidden + u]),
+                  output = sigmoid(g[3 * hidden + u]);
+          cell[u] = forget * cell[u] + input * candidate;
+          out[u] = output * std::tanh(cell[u]);
+        }
+      }
+    });
   }
 
   void column_mean(i64 rows, i64 cols, const T* a, i64 lda, T* mean) override {
@@ -358,6 +481,34 @@ class CpuBackend final : public Backend<T> {
   }
 
  private:
+  static T sigmoid(T v) { return T{1} / (T{1} + std::exp(-v)); }
+
+  static void activate(T* row, i64 cols, Activation activation) {
+    switch (activation) {
+      case Activation::identity: break;
+      case Activation::relu:
+        for (i64 c = 0; c < cols; ++c) row[c] = row[c] < T{0} ? T{0} : row[c];  // NaN stays NaN (a failed member)
+        break;
+      case Activation::tanh:
+        for (i64 c = 0; c < cols; ++c) row[c] = std::tanh(row[c]);
+        break;
+      case Activation::sigmoid:
+        for (i64 c = 0; c < cols; ++c) row[c] = sigmoid(row[c]);
+        break;
+      case Activation::heaviside:
+        for (i64 c = 0; c < cols; ++c) row[c] = row[c] > T{0} ? T{1} : (row[c] != row[c] ? row[c] : T{0});
+        break;
+      case Activation::softmax: {
+        T largest = -std::numeric_limits<T>::infinity();
+        for (i64 c = 0; c < cols; ++c) largest = std::max(largest, row[c]);
+        double sum = 0;
+        for (i64 c = 0; c < cols; ++c) sum += std::exp(static_cast<double>(row[c] - largest));
+        for (i64 c = 0; c < cols; ++c) row[c] = static_cast<T>(std::exp(static_cast<double>(row[c] - largest)) / sum);
+        break;
+      }
+    }
+  }
+
   static i64 count_row_nonfinite(const T* row, i64 cols) {
     i64 count = 0;
     for (i64 c = 0; c < cols; ++c) count += nonfinite(row[c]);

@@ -78,6 +78,7 @@ struct Routines;
 template <>
 struct Routines<float> {
   static constexpr auto gemm = EKINET_ROUTINE(cublasSgemm);
+  static constexpr auto gemm_strided_batched = EKINET_ROUTINE(cublasSgemmStridedBatched);
   static constexpr auto syrk = EKINET_ROUTINE(cublasSsyrk);
   static constexpr auto trsm = EKINET_ROUTINE(cublasStrsm);
   static constexpr auto trmm = EKINET_ROUTINE(cublasStrmm);
@@ -91,6 +92,7 @@ struct Routines<float> {
 template <>
 struct Routines<double> {
   static constexpr auto gemm = EKINET_ROUTINE(cublasDgemm);
+  static constexpr auto gemm_strided_batched = EKINET_ROUTINE(cublasDgemmStridedBatched);
   static constexpr auto syrk = EKINET_ROUTINE(cublasDsyrk);
   static constexpr auto trsm = EKINET_ROUTINE(cublasDtrsm);
   static constexpr auto trmm = EKINET_ROUTINE(cublasDtrmm);
@@ -382,6 +384,144 @@ __global__ void divide_rows_clamped_kernel(i64 n, i64 nrhs, const T* w, T floor,
 template <class T>
 __global__ void inverse_sqrt_kernel(i64 n, const T* v, T* out) {
   for (i64 i = first_index(); i < n; i += grid_stride()) out[i] = static_cast<T>(1.0 / sqrt(static_cast<double>(v[i])));
+}
+
+// ---- batched ensemble networks -------------------------------------------------------------------------------
+// Member i's block starts at base + i * member_stride; a member stride of 0 shares one block (the input batch).
+
+template <class T>
+__device__ T sigmoid(T v) {
+  return T{1} / (T{1} + exp(-v));
+}
+
+// Every activation but softmax, which needs the whole row (softmax_kernel).
+template <class T>
+__device__ T activate(T v, Activation activation) {
+  switch (activation) {
+    case Activation::relu: return v < T{0} ? T{0} : v;  // std::max(v, 0): a NaN stays NaN (fmax would drop it)
+    case Activation::tanh: return tanh(v);
+    case Activation::sigmoid: return sigmoid(v);
+    case Activation::heaviside: return v > T{0} ? T{1} : (v != v ? v : T{0});  // NaN stays NaN, as in relu
+    case Activation::identity:
+    case Activation::softmax: break;
+  }
+  return v;
+}
+
+template <class T>
+__global__ void bias_activation_kernel(i64 batch, i64 rows, i64 cols, T* x, i64 ld, i64 member_stride, const T* bias,
+                                       i64 bias_stride, bool bias_per_row, Activation activation) {
+  const i64 size = rows * cols;
+  for (i64 k = first_index(); k < batch * size; k += grid_stride()) {
+    const i64 i = k / size, r = k % size / cols, c = k % cols;
+    T& value = x[i * member_stride + r * ld + c];
+    const T b = bias != nullptr ? bias[i * bias_stride + (bias_per_row ? r : c)] : T{0};
+    value = activate(static_cast<T>(value + b), activation);
+  }
+}
+
+// One thread per (member, row): rows are short (class scores), so a thread walks its row three times (add the
+// bias and find the maximum, sum the exponentials, normalise), the exponentials in double as on the CPU.
+template <class T>
+__global__ void softmax_kernel(i64 batch, i64 rows, i64 cols, T* x, i64 ld, i64 member_stride, const T* bias,
+                               i64 bias_stride, bool bias_per_row) {
+  for (i64 k = first_index(); k < batch * rows; k += grid_stride()) {
+    const i64 i = k / rows, r = k % rows;
+    T* row = x + i * member_stride + r * ld;
+    const T* b = bias != nullptr ? bias + i * bias_stride : nullptr;
+    T max_v = static_cast<T>(-INFINITY);
+    for (i64 c = 0; c < cols; ++c) {
+      if (b != nullptr) row[c] += b[bias_per_row ? r : c];
+      max_v = max_v < row[c] ? row[c] : max_v;  // std::max: a NaN entry still makes the sum (and the row) NaN
+    }
+    double sum = 0;
+    for (i64 c = 0; c < cols; ++c) sum += exp(static_cast<double>(row[c] - max_v));
+    for (i64 c = 0; c < cols; ++c) row[c] = static_cast<T>(exp(static_cast<double>(row[c] - max_v)) / sum);
+  }
+}
+
+template <class T>
+__global__ void copy_strided_kernel(i64 batch, i64 rows, i64 cols, const T* in, i64 in_ld, i64 in_member_stride,
+                                    T* out, i64 out_ld, i64 out_member_stride) {
+  const i64 size = rows * cols;
+  for (i64 k = first_index(); k < batch * size; k += grid_stride()) {
+    const i64 i = k / size, r = k % size / cols, c = k % cols;
+    out[i * out_member_stride + r * out_ld + c] = in[i * in_member_stride + r * in_ld + c];
+  }
+}
+
+template <class T>
+__global__ void fill_strided_kernel(i64 batch, i64 rows, i64 cols, T value, T* out, i64 ld, i64 member_stride) {
+  const i64 size = rows * cols;
+  for (i64 k = first_index(); k < batch * size; k += grid_stride()) {
+    const i64 i = k / size, r = k % size / cols, c = k % cols;
+    out[i * member_stride + r * ld + c] = value;
+  }
+}
+
+// One thread per entry of the patch matrices, q fastest so that neighbouring threads write neighbouring entries.
+template <class T>
+__global__ void im2col_kernel(i64 batch, i64 images, i64 channels, i64 height, i64 width, const T* in,
+                              i64 channel_stride, i64 image_stride, i64 member_stride, i64 kernel, i64 stride,
+                              i64 padding, i64 out_h, i64 out_w, T* cols, i64 cols_member_stride) {
+  const i64 q_size = channels * kernel * kernel, pixels = out_h * out_w, size = q_size * images * pixels;
+  for (i64 k = first_index(); k < batch * size; k += grid_stride()) {
+    const i64 i = k / size, q = k % q_size, column = k % size / q_size;  // column = n * pixels + oy * out_w + ox
+    const i64 n = column / pixels, oy = column % pixels / out_w, ox = column % out_w;
+    const i64 ch = q / (kernel * kernel), ky = q / kernel % kernel, kx = q % kernel;
+    const i64 iy = oy * stride - padding + ky, ix = ox * stride - padding + kx;
+    const bool inside = iy >= 0 && iy < height && ix >= 0 && ix < width;
+    cols[i * cols_member_stride + q + column * q_size] =
+        inside ? in[i * member_stride + ch * channel_stride + n * image_stride + iy * width + ix] : T{0};
+  }
+}
+
+// One thread per output entry (c, n, oy, ox) of each member, CNHW on both sides.
+template <class T>
+__global__ void maxpool2d_kernel(i64 batch, i64 channels, i64 images, i64 height, i64 width, const T* in,
+                                 i64 in_member_stride, i64 kernel, i64 stride, i64 out_h, i64 out_w, T* out,
+                                 i64 out_member_stride) {
+  const i64 pixels = out_h * out_w, size = channels * images * pixels;
+  for (i64 k = first_index(); k < batch * size; k += grid_stride()) {
+    const i64 i = k / size, cn = k % size / pixels, oy = k % pixels / out_w, ox = k % out_w;  // cn = c * images + n
+    const T* window = in + i * in_member_stride + cn * height * width + oy * stride * width + ox * stride;
+    T max_v = static_cast<T>(-INFINITY);
+    for (i64 ky = 0; ky < kernel; ++ky) {
+      for (i64 kx = 0; kx < kernel; ++kx) {
+        const T v = window[ky * width + kx];
+        if (v != v || v > max_v) max_v = v;  // once NaN, nothing compares greater: a failed member stays NaN
+      }
+    }
+    out[i * out_member_stride + k % size] = max_v;
+  }
+}
+
+// One thread per output entry: out_i[n, (c, p)] = in_i[c, (n, p)].
+template <class T>
+__global__ void channels_to_rows_kernel(i64 batch, i64 channels, i64 images, i64 pixels, const T* in,
+                                        i64 in_member_stride, T* out, i64 out_member_stride) {
+  const i64 row = channels * pixels, size = images * row;
+  for (i64 k = first_index(); k < batch * size; k += grid_stride()) {
+    const i64 i = k / size, n = k % size / row, c = k % row / pixels, p = k % pixels;
+    out[i * out_member_stride + k % size] = in[i * in_member_stride + c * images * pixels + n * pixels + p];
+  }
+}
+
+// One thread per (member, row, unit); gates are pre-activations in PyTorch's order i, f, g, o.
+template <class T>
+__global__ void lstm_cell_kernel(i64 batch, i64 rows, i64 hidden, const T* gates, i64 gates_ld,
+                                 i64 gates_member_stride, T* c, i64 c_member_stride, T* h, i64 h_ld,
+                                 i64 h_member_stride) {
+  const i64 size = rows * hidden;
+  for (i64 k = first_index(); k < batch * size; k += grid_stride()) {
+    const i64 i = k / size, r = k % size / hidden, u = k % hidden;
+    const T* g = gates + i * gates_member_stride + r * gates_ld;
+    const T input = sigmoid(g[u]), forget = sigmoid(g[hidden + u]), cell = tanh(g[2 * hidden + u]),
+            output = sigmoid(g[3 * hidden + u]);
+    T& state = c[i * c_member_stride + r * hidden + u];
+    state = forget * state + input * cell;
+    h[i * h_member_stride + r * h_ld + u] = output * tanh(state);
+  }
 }
 
 // ---- row reductions ------------------------------------------------------------------------------------------
@@ -749,6 +889,76 @@ class CudaBackend final : public Backend<T> {
   void inverse_sqrt(i64 n, const T* v, T* out) override {
     const DeviceGuard guard(state_.device());
     launch("inverse_sqrt_kernel", n, inverse_sqrt_kernel<T>, n, v, out);
+  }
+
+  // ---- batched ensemble networks ------------------------------------------------------------------------------
+
+  void gemm_strided_batched(Trans trans_a, Trans trans_b, i64 m, i64 n, i64 k, T alpha, const T* a, i64 lda,
+                            i64 stride_a, const T* b, i64 ldb, i64 stride_b, T beta, T* c, i64 ldc, i64 stride_c,
+                            i64 batch) override {
+    if (m == 0 || n == 0 || batch == 0) return;
+    const DeviceGuard guard(state_.device());
+    // A stride of 0 makes every batch entry read the same matrix, which cuBLAS allows.
+    call(Routines<T>::gemm_strided_batched, state_.blas(), operation(trans_a), operation(trans_b), to_int(m, "m"),
+         to_int(n, "n"), to_int(k, "k"), &alpha, a, to_int(std::max<i64>(lda, 1), "lda"),
+         static_cast<long long int>(stride_a), b, to_int(std::max<i64>(ldb, 1), "ldb"),
+         static_cast<long long int>(stride_b), &beta, c, to_int(std::max<i64>(ldc, 1), "ldc"),
+         static_cast<long long int>(stride_c), to_int(batch, "batch"));
+  }
+
+  void bias_activation(i64 batch, i64 rows, i64 cols, T* x, i64 ld, i64 member_stride, const T* bias, i64 bias_stride,
+                       bool bias_per_row, Activation activation) override {
+    const DeviceGuard guard(state_.device());
+    if (activation == Activation::softmax) {
+      launch("softmax_kernel", batch * rows, softmax_kernel<T>, batch, rows, cols, x, ld, member_stride, bias,
+             bias_stride, bias_per_row);
+    } else {
+      launch("bias_activation_kernel", batch * rows * cols, bias_activation_kernel<T>, batch, rows, cols, x, ld,
+             member_stride, bias, bias_stride, bias_per_row, activation);
+    }
+  }
+
+  void copy_strided(i64 batch, i64 rows, i64 cols, const T* in, i64 in_ld, i64 in_member_stride, T* out, i64 out_ld,
+                    i64 out_member_stride) override {
+    const DeviceGuard guard(state_.device());
+    launch("copy_strided_kernel", batch * rows * cols, copy_strided_kernel<T>, batch, rows, cols, in, in_ld,
+           in_member_stride, out, out_ld, out_member_stride);
+  }
+
+  void fill_strided(i64 batch, i64 rows, i64 cols, T value, T* out, i64 ld, i64 member_stride) override {
+    const DeviceGuard guard(state_.device());
+    launch("fill_strided_kernel", batch * rows * cols, fill_strided_kernel<T>, batch, rows, cols, value, out, ld,
+           member_stride);
+  }
+
+  void im2col(i64 batch, i64 images, i64 channels, i64 height, i64 width, const T* in, i64 channel_stride,
+              i64 image_stride, i64 member_stride, i64 kernel, i64 stride, i64 padding, i64 out_h, i64 out_w, T* cols,
+              i64 cols_member_stride) override {
+    const DeviceGuard guard(state_.device());
+    launch("im2col_kernel", batch * channels * kernel * kernel * images * out_h * out_w, im2col_kernel<T>, batch,
+           images, channels, height, width, in, channel_stride, image_stride, member_stride, kernel, stride, padding,
+           out_h, out_w, cols, cols_member_stride);
+  }
+
+  void maxpool2d(i64 batch, i64 channels, i64 images, i64 height, i64 width, const T* in, i64 in_member_stride,
+                 i64 kernel, i64 stride, i64 out_h, i64 out_w, T* out, i64 out_member_stride) override {
+    const DeviceGuard guard(state_.device());
+    launch("maxpool2d_kernel", batch * channels * images * out_h * out_w, maxpool2d_kernel<T>, batch, channels, images,
+           height, width, in, in_member_stride, kernel, stride, out_h, out_w, out, out_member_stride);
+  }
+
+  void channels_to_rows(i64 batch, i64 channels, i64 images, i64 pixels, const T* in, i64 in_member_stride, T* out,
+                        i64 out_member_stride) override {
+    const DeviceGuard guard(state_.device());
+    launch("channels_to_rows_kernel", batch * channels * images * pixels, channels_to_rows_kernel<T>, batch, channels,
+           images, pixels, in, in_member_stride, out, out_member_stride);
+  }
+
+  void lstm_cell(i64 batch, i64 rows, i64 hidden, const T* gates, i64 gates_ld, i64 gates_member_stride, T* c,
+                 i64 c_member_stride, T* h, i64 h_ld, i64 h_member_stride) override {
+    const DeviceGuard guard(state_.device());
+    launch("lstm_cell_kernel", batch * rows * hidden, lstm_cell_kernel<T>, batch, rows, hidden, gates, gates_ld,
+           gates_member_stride, c, c_member_stride, h, h_ld, h_member_stride);
   }
 
   i64 loss_gradient(Loss loss, i64 rows, i64 cols, i64 width, const T* z, i64 ldz, const T* y,

@@ -1,0 +1,327 @@
+// The batched forward pass of J member networks on one shared input batch. Members are processed in
+// chunks whose workspace fits a fixed budget; within a chunk every layer is a strided batched GEMM over the
+// members (stride 0 for the shared input) followed by one element-wise kernel.
+#include <algorithm>
+#include <string>
+
+#include "backend.hpp"
+#include "dispatch.hpp"
+#include "ekinet/errors.hpp"
+#include "ekinet/network.hpp"
+#include "validation.hpp"
+
+namespace ekinet {
+
+namespace {
+
+constexpr std::size_t kChunkBudgetBytes = std::size_t{1} << 30;  // workspace of one chunk of members
+
+using detail::i64;
+using detail::Trans;
+
+// Per-example sizes a layer adds to the workspace: its output, plus im2col patches for a convolution.
+struct LayerFootprint {
+  i64 per_member = 0;  // elements for each member of the chunk
+  i64 shared = 0;      // elements once per chunk (patches of the shared input)
+};
+
+i64 product(const std::vector<i64>& shape) {
+  i64 p = 1;
+  for (i64 d : shape) p *= d;
+  return p;
+}
+
+LayerFootprint footprint(const Network& network, std::size_t i, i64 B) {
+  const Layer& layer = network.layers()[i];
+  const std::vector<i64>& in = network.shape(i);
+  const i64 out = product(network.shape(i + 1));
+  switch (layer.kind) {
+    case Layer::Kind::dense:
+    case Layer::Kind::flatten: return {B * out, 0};
+    case Layer::Kind::maxpool2d: return {B * out + (i == 0 ? B * product(in) : 0), 0};  // + CNHW copy of X
+    case Layer::Kind::conv2d: {
+      const i64 patches = in[0] * layer.kernel * layer.kernel * product(network.shape(i + 1)) / layer.units * B;
+      return i == 0 ? LayerFootprint{B * out, patches} : LayerFootprint{B * out + patches, 0};
+    }
+    case Layer::Kind::rnn:
+    case Layer::Kind::lstm: {
+      const i64 steps = in[0], hidden = layer.units;
+      const i64 gates = layer.kind == Layer::Kind::lstm ? 4 : 1;
+      const i64 lstm_extra = layer.kind == Layer::Kind::lstm ? B * steps * hidden + B * hidden : 0;
+      return {B * steps * gates * hidden + lstm_extra, 0};
+    }
+  }
+  return {};
+}
+
+LayerFootprint total_footprint(const Network& network, i64 B) {
+  LayerFootprint total;
+  for (std::size_t i = 0; i < network.layers().size(); ++i) {
+    const LayerFootprint f = footprint(network, i, B);
+    total.per_member += f.per_member;
+    total.shared += f.shared;
+  }
+  return total;
+}
+
+// Members per chunk so that the chunk's workspace stays within the budget (at least one).
+i64 chunk_members(const Network& network, i64 J, i64 B, std::size_t element_bytes) {
+  const LayerFootprint f = total_footprint(network, B);
+  const double free_bytes = static_cast<double>(kChunkBudgetBytes) - static_cast<double>(f.shared * element_bytes);
+  const double per_member = static_cast<double>(f.per_member * element_bytes) + 1024.0;  // + alignment
+  return std::clamp<i64>(static_cast<i64>(free_bytes / per_member), 1, J);
+}
+
+}  // namespace
+
+std::size_t Network::forward_workspace_bytes(std::int64_t J, std::int64_t B, DType dtype) const {
+  const std::size_t element = size_of(dtype);
+  const LayerFootprint f = total_footprint(*this, B);
+  const i64 members = chunk_members(*this, J, B, element);
+  // + 256 bytes of alignment per buffer
+  return static_cast<std::size_t>(f.shared + members * f.per_member) * element + 256 * (2 * layers_.size() + 2);
+}
+
+namespace detail {
+namespace {
+
+// A chunk's activations: member i's block at data + i * member_stride (0: shared by all members), rows at ld.
+// channel_major: convolutional activations, rows = channels, cols = images * pixels (CNHW).
+template <class T>
+struct Activations {
+  const T* data = nullptr;
+  i64 member_stride = 0;
+  i64 rows = 0, cols = 0, ld = 0;
+  bool channel_major = false;
+};
+
+template <class T>
+class ForwardPass {
+ public:
+  ForwardPass(Backend<T>& backend, const Network& network, const ConstMatrixView& U, i64 B,
+              const ConstMatrixView& state_in, const MatrixView& state_out)
+      : backend_(backend), network_(network), B_(B), ldu_(U.row_stride), u_(U.as<T>()),
+        state_in_(state_in.as<T>()), state_in_ld_(state_in.row_stride), state_out_(state_out.as<T>()),
+        state_out_ld_(state_out.row_stride) {}
+
+  // Outputs of members [first, first + count) into G's rows.
+  void run(i64 first, i64 count, const T* x, T* g, i64 ldg) {
+    first_ = first;
+    count_ = count;
+    state_offset_ = 0;
+    const std::vector<i64>& input = network_.input_shape();
+    // One row per example (images in NCHW order), or per (example, step) for sequences (steps, features).
+    Activations<T> a = input.size() == 2 ? Activations<T>{x, 0, B_ * input[0], input[1], input[1], false}
+                                         : Activations<T>{x, 0, B_, product(input), product(input), false};
+    for (std::size_t i = 0; i < network_.layers().size(); ++i) a = layer(i, a);
+    store(a, g + first * ldg, ldg);
+  }
+
+ private:
+  const T* parameters(std::size_t layer, i64 offset_in_layer) const {
+    return u_ + first_ * ldu_ + network_.parameter_offset(layer) + offset_in_layer;
+  }
+  T* take(i64 per_member) { return backend_.workspace().template take<T>(count_ * per_member); }
+
+  Activations<T> layer(std::size_t i, const Activations<T>& in) {
+    const Layer& layer = network_.layers()[i];
+    switch (layer.kind) {
+      case Layer::Kind::dense: return dense(i, in);
+      case Layer::Kind::conv2d: return conv2d(i, in);
+      case Layer::Kind::maxpool2d: return maxpool2d(i, in);
+      case Layer::Kind::flatten: return flatten(i, in);
+      case Layer::Kind::rnn:
+      case Layer::Kind::lstm: return recurrent(i, in);
+    }
+    return in;
+  }
+
+  // rows x units = in (rows x features) W^T + b: column-major C (units x rows) = W (units x features) in^T.
+  Activations<T> dense(std::size_t i, const Activations<T>& in) {
+    const Layer& layer = network_.layers()[i];
+    const i64 units = layer.units, features = in.cols, rows = in.rows;
+    T* out = take(rows * units);
+    backend_.gemm_strided_batched(Trans::yes, Trans::no, units, rows, features, T{1}, parameters(i, 0), features,
+                                  ldu_, in.data, in.ld, in.member_stride, T{0}, out, units, rows * units, count_);
+    backend_.bias_activation(count_, rows, units, out, units, rows * units, parameters(i, units * features), ldu_,
+                             false, layer.activation);
+    return {out, rows * units, rows, units, units, false};
+  }
+
+  // Patches (Q x N, N = images * out pixels) once per member, or once for the shared input; then
+  // column-major C (N x channels) = patches^T W^T, i.e. CNHW output.
+  Activations<T> conv2d(std::size_t i, const Activations<T>& in) {
+    const Layer& layer = network_.layers()[i];
+    const std::vector<i64>& shape = network_.shape(i);
+    const std::vector<i64>& out_shape = network_.shape(i + 1);
+    const i64 channels = shape[0], height = shape[1], width = shape[2];
+    const i64 out_h = out_shape[1], out_w = out_shape[2], pixels = height * width;
+    const i64 q = channels * layer.kernel * layer.kernel, n = B_ * out_h * out_w;
+    const bool shared = in.member_stride == 0;
+    const i64 channel_stride = in.channel_major ? B_ * pixels : pixels;
+    const i64 image_stride = in.channel_major ? pixels : channels * pixels;
+    T* patches = backend_.workspace().template take<T>((shared ? 1 : count_) * q * n);
+    backend_.im2col(shared ? 1 : count_, B_, channels, height, width, in.data, channel_stride, image_stride,
+                    in.member_stride, layer.kernel, layer.stride, layer.padding, out_h, out_w, patches, q * n);
+    T* out = take(layer.units * n);
+    backend_.gemm_strided_batched(Trans::yes, Trans::no, n, layer.units, q, T{1}, patches, q, shared ? 0 : q * n,
+                                  parameters(i, 0), q, ldu_, T{0}, out, n, layer.units * n, count_);
+    backend_.bias_activation(count_, layer.units, n, out, n, layer.units * n, parameters(i, layer.units * q), ldu_,
+                             true, layer.activation);
+    return {out, layer.units * n, layer.units, n, n, true};
+  }
+
+  Activations<T> maxpool2d(std::size_t i, const Activations<T>& in) {
+    const Layer& layer = network_.layers()[i];
+    const std::vector<i64>& shape = network_.shape(i);
+    const std::vector<i64>& out_shape = network_.shape(i + 1);
+    Activations<T> source = in;
+    if (!in.channel_major) source = to_channel_major(in, shape[0], shape[1] * shape[2]);
+    const i64 n = B_ * out_shape[1] * out_shape[2];
+    T* out = take(shape[0] * n);
+    backend_.maxpool2d(count_, shape[0], B_, shape[1], shape[2], source.data, source.member_stride, layer.kernel,
+                       layer.stride, out_shape[1], out_shape[2], out, shape[0] * n);
+    return {out, shape[0] * n, shape[0], n, n, true};
+  }
+
+  // The input batch (NCHW rows) as CNHW for a pooling layer that comes first.
+  Activations<T> to_channel_major(const Activations<T>& in, i64 channels, i64 pixels) {
+    T* out = take(channels * B_ * pixels);
+    // Row c of the CNHW block gathers pixel block c of every image: a strided copy per channel.
+    for (i64 c = 0; c < channels; ++c) {
+      backend_.copy_strided(count_, B_, pixels, in.data + c * pixels, in.ld, in.member_stride,
+                            out + c * B_ * pixels, pixels, channels * B_ * pixels);
+    }
+    return {out, channels * B_ * pixels, channels, B_ * pixels, B_ * pixels, true};
+  }
+
+  Activations<T> flatten(std::size_t i, const Activations<T>& in) {
+    const i64 size = product(network_.shape(i + 1));
+    if (!in.channel_major) return {in.data, in.member_stride, B_, size, in.rows == B_ ? in.ld : size, false};
+    const i64 channels = in.rows, pixels = in.cols / B_;
+    T* out = take(B_ * size);
+    backend_.channels_to_rows(count_, channels, B_, pixels, in.data, in.member_stride, out, B_ * size);
+    return {out, B_ * size, B_, size, size, false};
+  }
+
+  // Elman RNN (h = tanh(W_ih x + b_ih + W_hh h + b_hh)) and LSTM, PyTorch's equations. The input
+  // projections of every step are one batched GEMM; each step adds the recurrent GEMM in place.
+  Activations<T> recurrent(std::size_t i, const Activations<T>& in) {
+    const Layer& layer = network_.layers()[i];
+    const bool lstm = layer.kind == Layer::Kind::lstm;
+    const i64 steps = network_.shape(i)[0], features = in.cols, hidden = layer.units;
+    const i64 gates = (lstm ? 4 : 1) * hidden, rows = B_ * steps;
+    const T* w_ih = parameters(i, 0);
+    const T* w_hh = parameters(i, gates * features);
+    const T* b_ih = parameters(i, gates * features + gates * hidden);
+    const T* b_hh = b_ih + gates;
+
+    T* pre = take(rows * gates);  // (example, step) rows of pre-activations
+    backend_.gemm_strided_batched(Trans::yes, Trans::no, gates, rows, features, T{1}, w_ih, features, ldu_, in.data,
+                                  in.ld, in.member_stride, T{0}, pre, gates, rows * gates, count_);
+    backend_.bias_activation(count_, rows, gates, pre, gates, rows * gates, b_ih, ldu_, false, Activation::identity);
+    backend_.bias_activation(count_, rows, gates, pre, gates, rows * gates, b_hh, ldu_, false, Activation::identity);
+
+    // Hidden states: the RNN activates `pre` in place; the LSTM writes h to its own buffer and keeps c.
+    T* h = lstm ? take(rows * hidden) : pre;
+    T* c = lstm ? take(B_ * hidden) : nullptr;
+    const i64 h_ld = steps * (lstm ? hidden : gates), h_member = rows * (lstm ? hidden : gates);
+    const i64 state_h = state_offset_, state_c = state_offset_ + B_ * hidden;
+    state_offset_ += B_ * hidden * (lstm ? 2 : 1);
+    if (lstm) {
+      if (state_in_ != nullptr) {
+        backend_.copy_strided(count_, B_, hidden, state_in_ + first_ * state_in_ld_ + state_c, hidden, state_in_ld_, c,
+                              hidden, B_ * hidden);
+      } else {
+        backend_.fill_strided(count_, B_, hidden, T{0}, c, hidden, B_ * hidden);
+      }
+    }
+    for (i64 t = 0; t < steps; ++t) {
+      T* pre_t = pre + t * gates;
+      if (t > 0 || state_in_ != nullptr) {  // h_{-1} = 0 without a given state: nothing to add
+        const T* previous = t > 0 ? h + (t - 1) * hidden : state_in_ + first_ * state_in_ld_ + state_h;
+        const i64 previous_ld = t > 0 ? h_ld : hidden, previous_member = t > 0 ? h_member : state_in_ld_;
+        backend_.gemm_strided_batched(Trans::yes, Trans::no, gates, B_, hidden, T{1}, w_hh, hidden, ldu_, previous,
+                                      previous_ld, previous_member, T{1}, pre_t, steps * gates, rows * gates, count_);
+      }
+      if (lstm) {
+        backend_.lstm_cell(count_, B_, hidden, pre_t, steps * gates, rows * gates, c, B_ * hidden, h + t * hidden,
+                           h_ld, h_member);
+      } else {
+        backend_.bias_activation(count_, B_, hidden, pre_t, steps * gates, rows * gates, nullptr, 0, false,
+                                 Activation::tanh);
+      }
+    }
+    const T* last = h + (steps - 1) * hidden;
+    if (state_out_ != nullptr) {
+      backend_.copy_strided(count_, B_, hidden, last, h_ld, h_member, state_out_ + first_ * state_out_ld_ + state_h,
+                            hidden, state_out_ld_);
+      if (lstm) {
+        backend_.copy_strided(count_, B_, hidden, c, hidden, B_ * hidden, state_out_ + first_ * state_out_ld_ + state_c,
+                              hidden, state_out_ld_);
+      }
+    }
+    if (layer.return_sequences) return {h, h_member, rows, hidden, lstm ? hidden : gates, false};
+    return {last, h_member, B_, hidden, h_ld, false};
+  }
+
+  // Each member's outputs as one row of G: examples one after another, each in C order.
+  void store(const Activations<T>& a, T* g, i64 ldg) {
+    if (a.channel_major) {
+      backend_.channels_to_rows(count_, a.rows, B_, a.cols / B_, a.data, a.member_stride, g, ldg);
+    } else {
+      backend_.copy_strided(count_, a.rows, a.cols, a.data, a.ld, a.member_stride, g, a.cols, ldg);
+    }
+  }
+
+  Backend<T>& backend_;
+  const Network& network_;
+  const i64 B_, ldu_;
+  const T* u_;
+  const T* state_in_;
+  const i64 state_in_ld_;
+  T* state_out_;
+  const i64 state_out_ld_;
+  i64 first_ = 0, count_ = 0, state_offset_ = 0;
+};
+
+template <class T>
+void forward_typed(Context& ctx, const Network& network, const ConstMatrixView& U, const ConstMatrixView& X,
+                   MatrixView G, const ConstMatrixView& state_in, const MatrixView& state_out) {
+  Backend<T>& backend = ctx.backend(T{});
+  const ArgumentChecker check("forward", ctx, U.dtype);
+  check.array(U, "U");
+  const i64 J = U.rows, B = X.rows;
+  if (J < 1) check.fail("U has no members (rows)");
+  if (U.cols != network.parameter_count()) {
+    check.fail("U has " + std::to_string(U.cols) + " parameters per member but the network has " +
+               std::to_string(network.parameter_count()));
+  }
+  check.shape(X, "X", B, network.input_size(), "one flattened example per row, of the network's input size");
+  if (B < 1) check.fail("X has no examples (rows)");
+  if (!X.contiguous()) check.fail("X must have contiguous rows");
+  check.shape(G, "G", J, B * network.output_size(), "the outputs of every example, one row per member");
+  const i64 state = B * network.state_size();
+  if (!state_in.empty()) check.shape(state_in, "state_in", J, state, "the recurrent state of each member");
+  if (state_out.data != nullptr) check.shape(state_out, "state_out", J, state, "the recurrent state of each member");
+  check.finite(backend, X, "X");
+
+  const i64 chunk = chunk_members(network, J, B, sizeof(T));
+  ForwardPass<T> pass(backend, network, U, B, state_in, state_out);
+  for (i64 first = 0; first < J; first += chunk) {
+    backend.workspace().reset();
+    pass.run(first, std::min(chunk, J - first), X.as<T>(), G.as<T>(), G.row_stride);
+  }
+}
+
+}  // namespace
+}  // namespace detail
+
+void forward(Context& ctx, const Network& network, ConstMatrixView U, ConstMatrixView X, MatrixView G,
+             ConstMatrixView state_in, MatrixView state_out) {
+  detail::dispatch_dtype(U.dtype, [&](auto tag) {
+    detail::forward_typed<decltype(tag)>(ctx, network, U, X, G, state_in, state_out);
+  });
+}
+
+}  // namespace ekinet
