@@ -138,9 +138,14 @@ Network::Network(std::vector<Layer> layers, std::vector<std::int64_t> input_shap
         if (layer.units < 1 || layer.kernel < 1 || layer.stride < 1 || layer.padding < 0) {
           reject(i, layer, in, "channels, kernel and stride must be positive and padding non-negative");
         }
+        if (in[1] + 2 * layer.padding < layer.kernel || in[2] + 2 * layer.padding < layer.kernel) {
+          reject(i, layer, in, "the kernel is larger than the padded image");
+        }
+        if (layer.activation == Activation::softmax) {
+          reject(i, layer, in, "softmax is defined for Dense outputs only");
+        }
         const std::int64_t height = window_count(in[1], layer.kernel, layer.stride, layer.padding);
         const std::int64_t width = window_count(in[2], layer.kernel, layer.stride, layer.padding);
-        if (height < 1 || width < 1) reject(i, layer, in, "the kernel is larger than the padded image");
         const std::int64_t receptive = in[0] * layer.kernel * layer.kernel;
         add("weight", {layer.units, in[0], layer.kernel, layer.kernel}, receptive,
             layer.units * layer.kernel * layer.kernel);
@@ -151,9 +156,9 @@ Network::Network(std::vector<Layer> layers, std::vector<std::int64_t> input_shap
       case Layer::Kind::maxpool2d: {
         if (in.size() != 3) reject(i, layer, in, "expected (channels, height, width)");
         if (layer.kernel < 1 || layer.stride < 1) reject(i, layer, in, "kernel and stride must be positive");
+        if (in[1] < layer.kernel || in[2] < layer.kernel) reject(i, layer, in, "the window is larger than the image");
         const std::int64_t height = window_count(in[1], layer.kernel, layer.stride, 0);
         const std::int64_t width = window_count(in[2], layer.kernel, layer.stride, 0);
-        if (height < 1 || width < 1) reject(i, layer, in, "the window is larger than the image");
         out = {in[0], height, width};
         break;
       }

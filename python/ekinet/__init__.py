@@ -18,7 +18,7 @@ def _load_blas():
 
 _load_blas()
 
-from . import losses, reference  # noqa: E402
+from . import losses, nn, reference  # noqa: E402
 from ._core import BackendUnavailable, NumericalError  # noqa: E402
 from ._inputs import NumericalWarning  # noqa: E402
 from .eki import EKI, MinimizeResult, Randomization, minimize  # noqa: E402
@@ -57,6 +57,7 @@ __all__ = [
     "losses",
     "minimize",
     "nesterov_extrapolate",
+    "nn",
     "randomize",
     "reference",
 ]

@@ -5,6 +5,7 @@ and on CuPy. It is the oracle the native core is tested against and the CuPy fal
 extension is not built. It follows the formulas literally; speed is the native core's job.
 """
 
+from .forward import forward
 from .kalman import kalman_update
 from .loss_scheme import loss_update, nesterov_extrapolate
 from .losses import loss_and_gradient
@@ -16,6 +17,7 @@ __all__ = [
     "ensemble_anomalies",
     "ensemble_mean",
     "ensemble_spread",
+    "forward",
     "kalman_update",
     "loss_and_gradient",
     "loss_update",

@@ -1,0 +1,175 @@
+"""Benchmark of the batched ensemble forward pass (issue: batched ensemble networks, item 5).
+
+Members x examples per second for MLP 784-100-10 and 784-500-300-100-10, CNN-MNIST and LSTM(32) on sequences
+of 50 steps, at J in {100, 2000} and B in {64, 256}. On the CPU the native core is compared with the NumPy
+reference in the same run; on a GPU (CuPy present, CUDA core built) with PyTorch's ensembling recipe
+(torch.func.stack_module_state + functional_call + vmap) and with a Python loop over the members' modules,
+on the same device, plus one online LSTM step (J = 2000, one new observation).
+
+Usage: python bench/forward.py [--device cpu|cuda] [--quick] [--budget SECONDS] [--out bench/results]
+Runs whose single evaluation is predicted to exceed the budget are recorded as skipped.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+import ekinet
+from ekinet import nn
+
+NETWORKS = {
+    "mlp 784-100-10": lambda: nn.from_string("mlp:784-100-10"),
+    "mlp 784-500-300-100-10": lambda: nn.from_string("mlp:784-500-300-100-10"),
+    "cnn-mnist": lambda: nn.from_string("cnn-mnist"),
+    "lstm(32), 50 steps": lambda: nn.Sequential([nn.LSTM(32), nn.Dense(1)], input_shape=(50, 1)),
+}
+GRID_J = (100, 2000)
+GRID_B = (64, 256)
+
+
+def timed(function, synchronize=lambda: None, repeats=3, min_total=1.0):
+    """Best wall time of at least `repeats` runs (more until min_total seconds) after a warm-up."""
+    function()
+    synchronize()
+    best, total, runs = float("inf"), 0.0, 0
+    while runs < repeats or total < min_total:
+        start = time.perf_counter()
+        function()
+        synchronize()
+        elapsed = time.perf_counter() - start
+        best, total, runs = min(best, elapsed), total + elapsed, runs + 1
+    return best
+
+
+def inputs(xp, network, J, B, dtype):
+    rng = np.random.default_rng(0)
+    U = xp.asarray(network.prior(J, rng=rng, dtype=dtype))
+    X = xp.asarray(rng.standard_normal((B, *network.input_shape)).astype(dtype))
+    return U, X
+
+
+def bench_cpu(name, network, J, B, dtype, budget):
+    U, X = inputs(np, network, J, B, dtype)
+    row = {"network": name, "J": J, "B": B, "P": network.parameter_count, "dtype": dtype}
+    start = time.perf_counter()
+    network.forward(U, X)
+    single = time.perf_counter() - start
+    row["native_s"] = timed(lambda: network.forward(U, X))
+    if single * 20 < budget:  # the reference is expected to be much slower
+        row["reference_s"] = timed(lambda: network.forward(U, X, backend="reference"), repeats=1, min_total=0)
+        row["native_speedup"] = row["reference_s"] / row["native_s"]
+    else:
+        row["reference"] = f"skipped: one native run took {single:.2f} s, the reference would exceed the budget"
+    row["native_member_examples_per_s"] = J * B / row["native_s"]
+    return row
+
+
+def bench_cuda(name, network, J, B, dtype, budget):
+    import cupy as cp
+    import torch
+    from torch.func import functional_call, stack_module_state
+
+    U, X = inputs(cp, network, J, B, dtype)
+    sync = cp.cuda.Stream.null.synchronize
+    row = {"network": name, "J": J, "B": B, "P": network.parameter_count, "dtype": dtype}
+    row["native_s"] = timed(lambda: network.forward(U, X), sync)
+    row["native_member_examples_per_s"] = J * B / row["native_s"]
+
+    modules = [network.to_torch(U[j].get()).cuda() for j in range(J)]
+    params, buffers = stack_module_state(modules)
+    base = modules[0].to("meta")
+    tX = torch.from_dlpack(X)
+
+    def one(p, b, x):
+        return functional_call(base, (p, b), (x,))
+
+    vmapped = torch.vmap(one, in_dims=(0, 0, None))
+    with torch.no_grad():
+        row["torch_vmap_s"] = timed(lambda: vmapped(params, buffers, tX), torch.cuda.synchronize)
+        if J * B <= 100 * 256:
+            row["torch_loop_s"] = timed(lambda: [m(tX) for m in modules], torch.cuda.synchronize, min_total=0)
+    row["speedup_over_vmap"] = row["torch_vmap_s"] / row["native_s"]
+    return row
+
+
+def environment(device):
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python " + " ".join(sys.argv),
+        "ekinet": ekinet.build_info(),
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "cores": os.cpu_count(),
+        "device": device,
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        info["cpu"] = platform.processor()
+    if device == "cuda":
+        import cupy as cp
+        import torch
+
+        info["gpu"] = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
+        info["cupy"], info["torch"] = cp.__version__, torch.__version__
+    return info
+
+
+def markdown(results):
+    env = results["environment"]
+    where = env.get("gpu", env["cpu"])
+    lines = [f"# Batched ensemble forward benchmark ({env['device']}: {where})", "",
+             f"Command: `{env['command']}` on {env['date']}; ekinet {env['ekinet']['version']}, "
+             f"BLAS {env['ekinet']['blas']}, numpy {env['numpy']}, {env['cores']} cores.", "",
+             "Times in milliseconds (best of at least 3 runs and 1 s); throughput in member-examples per second.",
+             "", "| network | J | B | P | native ms | member-examples/s | reference ms | native speed-up |"
+             + (" torch vmap ms | speed-up over vmap |" if env["device"] == "cuda" else ""),
+             "|---|---|---|---|---|---|---|---|" + ("---|---|" if env["device"] == "cuda" else "")]
+    for r in results["rows"]:
+        ref = f"{1e3 * r['reference_s']:.1f}" if "reference_s" in r else "-"
+        speed = f"{r['native_speedup']:.1f}" if "native_speedup" in r else "-"
+        line = (f"| {r['network']} | {r['J']} | {r['B']} | {r['P']} | {1e3 * r['native_s']:.1f} | "
+                f"{r['native_member_examples_per_s']:.3g} | {ref} | {speed} |")
+        if env["device"] == "cuda":
+            line += f" {1e3 * r['torch_vmap_s']:.1f} | {r['speedup_over_vmap']:.1f} |"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--quick", action="store_true", help="J = 100, B = 64 only")
+    parser.add_argument("--budget", type=float, default=60.0, help="skip reference runs predicted longer (s)")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    args = parser.parse_args(argv)
+
+    run = bench_cpu if args.device == "cpu" else bench_cuda
+    grid = [(100, 64)] if args.quick else [(J, B) for J in GRID_J for B in GRID_B]
+    rows = []
+    for name, make in NETWORKS.items():
+        network = make()
+        for J, B in grid:
+            row = run(name, network, J, B, args.dtype, args.budget)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    results = {"environment": environment(args.device), "rows": rows}
+    os.makedirs(args.out, exist_ok=True)
+    name = f"forward-{args.device}{'-quick' if args.quick else ''}-{args.dtype}"
+    with open(os.path.join(args.out, name + ".json"), "w") as f:
+        json.dump(results, f, indent=1)
+    with open(os.path.join(args.out, name + ".md"), "w") as f:
+        f.write(markdown(results))
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
