@@ -19,6 +19,7 @@ import sys
 import time
 
 import numpy as np
+from timing import timed
 
 import ekinet
 from ekinet import nn
@@ -31,20 +32,6 @@ NETWORKS = {
 }
 GRID_J = (100, 2000)
 GRID_B = (64, 256)
-
-
-def timed(function, synchronize=lambda: None, repeats=3, min_total=1.0):
-    """Best wall time of at least `repeats` runs (more until min_total seconds) after a warm-up."""
-    function()
-    synchronize()
-    best, total, runs = float("inf"), 0.0, 0
-    while runs < repeats or total < min_total:
-        start = time.perf_counter()
-        function()
-        synchronize()
-        elapsed = time.perf_counter() - start
-        best, total, runs = min(best, elapsed), total + elapsed, runs + 1
-    return best
 
 
 def inputs(xp, network, J, B, dtype):

@@ -19,9 +19,9 @@ import json
 import os
 import platform
 import sys
-import time
 
 import numpy as np
+from timing import timed
 
 import ekinet
 from ekinet import _core
@@ -29,20 +29,6 @@ from ekinet import _core
 GRID_J = (100, 500, 2000)
 GRID_P = (10_000, 100_000)
 GRID_M = (100, 1000, 10_000)
-
-
-def timed(function, repeats, synchronize=lambda: None, min_total=1.0):
-    """Best wall time of at least `repeats` runs (more, until min_total seconds are spent) after a warm-up."""
-    function()
-    synchronize()
-    best, total, runs = float("inf"), 0.0, 0
-    while runs < repeats or total < min_total:
-        start = time.perf_counter()
-        function()
-        synchronize()
-        elapsed = time.perf_counter() - start
-        best, total, runs = min(best, elapsed), total + elapsed, runs + 1
-    return best
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -101,28 +87,28 @@ def bench_cpu(J, P, M, dtype, repeats, budget):
     solve = np.linalg.solve
 
     T = np.eye(J, dtype=dtype)
-    row["gemm_s"] = timed(lambda: T @ U, repeats)
+    row["gemm_s"] = timed(lambda: T @ U, repeats=repeats)
     rate = 2.0 * J * J * P / row["gemm_s"]  # this machine's GEMM rate predicts the other runs' times
     observation_ok = P * M * np.dtype(dtype).itemsize < (4 << 30) and \
         _core.kalman_update_flops("observation", J, P, M, "scalar") / rate < budget
     ensemble_ok = _core.kalman_update_flops("ensemble", J, P, M, "scalar") / rate < budget
     if ensemble_ok:
-        row["native_ensemble_s"] = timed(lambda: ekinet.kalman_update(U, G, y, gamma, formulation="ensemble"), repeats)
-        row["numpy_folded_ensemble_s"] = timed(lambda: folded_ensemble_update(xp, U, G, y, gamma, step, solve), repeats)
-        row["native_loss_update_s"] = timed(lambda: ekinet.loss_update(U, G, grad, step=0.1), repeats)
-        row["numpy_folded_loss_update_s"] = timed(lambda: folded_loss_update(xp, U, G, grad, 0.1, 1e-8), repeats)
+        row["native_ensemble_s"] = timed(lambda: ekinet.kalman_update(U, G, y, gamma, formulation="ensemble"), repeats=repeats)
+        row["numpy_folded_ensemble_s"] = timed(lambda: folded_ensemble_update(xp, U, G, y, gamma, step, solve), repeats=repeats)
+        row["native_loss_update_s"] = timed(lambda: ekinet.loss_update(U, G, grad, step=0.1), repeats=repeats)
+        row["numpy_folded_loss_update_s"] = timed(lambda: folded_loss_update(xp, U, G, grad, 0.1, 1e-8), repeats=repeats)
     if observation_ok:
         row["native_observation_s"] = timed(
-            lambda: ekinet.kalman_update(U, G, y, gamma, formulation="observation"), repeats)
+            lambda: ekinet.kalman_update(U, G, y, gamma, formulation="observation"), repeats=repeats)
         row["numpy_gain_observation_s"] = timed(
-            lambda: gain_observation_update(xp, U, G, y, gamma, step, solve), repeats)
+            lambda: gain_observation_update(xp, U, G, y, gamma, step, solve), repeats=repeats)
     row["auto_choice"] = _core.choose_formulation(J, P, M, "scalar", np.dtype(dtype).itemsize, 2 << 30)
     if row["auto_choice"] == "ensemble" and ensemble_ok or row["auto_choice"] == "observation" and observation_ok:
-        row["native_auto_s"] = timed(lambda: ekinet.kalman_update(U, G, y, gamma), repeats)
+        row["native_auto_s"] = timed(lambda: ekinet.kalman_update(U, G, y, gamma), repeats=repeats)
     if ensemble_ok and J * P <= 5_000_000:
         reference = "ensemble" if row["auto_choice"] == "ensemble" else "observation"
         row["reference_s"] = timed(lambda: ekinet.kalman_update(U, G, y, gamma, formulation=reference,
-                                                                backend="reference"), 1)
+                                                                backend="reference"), repeats=1)
     if not ensemble_ok or not observation_ok:
         row["skipped"] = (f"formulations predicted over the {budget:.0f} s budget at the measured GEMM rate of "
                           f"{rate / 1e9:.0f} GFLOP/s (or with a P x M gain over 4 GiB) were not run")
@@ -154,29 +140,29 @@ def bench_cuda(J, P, M, dtype, repeats, budget):
     sync = cp.cuda.Stream.null.synchronize
     row = {"J": J, "P": P, "M": M, "dtype": np.dtype(dtype).name}
     T = cp.eye(J, dtype=dtype)
-    row["gemm_s"] = timed(lambda: T @ U, repeats, sync)
+    row["gemm_s"] = timed(lambda: T @ U, sync, repeats=repeats)
     flops = _core.kalman_update_flops("ensemble", J, P, M, "scalar")
     if flops / (2.0 * J * J * P / row["gemm_s"]) > budget:
         row["skipped"] = f"predicted over the {budget:.0f} s budget"
         return row
     row["native_ensemble_s"] = timed(lambda: ekinet.kalman_update(U, G, y, gamma, formulation="ensemble"),
-                                     repeats, sync)
+                                     sync, repeats=repeats)
     if P * M * np.dtype(dtype).itemsize < (8 << 30):
         row["native_observation_s"] = timed(
-            lambda: ekinet.kalman_update(U, G, y, gamma, formulation="observation"), repeats, sync)
-    row["native_auto_s"] = timed(lambda: ekinet.kalman_update(U, G, y, gamma), repeats, sync)
-    row["native_loss_update_s"] = timed(lambda: ekinet.loss_update(U, G, grad, step=0.1), repeats, sync)
+            lambda: ekinet.kalman_update(U, G, y, gamma, formulation="observation"), sync, repeats=repeats)
+    row["native_auto_s"] = timed(lambda: ekinet.kalman_update(U, G, y, gamma), sync, repeats=repeats)
+    row["native_loss_update_s"] = timed(lambda: ekinet.loss_update(U, G, grad, step=0.1), sync, repeats=repeats)
     row["cupy_reference_s"] = timed(lambda: ekinet.kalman_update(U, G, y, gamma, formulation="ensemble",
-                                                                 backend="reference"), 1, sync)
+                                                                 backend="reference"), sync, repeats=1)
     row["cupy_folded_ensemble_s"] = timed(
-        lambda: folded_ensemble_update(cp, U, G, y, gamma, step, cp.linalg.solve), repeats, sync)
+        lambda: folded_ensemble_update(cp, U, G, y, gamma, step, cp.linalg.solve), sync, repeats=repeats)
     try:
         import torch
 
         tU, tG, ty = (torch.from_dlpack(a) for a in (U, G, y))
         row["torch_folded_ensemble_s"] = timed(
-            lambda: folded_ensemble_update(_TorchNamespace, tU, tG, ty, gamma, step, torch.linalg.solve), repeats,
-            torch.cuda.synchronize)
+            lambda: folded_ensemble_update(_TorchNamespace, tU, tG, ty, gamma, step, torch.linalg.solve),
+            torch.cuda.synchronize, repeats=repeats)
     except ImportError:
         row["torch"] = "not installed"
     gemm_flops = 2.0 * J * J * P
