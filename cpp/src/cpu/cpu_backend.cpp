@@ -12,6 +12,7 @@
 
 #include "backend.hpp"
 #include "cpu/blas_lapack.hpp"
+#include "cpu/vector_math.hpp"
 #include "ekinet/context.hpp"
 #include "ekinet/errors.hpp"
 #include "ekinet/random.hpp"
@@ -50,6 +51,8 @@ void parallel_ranges(i64 count, i64 work_per_item, Body body) {
   body(i64{0}, std::min(count, chunk), i64{0});
   for (std::thread& worker : workers) worker.join();
 }
+
+constexpr i64 kSmallGemm = i64{1} << 18;  // m n k at or below which OpenBLAS runs a GEMM on one thread
 
 i64 worker_slots() { return std::max<i64>(1, static_cast<i64>(std::thread::hardware_concurrency())); }
 
@@ -159,6 +162,17 @@ class CpuBackend final : public Backend<T> {
                             i64 stride_a, const T* b, i64 ldb, i64 stride_b, T beta, T* c, i64 ldc, i64 stride_c,
                             i64 batch) override {
     if (m == 0 || n == 0 || batch == 0) return;
+    // Small products (the per-step recurrent GEMMs, late dense layers) run single-threaded inside BLAS
+    // (OpenBLAS's own threshold), so split the batch over the cores here; a threaded BLAS batch loses
+    // more to waking its threads than the products take.
+    if (m * n * k <= kSmallGemm) {
+      parallel_ranges(batch, m * n * k / 4, [&](i64 first, i64 last, i64) {
+        for (i64 i = first; i < last; ++i)
+          gemm(trans_a, trans_b, m, n, k, alpha, a + i * stride_a, lda, b + i * stride_b, ldb, beta, c + i * stride_c,
+               ldc);
+      });
+      return;
+    }
 #ifdef EKINET_HAVE_GEMM_BATCH_STRIDED
     constexpr int kColumnMajor = 102, kNoTrans = 111, kTrans = 112;
     blas::gemm_batch_strided(T{}, kColumnMajor, trans_a == Trans::yes ? kTrans : kNoTrans,
@@ -175,7 +189,8 @@ class CpuBackend final : public Backend<T> {
 
   void bias_activation(i64 batch, i64 rows, i64 cols, T* x, i64 ld, i64 member_stride, const T* bias,
                        i64 bias_stride, bool bias_per_row, Activation activation) override {
-    parallel_ranges(batch * rows, cols * 4, [&](i64 first, i64 last, i64) {
+    const i64 cost = activation == Activation::tanh || activation == Activation::sigmoid ? 16 : 4;  // exp is ~4x a pass
+    parallel_ranges(batch * rows, cols * cost, [&](i64 first, i64 last, i64) {
       for (i64 index = first; index < last; ++index) {
         const i64 i = index / rows, r = index % rows;
         T* row = x + i * member_stride + r * ld;
@@ -267,13 +282,7 @@ class CpuBackend final : public Backend<T> {
         const i64 i = index / rows, r = index % rows;
         const T* g = gates + i * gates_member_stride + r * gates_ld;
         T* cell = c + i * c_member_stride + r * hidden;
-        T* out = h + i * h_member_stride + r * h_ld;
-        for (i64 u = 0; u < hidden; ++u) {
-          const T input = sigmoid(g[u]), forget = sigmoid(g[hidden + u]), candidate = std::tanh(g[2 * hidden + u]),
-                  output = sigmoid(g[3 * hidden + u]);
-          cell[u] = forget * cell[u] + input * candidate;
-          out[u] = output * std::tanh(cell[u]);
-        }
+        fast::lstm_cell_row(g, hidden, cell, h + i * h_member_stride + r * h_ld);
       }
     });
   }
@@ -481,8 +490,6 @@ class CpuBackend final : public Backend<T> {
   }
 
  private:
-  static T sigmoid(T v) { return T{1} / (T{1} + std::exp(-v)); }
-
   static void activate(T* row, i64 cols, Activation activation) {
     switch (activation) {
       case Activation::identity: break;
@@ -490,10 +497,10 @@ class CpuBackend final : public Backend<T> {
         for (i64 c = 0; c < cols; ++c) row[c] = row[c] < T{0} ? T{0} : row[c];  // NaN stays NaN (a failed member)
         break;
       case Activation::tanh:
-        for (i64 c = 0; c < cols; ++c) row[c] = std::tanh(row[c]);
+        fast::tanh_row(row, cols);
         break;
       case Activation::sigmoid:
-        for (i64 c = 0; c < cols; ++c) row[c] = sigmoid(row[c]);
+        fast::sigmoid_row(row, cols);
         break;
       case Activation::heaviside:
         for (i64 c = 0; c < cols; ++c) row[c] = row[c] > T{0} ? T{1} : (row[c] != row[c] ? row[c] : T{0});
