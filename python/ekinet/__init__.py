@@ -22,7 +22,7 @@ def _load_blas():
 
 _load_blas()
 
-from . import losses, nn, reference  # noqa: E402
+from . import datasets, losses, nn, reference  # noqa: E402
 from ._core import BackendUnavailable, NumericalError  # noqa: E402
 from ._inputs import NumericalWarning  # noqa: E402
 from .eki import EKI, MinimizeResult, Randomization, minimize  # noqa: E402
@@ -48,6 +48,7 @@ __all__ = [
     "BackendUnavailable",
     "ConstantStep",
     "DataMisfitController",
+    "datasets",
     "EKI",
     "MinimizeResult",
     "NumericalError",
