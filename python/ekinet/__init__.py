@@ -22,12 +22,13 @@ def _load_blas():
 
 _load_blas()
 
-from . import datasets, losses, nn, reference  # noqa: E402
+from . import datasets, losses, nn, reference, train  # noqa: E402
 from ._core import BackendUnavailable, NumericalError  # noqa: E402
 from ._inputs import NumericalWarning  # noqa: E402
 from .eki import EKI, MinimizeResult, Randomization, minimize  # noqa: E402
 from .ensemble import ensemble_mean, ensemble_spread, randomize  # noqa: E402
 from .schedulers import AdaptiveStep, ConstantStep, DataMisfitController  # noqa: E402
+from .train import RandomizationSchedule, Trainer  # noqa: E402
 from .updates import kalman_update, loss_update, nesterov_extrapolate  # noqa: E402
 
 __version__ = "0.1.0"
@@ -54,6 +55,8 @@ __all__ = [
     "NumericalError",
     "NumericalWarning",
     "Randomization",
+    "RandomizationSchedule",
+    "Trainer",
     "build_info",
     "ensemble_mean",
     "ensemble_spread",

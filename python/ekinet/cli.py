@@ -21,7 +21,130 @@ def build_parser():
     demo.add_argument("--iterations", type=_positive_int, default=15, help="EKI updates (default 15)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    train = commands.add_parser("train", help="train a network on a data set by EKI")
+    train.add_argument("--model", default="mlp:784-100-10",
+                       help="network string form: mlp:784-100-10, dnn:2, cnn-mnist, rnn-mnist, mlp:13-32-1:tanh ...")
+    train.add_argument("--data", default="mnist-small", help="mnist, fashion-mnist, mnist-small or boston")
+    train.add_argument("--data-dir", help="where the data files are (default $EKINET_DATA or ~/.cache/ekinet)")
+    train.add_argument("--method", default="eki-r", choices=("eki", "meki", "eki-r", "meki-r"))
+    train.add_argument("--update", default="loss", choices=("loss", "kalman"),
+                       help="the general-loss scheme (the paper's) or the Kalman update")
+    train.add_argument("--loss", choices=("cross-entropy", "squared", "gaussian-nll"))
+    train.add_argument("--ensemble", type=_positive_int, default=500, help="ensemble size J")
+    train.add_argument("--epochs", type=_positive_int, default=10)
+    train.add_argument("--batch-size", type=_positive_int, default=100)
+    train.add_argument("--step", type=_positive_float, default=1.0)
+    train.add_argument("--noise", type=_positive_float, default=1e-2, help="Kalman noise variance gamma")
+    train.add_argument("--randomization-scale", type=_nonnegative_float, default=0.1)
+    train.add_argument("--randomization-decay", type=_positive_float, default=1.0)
+    train.add_argument("--randomize-every", choices=("epoch", "update"), default="epoch")
+    train.add_argument("--tikhonov", type=_nonnegative_float, default=0.0)
+    train.add_argument("--validation", type=float, default=0.1, help="fraction of train held out (0: none)")
+    train.add_argument("--patience", type=_positive_int, help="early stopping patience in epochs")
+    train.add_argument("--train-size", type=_positive_int, help="use the first N training examples")
+    train.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    train.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    train.add_argument("--checkpoint", help="checkpoint file, written after every epoch")
+    train.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
+    train.add_argument("--history", help="write the per-epoch metrics to this .csv or .json file")
+    train.add_argument("--plot", help="save learning curves to this image file (needs matplotlib)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--no-progress", action="store_true")
+
+    experiment = commands.add_parser("experiment", help="run a registered experiment of the paper")
+    experiment.add_argument("name", nargs="?", help="experiment name (--list shows them)")
+    experiment.add_argument("--list", action="store_true", help="list the experiments")
+    experiment.add_argument("--smoke", action="store_true", help="the fast smoke size")
+    experiment.add_argument("--size", choices=("auto", "paper", "cpu", "smoke"), default="auto",
+                            help="paper settings, a reduced CPU size, or smoke (auto: paper on cuda, else cpu)")
+    experiment.add_argument("--ensemble", type=_positive_int)
+    experiment.add_argument("--epochs", type=_positive_int)
+    experiment.add_argument("--train-size", type=_positive_int)
+    experiment.add_argument("--methods", help="comma-separated subset, e.g. eki,eki-r,sgd")
+    experiment.add_argument("--out", default="results", help="results directory (default results/)")
+    experiment.add_argument("--data-dir")
+    experiment.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    experiment.add_argument("--seed", type=int, default=0)
+    experiment.add_argument("--no-progress", action="store_true")
+
+    report = commands.add_parser("report", help="print our results beside the paper's numbers")
+    report.add_argument("--out", default="results", help="results directory (default results/)")
     return parser
+
+
+def _positive_float(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def _nonnegative_float(text):
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a non-negative number")
+    return value
+
+
+def _train(args):
+    import numpy as np
+
+    from . import datasets
+    from .train import RandomizationSchedule, Trainer
+
+    if args.data_dir:
+        datasets.data_dir(args.data_dir)  # fails early on a bad path
+    if args.data == "boston":
+        raise SystemExit("ekinet train: use `ekinet experiment boston` for Boston housing (it standardises "
+                         "features and targets); --data takes mnist, fashion-mnist or mnist-small")
+    flatten = not args.model.startswith("cnn")
+    train = datasets.load(args.data, split="train", flatten=flatten,
+                          **({} if args.data == "mnist-small" else {"data_dir": args.data_dir}))
+    test = datasets.load(args.data, split="test", flatten=flatten,
+                         **({} if args.data == "mnist-small" else {"data_dir": args.data_dir}))
+    if args.train_size:
+        train = train.subset(np.arange(min(args.train_size, len(train))))
+    validation = None
+    if args.validation > 0:
+        train, validation = train.split(args.validation, rng=args.seed)
+    randomization = None
+    if args.method.endswith("-r"):
+        randomization = RandomizationSchedule(scale=args.randomization_scale, decay=args.randomization_decay,
+                                              when=args.randomize_every)
+    trainer = Trainer(args.model, train, validation=validation, test=test, method=args.method, update=args.update,
+                      loss=args.loss, ensemble=args.ensemble, batch_size=args.batch_size, epochs=args.epochs,
+                      step=args.step, noise=args.noise, randomization=randomization, tikhonov=args.tikhonov,
+                      patience=args.patience, checkpoint=args.checkpoint, resume=args.resume, rng=args.seed,
+                      progress=not args.no_progress, device=args.device, dtype=args.dtype)
+    trainer.fit()
+    final = {k: v for k, v in trainer.history[-1].items() if k.startswith(("test_", "validation_"))}
+    print(json.dumps({"epochs": trainer.epoch, **final}, indent=2))
+    if args.history:
+        trainer.save_history(args.history)
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        trainer.plot_history()
+        plt.savefig(args.plot, dpi=120, bbox_inches="tight")
+
+
+def _experiment(args):
+    from . import experiments
+
+    if args.list or not args.name:
+        for name, experiment in experiments.EXPERIMENTS.items():
+            print(f"{name:28s} {experiment.description}")
+        return
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    result = experiments.run(args.name, size="smoke" if args.smoke else args.size, ensemble=args.ensemble,
+                             epochs=args.epochs, train_size=args.train_size, out=args.out,
+                             progress=not args.no_progress, device=args.device, seed=args.seed,
+                             data_dir=args.data_dir, methods=methods)
+    print(experiments.report(args.out) if args.out else json.dumps(result.get("rows"), default=str)[:2000])
 
 
 def main(argv=None):
@@ -37,6 +160,19 @@ def main(argv=None):
         from . import demo
 
         demo.main(args.ensemble, args.iterations, args.seed, progress=not args.no_progress)
+    else:
+        try:
+            if args.command == "train":
+                _train(args)
+            elif args.command == "experiment":
+                _experiment(args)
+            elif args.command == "report":
+                from . import experiments
+
+                print(experiments.report(args.out), end="")
+        except (ValueError, TypeError, FileNotFoundError, ImportError) as error:
+            print(f"ekinet {args.command}: {error}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -1,0 +1,338 @@
+"""The paper's experiments (Kovachki & Stuart 2019, and the lectures' examples) with their settings and a fast
+smoke size. `ekinet experiment NAME` runs one and writes results/NAME.json (and a plot when matplotlib is
+installed); `ekinet report` puts the results beside the paper's numbers.
+
+Settings the paper does not publish are chosen here and documented in docs/results.md: DNN 1-4 are
+784-10, 784-100-10, 784-300-100-10 and 784-500-300-100-10 (ReLU); mini-batches of 100; the EKI(R) schedule
+is RandomizationSchedule() (after every epoch, gamma = 0.1 of the Glorot prior).
+"""
+
+import dataclasses
+import json
+import os
+import platform
+import time
+
+import numpy as np
+
+from . import datasets, nn
+from .train import Trainer
+
+EKI_METHODS = ("eki", "meki", "eki-r", "meki-r")
+GRADIENT_METHODS = ("sgd", "momentum-sgd")
+
+# The published numbers (eki-math.md section 8): test accuracy of the mean particle / best particle.
+PAPER_DNN = {
+    "sgd": (0.9199, 0.9735, 0.9798, 0.9818),
+    "momentum-sgd": (0.9257, 0.9807, 0.9830, 0.9840),
+    "eki": ((0.9092, 0.9114), (0.9398, 0.9416), (0.9424, 0.9432), (0.9404, 0.9418)),
+    "meki": ((0.9094, 0.9107), (0.9320, 0.9332), None, None),
+    "eki-r": ((0.9252, 0.9260), (0.9721, 0.9695), (0.9738, 0.9716), (0.9741, 0.9691)),
+    "meki-r": ((0.9142, 0.9162), (0.9509, 0.9511), None, None),
+}
+PAPER_ONLINE = {"melbourne": {"ogd": (2.653e-2, 8.954e-3), "eki": (8.086e-3, 7.448e-3)},
+                "sunspots": {"ogd": (4.939e-2, 6.480e-3), "eki": (8.671e-3, 6.006e-3)}}
+
+
+@dataclasses.dataclass
+class Settings:
+    """Sizes of one run: the paper's, a reduced CPU size, or the smoke size of the tests."""
+
+    ensemble: int
+    epochs: int
+    batch_size: int = 100
+    train_size: int = None  # None: the whole training set
+    passes: int = 1  # online experiments
+
+
+@dataclasses.dataclass
+class Experiment:
+    name: str
+    description: str
+    run: object  # run(settings, options) -> dict of results
+    paper: Settings
+    cpu: Settings
+    smoke: Settings
+    paper_numbers: dict = dataclasses.field(default_factory=dict)
+
+
+def _classification_data(name, settings, *, flatten=True, data_dir=None):
+    """Train, validation (the last 5000 training examples, or 10% when fewer) and test sets."""
+    if name == "mnist-small":
+        train, test = datasets.load_mnist_small("train", flatten=flatten), datasets.load_mnist_small(
+            "test", flatten=flatten)
+    else:
+        loader = datasets.load_mnist if name == "mnist" else datasets.load_fashion_mnist
+        train = loader("train", data_dir=data_dir, flatten=flatten)
+        test = loader("test", data_dir=data_dir, flatten=flatten)
+    held = min(5000, len(train) // 10)
+    validation = train.subset(np.arange(len(train) - held, len(train)))
+    train = train.subset(np.arange(len(train) - held))
+    if settings.train_size is not None and settings.train_size < len(train):
+        train = train.subset(np.arange(settings.train_size))
+        test = test.subset(np.arange(min(len(test), max(1000, settings.train_size // 5))))
+    return train, validation, test
+
+
+def _train_eki(model, data, method, settings, options, **kw):
+    train, validation, test = data
+    start = time.perf_counter()
+    trainer = Trainer(model, train, validation=validation, test=test, method=method, ensemble=settings.ensemble,
+                      epochs=settings.epochs, batch_size=settings.batch_size, rng=options.get("seed", 0),
+                      progress=options.get("progress", True), device=options.get("device", "cpu"), **kw)
+    trainer.fit()
+    final = trainer.history[-1]
+    metrics = {k[len("test_"):]: v for k, v in final.items() if k.startswith("test_")}
+    return {"method": method, "model": model, "ensemble": settings.ensemble, "epochs": trainer.epoch,
+            "seconds": time.perf_counter() - start, "history": trainer.history, **metrics}
+
+
+def _train_gradient(model, data, method, settings, options):
+    from . import baselines
+
+    train, validation, test = data
+    start = time.perf_counter()
+    try:
+        result = baselines.sgd_train(model, train, test, epochs=settings.epochs, batch_size=settings.batch_size,
+                                     momentum=0.9 if method == "momentum-sgd" else 0.0, validation=validation,
+                                     rng=options.get("seed", 0), progress=options.get("progress", True))
+    except ImportError as error:
+        return {"method": method, "model": model, "skipped": str(error)}
+    return {"method": method, "model": model, "seconds": time.perf_counter() - start, **result}
+
+
+def _classification(model, dataset, methods, **trainer_options):
+    def run(settings, options):
+        data = _classification_data(dataset, settings, data_dir=options.get("data_dir"),
+                                    flatten=not model.startswith("cnn"))
+        chosen = options.get("methods") or methods
+        rows = []
+        for method in chosen:
+            if method in GRADIENT_METHODS:
+                rows.append(_train_gradient(model, data, method, settings, options))
+            else:
+                rows.append(_train_eki(model, data, method, settings, options, **trainer_options))
+        return {"rows": rows}
+
+    return run
+
+
+def _heaviside(settings, options):
+    data = _classification_data("fashion-mnist", settings, data_dir=options.get("data_dir"))
+    rows = [_train_eki(f"mlp:784-100-10:{activation}", data, "eki-r", settings, options)
+            for activation in ("heaviside", "relu")]
+    return {"rows": rows}
+
+
+def _ensemble_scaling(dataset):
+    def run(settings, options):
+        data = _classification_data(dataset, settings, data_dir=options.get("data_dir"))
+        rows = []
+        for hidden in (options.get("hidden") or (16, 32, 64)):
+            model = f"mlp:784-{hidden}-10"
+            parameters = nn.from_string(model).parameter_count
+            for fraction in (0.25, 0.5, 1.0):
+                J = max(4, int(settings.ensemble * fraction))
+                row = _train_eki(model, data, "eki-r", dataclasses.replace(settings, ensemble=J), options)
+                rows.append({**row, "parameters": parameters, "history": None})
+        return {"rows": rows}
+
+    return run
+
+
+def _boston(loss):
+    def run(settings, options):
+        boston = datasets.load_boston(data_dir=options.get("data_dir"))
+        order = np.random.default_rng(0).permutation(len(boston))
+        test_index, train_index = order[:100], order[100:]
+        x_scaler, y_scaler = datasets.Standardizer(), datasets.Standardizer()
+        x_train = x_scaler.fit_transform(boston.x[train_index])
+        y_train = y_scaler.fit_transform(boston.y[train_index, None])
+        make = lambda x, y: datasets.Dataset(x.astype(np.float32), y.astype(np.float32), "boston", "regression")
+        train = make(x_train, y_train)
+        test = make(x_scaler.transform(boston.x[test_index]), y_scaler.transform(boston.y[test_index, None]))
+        train, validation = train.split(0.15, rng=1)
+        outputs = 2 if loss == "gaussian-nll" else 1
+        model = f"mlp:13-32-32-{outputs}:tanh"
+        row = _train_eki(model, (train, validation, test), "eki-r", settings, options, loss=loss, update="loss")
+        scale = float(y_scaler.scale[0])
+        row["rmse_mean_usd1000"] = row["rmse_mean"] * scale  # back in the data's units ($1000)
+        if "rmse_ensemble" in row:
+            row["rmse_ensemble_usd1000"] = row["rmse_ensemble"] * scale
+        return {"rows": [row]}
+
+    return run
+
+
+def _online(series_name, model, window=1):
+    def run(settings, options):
+        from . import online
+
+        series = datasets.load_series(series_name, data_dir=options.get("data_dir"))
+        rows = []
+        result = online.online_regression(series, model, ensemble=settings.ensemble, passes=settings.passes,
+                                          window=window, rng=options.get("seed", 0),
+                                          progress=options.get("progress", True))
+        rows.append({"method": "eki", "model": model, "window": window, **result.to_dict()})
+        try:
+            from . import baselines
+
+            ogd = baselines.online_gradient_descent(series, model, passes=settings.passes, window=window,
+                                                    rng=options.get("seed", 0),
+                                                    progress=options.get("progress", True))
+            rows.append({"method": "ogd", "model": model, "window": window, **ogd.to_dict()})
+        except ImportError as error:
+            rows.append({"method": "ogd", "model": model, "skipped": str(error)})
+        return {"rows": rows}
+
+    return run
+
+
+def _registry():
+    experiments = {}
+
+    def add(name, description, run, paper, cpu, smoke, **numbers):
+        experiments[name] = Experiment(name, description, run, paper, cpu, smoke, numbers)
+
+    smoke = Settings(ensemble=20, epochs=1, train_size=1000)
+    add("quickstart", "EKI(R) on the embedded MNIST digits (784-100-10): the README's first command",
+        _classification("mlp:784-100-10", "mnist-small", ("eki-r",)),
+        Settings(ensemble=200, epochs=3), Settings(ensemble=200, epochs=3), smoke)
+    for k, model in enumerate(("mlp:784-10", "mlp:784-100-10", "mlp:784-300-100-10",
+                               "mlp:784-500-300-100-10"), start=1):
+        numbers = {m: v[k - 1] for m, v in PAPER_DNN.items() if v[k - 1] is not None}
+        methods = GRADIENT_METHODS + tuple(m for m in EKI_METHODS if PAPER_DNN[m][k - 1] is not None)
+        add(f"mnist-dnn{k}", f"MNIST, DNN {k} ({model}), the paper's table: {', '.join(methods)}",
+            _classification(model, "mnist", methods), Settings(ensemble=2000, epochs=10),
+            Settings(ensemble=200, epochs=5), smoke, **numbers)
+    add("cnn-mnist", "CNN-MNIST (Conv16-MaxPool4/2-Conv16-Conv12-MaxPool2-FC10), EKI(R) against SGD",
+        _classification("cnn-mnist", "mnist", ("eki-r",) + GRADIENT_METHODS), Settings(ensemble=2000, epochs=10),
+        Settings(ensemble=100, epochs=1, train_size=10000), Settings(ensemble=10, epochs=1, train_size=300),
+        **{"sgd": 0.9878, "momentum-sgd": 0.9880, "eki-r": 0.9912})
+    add("rnn-mnist", "Two-layer RNN(128) reading MNIST rows as a 28-step sequence",
+        _classification("rnn-mnist", "mnist", ("eki-r",)), Settings(ensemble=2000, epochs=10),
+        Settings(ensemble=100, epochs=1, train_size=10000), Settings(ensemble=10, epochs=1, train_size=300))
+    for dataset, label in (("mnist", "MNIST"), ("fashion-mnist", "Fashion-MNIST")):
+        add(f"ensemble-scaling-{dataset}", f"{label}: accuracy against ensemble size for 784-h-10 networks",
+            _ensemble_scaling(dataset), Settings(ensemble=2000, epochs=50), Settings(ensemble=400, epochs=2),
+            Settings(ensemble=20, epochs=1, train_size=500))
+    add("fashion-heaviside", "Fashion-MNIST 784-100-10 with Heaviside (non-differentiable) against ReLU, EKI(R)",
+        _heaviside, Settings(ensemble=2000, epochs=10), Settings(ensemble=200, epochs=5), smoke,
+        heaviside=0.85, relu=0.87)
+    for series, numbers in PAPER_ONLINE.items():
+        add(f"{series}-rnn", f"Online RNN regression on the {series} series (one update per observation)",
+            _online(series, "rnn:1-32-1"), Settings(ensemble=2000, epochs=1, passes=3),
+            Settings(ensemble=200, epochs=1, passes=3), Settings(ensemble=20, epochs=1, passes=1),
+            **{m: {"first": v[0], "final": v[1]} for m, v in numbers.items()})
+    add("lstm-batched-online", "LSTM(32) regression on the sunspots by batched online updates (windows of 10)",
+        _online("sunspots", "lstm:1-32-1", window=10), Settings(ensemble=2000, epochs=1, passes=3),
+        Settings(ensemble=200, epochs=1, passes=3), Settings(ensemble=20, epochs=1, passes=1))
+    add("boston", "Boston housing regression (13-32-32-1, tanh), EKI(R) on the squared loss",
+        _boston("squared"), Settings(ensemble=1000, epochs=100, batch_size=50),
+        Settings(ensemble=200, epochs=60, batch_size=50), Settings(ensemble=20, epochs=2, batch_size=50))
+    add("gaussian-nll", "Boston housing with a Gaussian-NLL network (outputs mean and std, confidence band)",
+        _boston("gaussian-nll"), Settings(ensemble=1000, epochs=100, batch_size=50),
+        Settings(ensemble=200, epochs=60, batch_size=50), Settings(ensemble=20, epochs=2, batch_size=50))
+    return experiments
+
+
+EXPERIMENTS = _registry()
+
+
+def get(name):
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
+    return EXPERIMENTS[name]
+
+
+def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, out="results", progress=True,
+        device="cpu", seed=0, data_dir=None, methods=None):
+    """Run an experiment at size "paper", "cpu" (reduced, labelled as such), "smoke" or "auto" (paper on a GPU,
+    cpu otherwise), with optional overrides; writes out/NAME.json and returns the result dict."""
+    experiment = get(name)
+    if size == "auto":
+        size = "paper" if device == "cuda" else "cpu"
+    if size not in ("paper", "cpu", "smoke"):
+        raise ValueError(f"size = {size!r} must be 'paper', 'cpu', 'smoke' or 'auto'")
+    settings = getattr(experiment, size)
+    overrides = {k: v for k, v in (("ensemble", ensemble), ("epochs", epochs), ("train_size", train_size))
+                 if v is not None}
+    settings = dataclasses.replace(settings, **overrides)
+    if methods:
+        unknown = [m for m in methods if m not in EKI_METHODS + GRADIENT_METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: "
+                             f"{', '.join(EKI_METHODS + GRADIENT_METHODS)}")
+    options = {"progress": progress, "device": device, "seed": seed, "data_dir": data_dir, "methods": methods}
+    start = time.perf_counter()
+    result = experiment.run(settings, options)
+    result.update(experiment=name, description=experiment.description, size=size,
+                  settings=dataclasses.asdict(settings), paper_settings=dataclasses.asdict(experiment.paper),
+                  paper=experiment.paper_numbers, seconds=time.perf_counter() - start,
+                  environment=_environment(device))
+    if out:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, f"{name}.json"), "w") as f:
+            json.dump(result, f, indent=1, default=_json_default)
+    return result
+
+
+def _environment(device):
+    from . import build_info
+
+    return {"device": device, "python": platform.python_version(), "numpy": np.__version__,
+            "machine": platform.machine(), "cores": os.cpu_count(), "ekinet": build_info()}
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def report(out="results"):
+    """A markdown table of the results in `out` beside the paper's numbers."""
+    if not os.path.isdir(out):
+        raise FileNotFoundError(f"no results directory {out!r}: run `ekinet experiment NAME` first")
+    lines = ["| experiment | size | method | model | J | ours | paper |", "|---|---|---|---|---|---|---|"]
+    for name in EXPERIMENTS:
+        path = os.path.join(out, f"{name}.json")
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            result = json.load(f)
+        for row in result.get("rows", []):
+            lines.append(_report_line(name, result, row))
+    return "\n".join(lines) + "\n"
+
+
+def _report_line(name, result, row):
+    method = row.get("method", "")
+    paper = result.get("paper", {}).get(method)
+    if "skipped" in row:
+        ours = f"skipped: {row['skipped']}"
+    elif "accuracy_mean" in row:
+        ours = f"{row['accuracy_mean']:.4f} / {row.get('accuracy_best', float('nan')):.4f}"
+        if "accuracy_ensemble" in row:
+            ours += f" (ensemble {row['accuracy_ensemble']:.4f})"
+    elif "first" in row:
+        ours = f"{row['first']:.3e} / {row['final']:.3e}"
+    elif "rmse_mean_usd1000" in row:
+        ours = f"RMSE {row['rmse_mean_usd1000']:.2f} k$"
+    elif "test_accuracy" in row:
+        ours = f"{row['test_accuracy']:.4f}"
+    else:
+        ours = "-"
+    if isinstance(paper, dict):
+        paper = f"{paper['first']:.3e} / {paper['final']:.3e}"
+    elif isinstance(paper, (list, tuple)):
+        paper = " / ".join(f"{v:.4f}" for v in paper)
+    elif isinstance(paper, float):
+        paper = f"{paper:.4f}"
+    if name == "fashion-heaviside":
+        activation = row.get("model", "").rsplit(":", 1)[-1]
+        paper = f"{result['paper'].get(activation, float('nan')):.2f}"
+    return (f"| {name} | {result['size']} | {method} | {row.get('model', '')} | "
+            f"{row.get('ensemble', result['settings']['ensemble'])} | {ours} | {paper or '-'} |")
