@@ -6,6 +6,7 @@ directory on sys.path) and the most used ones are also fixtures.
 
 import os
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -192,3 +193,18 @@ def coloured_perturbation(noise, M, seed, J, step):
     if noise.ndim == 1:
         return z * np.sqrt(noise / step)
     return z @ np.linalg.cholesky(noise).T / np.sqrt(step)
+
+
+def real_data_dir():
+    """The real data sets (MNIST, Fashion-MNIST, the series, Boston): $EKINET_DATA if set, else
+    <repo>/../shared/data, else /work/shared/data. They are required (CI provides them): a missing folder
+    fails rather than skips."""
+    env = os.environ.get("EKINET_DATA")
+    candidates = [Path(env)] if env else [Path(__file__).resolve().parents[1].parent / "shared" / "data",
+                                          Path("/work/shared/data")]
+    for candidate in candidates:
+        if (candidate / "SHA256SUMS").is_file():
+            return candidate
+    pytest.fail("the real data sets are required but were not found: looked in "
+                + ", ".join(map(str, candidates))
+                + " (a folder with SHA256SUMS, mnist/, fashion_mnist/, ...). Set EKINET_DATA to that folder.")

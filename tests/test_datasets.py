@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import real_data_dir
 from ekinet import datasets
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -24,23 +25,9 @@ MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 PACKAGE_DATA = Path(datasets.__file__).parent / "data"
 
 
-def _real_data_dir():
-    env = os.environ.get("EKINET_DATA")
-    candidates = [Path(env)] if env else [Path(__file__).resolve().parents[1].parent / "shared" / "data"]
-    candidates += [] if env else [Path("/work/shared/data")]
-    for candidate in candidates:
-        if (candidate / "SHA256SUMS").is_file():
-            return candidate
-    pytest.fail(
-        "the real data sets are required but were not found: looked in "
-        + ", ".join(map(str, candidates))
-        + " (a folder with SHA256SUMS, mnist/, fashion_mnist/, ...). Set EKINET_DATA to that folder."
-    )
-
-
 @pytest.fixture(scope="module")
 def real():
-    return _real_data_dir()
+    return real_data_dir()
 
 
 @pytest.fixture(scope="module")

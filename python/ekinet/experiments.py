@@ -70,7 +70,9 @@ def _classification_data(name, settings, *, flatten=True, data_dir=None):
     train = train.subset(np.arange(len(train) - held))
     if settings.train_size is not None and settings.train_size < len(train):
         train = train.subset(np.arange(settings.train_size))
-        test = test.subset(np.arange(min(len(test), max(1000, settings.train_size // 5))))
+        evaluation = max(300, settings.train_size // 5)  # reduced runs evaluate on reduced sets too
+        test = test.subset(np.arange(min(len(test), evaluation)))
+        validation = validation.subset(np.arange(min(len(validation), evaluation)))
     return train, validation, test
 
 

@@ -1,0 +1,100 @@
+"""The experiment registry at its smoke size (every registered experiment runs end to end on the real data),
+the report, and the `ekinet train / experiment / report` command line with its errors."""
+
+import json
+
+import pytest
+
+from conftest import real_data_dir
+from ekinet import cli, experiments
+
+REQUIRED = ["quickstart", "mnist-dnn1", "mnist-dnn2", "mnist-dnn3", "mnist-dnn4", "cnn-mnist", "rnn-mnist",
+            "ensemble-scaling-mnist", "ensemble-scaling-fashion-mnist", "fashion-heaviside", "melbourne-rnn",
+            "sunspots-rnn", "lstm-batched-online", "boston", "gaussian-nll"]
+
+
+@pytest.fixture(autouse=True)
+def data_env(monkeypatch):
+    monkeypatch.setenv("EKINET_DATA", str(real_data_dir()))
+
+
+def test_the_registry_holds_the_papers_experiments():
+    assert set(REQUIRED) <= set(experiments.EXPERIMENTS)
+    dnn2 = experiments.get("mnist-dnn2")
+    assert dnn2.paper.ensemble == 2000 and dnn2.paper_numbers["eki-r"] == (0.9721, 0.9695)
+    with pytest.raises(ValueError, match="unknown experiment 'mnist-dnn9'; known: quickstart"):
+        experiments.get("mnist-dnn9")
+
+
+@pytest.mark.parametrize("name", REQUIRED)
+def test_every_experiment_runs_at_smoke_size(name, tmp_path):
+    methods = ["eki-r", "sgd"] if name.startswith("mnist-dnn") else None
+    result = experiments.run(name, size="smoke", out=tmp_path, progress=False, methods=methods)
+    assert result["size"] == "smoke" and result["rows"]
+    saved = json.loads((tmp_path / f"{name}.json").read_text())
+    assert saved["experiment"] == name and saved["settings"]["ensemble"] == result["settings"]["ensemble"]
+    for row in result["rows"]:
+        if "skipped" in row:  # a gradient baseline without PyTorch
+            assert row["method"] in ("sgd", "momentum-sgd", "ogd") and "torch" in row["skipped"]
+            continue
+        if "accuracy_mean" in row:
+            assert 0.0 <= row["accuracy_mean"] <= 1.0
+        elif "first" in row:
+            assert row["first"] > 0 and row["final"] > 0
+        else:
+            assert row["rmse_mean"] > 0
+    assert name in experiments.report(tmp_path)
+
+
+def test_quickstart_smoke_learns(tmp_path):
+    row = experiments.run("quickstart", size="smoke", out=None, progress=False)["rows"][0]
+    assert row["accuracy_mean"] > 0.3  # 20 members, 1 epoch of 900 digits; chance is 0.1
+
+
+def test_report_without_results_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run `ekinet experiment NAME` first"):
+        experiments.report(tmp_path / "nothing")
+
+
+def test_unknown_method_is_named():
+    with pytest.raises(ValueError, match="unknown method.*adam"):
+        experiments.run("mnist-dnn1", size="smoke", methods=["adam"], out=None, progress=False)
+
+
+def test_cli_train_writes_history_checkpoint_and_resumes(tmp_path, capsys):
+    arguments = ["train", "--data", "mnist-small", "--model", "mlp:784-16-10", "--train-size", "600",
+                 "--ensemble", "20", "--no-progress", "--history", str(tmp_path / "h.csv"),
+                 "--checkpoint", str(tmp_path / "c.npz")]
+    assert cli.main(arguments + ["--epochs", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["epochs"] == 1
+    assert cli.main(arguments + ["--epochs", "2", "--resume"]) == 0
+    assert json.loads(capsys.readouterr().out)["epochs"] == 2
+    assert (tmp_path / "h.csv").read_text().count("\n") == 3  # header and two epochs
+
+
+def test_cli_experiment_and_report(tmp_path, capsys):
+    assert cli.main(["experiment", "--list"]) == 0
+    assert "mnist-dnn2" in capsys.readouterr().out
+    assert cli.main(["experiment", "quickstart", "--smoke", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert "| quickstart | smoke | eki-r |" in capsys.readouterr().out
+    assert cli.main(["report", "--out", str(tmp_path)]) == 0
+    assert "quickstart" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["experiment", "nope"], "unknown experiment 'nope'"),
+    (["train", "--model", "mlp:100-10", "--ensemble", "4", "--epochs", "1", "--no-progress"], "784 features"),
+    (["train", "--data", "cifar", "--no-progress"], "cifar"),
+    (["report", "--out", "/nonexistent/results"], "no results directory"),
+])
+def test_cli_errors_are_clear(arguments, message, capsys):
+    assert cli.main(arguments) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arguments", [["train", "--ensemble", "0"], ["train", "--step", "-1"],
+                                       ["train", "--method", "adam"], ["experiment", "x", "--size", "huge"]])
+def test_cli_rejects_bad_values(arguments):
+    with pytest.raises(SystemExit) as raised:
+        cli.main(arguments)
+    assert raised.value.code == 2

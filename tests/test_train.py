@@ -1,0 +1,203 @@
+"""ekinet.Trainer: every method really learns on small data, the Kalman and loss updates, Tikhonov, the
+Gaussian NLL, evaluation of the mean/best/ensemble predictors, early stopping, checkpoints with exact resume,
+the history files, and bad input."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import ekinet
+from ekinet import datasets
+from ekinet.train import RandomizationSchedule, Trainer
+
+MODEL = "mlp:784-16-10"
+
+
+@pytest.fixture(scope="module")
+def digits():
+    train = datasets.load_mnist_small("train")
+    test = datasets.load_mnist_small("test")
+    order = np.random.default_rng(0).permutation(len(train))
+    return train.subset(order[:1500]), train.subset(order[1500:1800]), test.subset(np.arange(500))
+
+
+def sine_data(n=400, seed=0, heteroscedastic=False):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-2, 2, (n, 1)).astype(np.float32)
+    noise = 0.05 + (0.3 * (x[:, 0] > 0) if heteroscedastic else 0.0)
+    y = (np.sin(2 * x[:, 0]) + noise * rng.standard_normal(n)).astype(np.float32)
+    return datasets.Dataset(x, y[:, None], "sine", "regression")
+
+
+def small_trainer(digits, **kw):
+    train, validation, test = digits
+    options = dict(validation=validation, test=test, ensemble=40, epochs=2, progress=False, rng=0)
+    options.update(kw)
+    return Trainer(kw.pop("model", MODEL), train, **{k: v for k, v in options.items() if k != "model"})
+
+
+@pytest.mark.parametrize("method", ["eki", "meki", "eki-r", "meki-r"])
+def test_every_method_learns_far_above_chance(digits, method):
+    trainer = small_trainer(digits, method=method)
+    history = trainer.fit()
+    final = history[-1]
+    assert final["test_accuracy_mean"] > 0.4  # chance is 0.1
+    assert final["test_accuracy_best"] > 0.3
+    assert final["test_accuracy_ensemble"] > 0.4
+    assert 0 <= final["test_spread_ensemble"] < 0.5
+    assert history[-1]["train_loss"] < history[0]["train_loss"] or method.startswith("meki")
+    assert trainer.epoch == 2 and len(history) == 2
+
+
+def test_kalman_update_learns(digits):
+    trainer = small_trainer(digits, method="eki", update="kalman", noise=0.1)
+    assert trainer.fit()[-1]["test_accuracy_mean"] > 0.4
+
+
+def test_randomization_keeps_the_ensemble_spread(digits):
+    plain = small_trainer(digits, method="eki")
+    plain.fit()
+    randomized = small_trainer(digits, method="eki-r", randomization=RandomizationSchedule(scale=0.3))
+    randomized.fit()
+    assert randomized.history[-1]["spread"] > 5 * plain.history[-1]["spread"]
+
+
+def test_per_update_randomization_uses_the_prior_scale(digits):
+    trainer = small_trainer(digits, method="eki-r", epochs=1,
+                            randomization=RandomizationSchedule(scale=0.5, when="update", every=5))
+    trainer.fit()
+    prior_spread = float(np.sum(trainer.network.prior_std() ** 2))
+    # Just after a randomisation the spread is about scale^2 times the prior's trace (15 updates, every 5).
+    assert 0.5 * 0.25 * prior_spread < trainer.history[-1]["spread"] < 2 * 0.25 * prior_spread
+
+
+@pytest.mark.parametrize("update", ["loss", "kalman"])
+def test_tikhonov_shrinks_the_parameters(digits, update):
+    norms = []
+    for tikhonov in (0.0, 1.0):
+        trainer = small_trainer(digits, method="eki", update=update, tikhonov=tikhonov, epochs=1, noise=0.1)
+        trainer.fit()
+        norms.append(float(np.linalg.norm(ekinet.ensemble_mean(trainer.optimizer.ensemble))))
+    assert norms[1] < 0.9 * norms[0]
+
+
+def test_regression_beats_the_naive_predictor():
+    train, test = sine_data(400, 0), sine_data(200, 1)
+    trainer = Trainer("mlp:1-16-1:tanh", train, test=test, method="eki-r", ensemble=60, epochs=15,
+                      batch_size=50, progress=False, ensemble_eval="epoch")
+    final = trainer.fit()[-1]
+    naive = float(np.std(test.y))
+    assert final["test_rmse_mean"] < 0.5 * naive
+    assert final["test_rmse_ensemble"] < 0.5 * naive
+    mean, spread = trainer.predict(test.x, which="ensemble")
+    assert mean.shape == (200, 1) and spread.shape == (200, 1) and np.all(spread >= 0)
+
+
+def test_gaussian_nll_learns_a_larger_sigma_where_the_noise_is_larger():
+    train, test = sine_data(600, 0, heteroscedastic=True), sine_data(300, 1, heteroscedastic=True)
+    trainer = Trainer("mlp:1-16-2:tanh", train, test=test, method="eki-r", loss="gaussian-nll", ensemble=60,
+                      epochs=20, batch_size=50, progress=False)
+    final = trainer.fit()[-1]
+    assert final["test_rmse_mean"] < 0.7 * float(np.std(test.y))
+    prediction = trainer.predict(test.x, which="mean")
+    sigma = prediction[:, 1]
+    assert np.all(sigma > 0)
+    assert sigma[test.x[:, 0] > 0.2].mean() > 1.5 * sigma[test.x[:, 0] < -0.2].mean()
+
+
+def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(digits, tmp_path):
+    whole = small_trainer(digits, method="meki-r", epochs=3)
+    whole.fit()
+    path = tmp_path / "run.npz"
+    first = small_trainer(digits, method="meki-r", epochs=1, checkpoint=path)
+    first.fit()
+    assert path.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".checkpoint-")]
+    resumed = small_trainer(digits, method="meki-r", epochs=3, checkpoint=path, resume=True)
+    assert resumed.epoch == 1
+    resumed.fit()
+    np.testing.assert_array_equal(resumed.optimizer.ensemble, whole.optimizer.ensemble)
+    assert [r["test_accuracy_mean"] for r in resumed.history] == [r["test_accuracy_mean"] for r in whole.history]
+
+
+def test_checkpoint_of_another_configuration_is_refused(digits, tmp_path):
+    path = tmp_path / "run.npz"
+    small_trainer(digits, epochs=1, checkpoint=path).fit()
+    with pytest.raises(ValueError, match="another configuration.*ensemble"):
+        small_trainer(digits, ensemble=30, checkpoint=path, resume=True)
+
+
+def test_corrupt_checkpoint_is_a_clear_error(digits, tmp_path):
+    path = tmp_path / "broken.npz"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable ekinet checkpoint"):
+        small_trainer(digits, checkpoint=path, resume=True)
+
+
+def test_early_stopping_restores_the_best_epoch(digits, monkeypatch):
+    trainer = small_trainer(digits, epochs=6, patience=2)
+    scores = iter([0.5, 0.7, 0.6, 0.65, 0.9, 0.9])
+    saved = {}
+
+    def fake_metrics():
+        value = next(scores, 0.0)
+        if value == 0.7:
+            saved["U"] = trainer.optimizer.ensemble.copy()
+        return {"validation_accuracy_mean": value}
+
+    monkeypatch.setattr(trainer, "_epoch_metrics", fake_metrics)
+    trainer.fit()
+    assert trainer.stopped_early and trainer.epoch == 4
+    np.testing.assert_array_equal(trainer.optimizer.ensemble, saved["U"])
+    assert trainer.history[-1]["restored_best_epoch"]
+
+
+def test_history_files(digits, tmp_path):
+    trainer = small_trainer(digits, epochs=1)
+    trainer.fit()
+    trainer.save_history(tmp_path / "h.json")
+    trainer.save_history(tmp_path / "h.csv")
+    assert json.loads((tmp_path / "h.json").read_text())[0]["epoch"] == 1
+    header, row = (tmp_path / "h.csv").read_text().splitlines()[:2]
+    assert "test_accuracy_mean" in header.split(",") and row.startswith("1,")
+
+
+def test_evaluate_on_a_dataset_and_by_name(digits):
+    trainer = small_trainer(digits, epochs=1)
+    trainer.fit()
+    by_name = trainer.evaluate("test", which=("mean", "best", "ensemble"))
+    by_data = trainer.evaluate(digits[2], which=("mean",))
+    assert by_name["accuracy_mean"] == by_data["accuracy_mean"]
+    assert set(by_name) == {"accuracy_mean", "accuracy_best", "accuracy_ensemble", "spread_ensemble"}
+    with pytest.raises(ValueError, match="which"):
+        trainer.predict(digits[2].x, which="median")
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(method="sgd"), "method"),
+    (dict(update="newton"), "update"),
+    (dict(ensemble=1), "ensemble"),
+    (dict(epochs=0), "epochs"),
+    (dict(step=-1.0), "step"),
+    (dict(tikhonov=-0.1), "tikhonov"),
+    (dict(loss="squared"), "does not fit a classification"),
+    (dict(model="mlp:100-10"), "784 features per example"),
+    (dict(model="mlp:784-16-3"), "10 classes"),
+    (dict(method="eki", randomization=RandomizationSchedule()), "randomization"),
+    (dict(ensemble_eval="sometimes"), "ensemble_eval"),
+])
+def test_bad_settings_are_named(digits, kw, match):
+    with pytest.raises(ValueError, match=match):
+        small_trainer(digits, **kw)
+
+
+def test_bad_datasets_are_named(digits):
+    with pytest.raises(TypeError, match="Dataset"):
+        Trainer(MODEL, (digits[0].x, digits[0].y))
+    with pytest.raises(ValueError, match="regression set but train is a classification"):
+        Trainer(MODEL, digits[0], test=sine_data())
+    with pytest.raises(ValueError, match="targets per example"):
+        Trainer("mlp:1-8-2", sine_data())
+    with pytest.raises(ValueError, match="gaussian"):
+        Trainer("mlp:1-8-2", sine_data(), loss="gaussian-nll", update="kalman")
