@@ -22,7 +22,7 @@ def _load_blas():
 
 _load_blas()
 
-from . import datasets, losses, nn, reference, train  # noqa: E402
+from . import datasets, experiments, losses, nn, online, reference, train  # noqa: E402
 from ._core import BackendUnavailable, NumericalError  # noqa: E402
 from ._inputs import NumericalWarning  # noqa: E402
 from .eki import EKI, MinimizeResult, Randomization, minimize  # noqa: E402
@@ -50,6 +50,7 @@ __all__ = [
     "ConstantStep",
     "DataMisfitController",
     "datasets",
+    "experiments",
     "EKI",
     "MinimizeResult",
     "NumericalError",
@@ -66,6 +67,7 @@ __all__ = [
     "minimize",
     "nesterov_extrapolate",
     "nn",
+    "online",
     "randomize",
     "reference",
 ]

@@ -34,11 +34,13 @@ def build_parser():
     train.add_argument("--ensemble", type=_positive_int, default=500, help="ensemble size J")
     train.add_argument("--epochs", type=_positive_int, default=10)
     train.add_argument("--batch-size", type=_positive_int, default=100)
-    train.add_argument("--step", type=_positive_float, default=1.0)
+    train.add_argument("--step", type=_positive_float, default=3.0,
+                       help="step h (the adaptive step's numerator for --update loss)")
     train.add_argument("--noise", type=_positive_float, default=1e-2, help="Kalman noise variance gamma")
-    train.add_argument("--randomization-scale", type=_nonnegative_float, default=0.1)
+    train.add_argument("--randomization-scale", type=_nonnegative_float, default=0.3,
+                       help="EKI(R): gamma, in units of the Glorot prior")
     train.add_argument("--randomization-decay", type=_positive_float, default=1.0)
-    train.add_argument("--randomize-every", choices=("epoch", "update"), default="epoch")
+    train.add_argument("--randomize-every", choices=("epoch", "update"), default="update")
     train.add_argument("--tikhonov", type=_nonnegative_float, default=0.0)
     train.add_argument("--validation", type=float, default=0.1, help="fraction of train held out (0: none)")
     train.add_argument("--patience", type=_positive_int, help="early stopping patience in epochs")

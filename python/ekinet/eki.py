@@ -159,15 +159,19 @@ class EKI:
 
     def _advance(self, U_new):
         self.iteration += 1
+        U_old, self._U = self._U, U_new
+        spec = self.randomization
+        randomized = spec is not None and spec.every and self.iteration % spec.every == 0
+        if randomized:
+            self.randomize()
         if self.momentum:
             coefficient = (self.iteration - 1) / (self.iteration + 2)  # n / (n + 3) with n = iteration - 1
-            self._V = nesterov_extrapolate(U_new, self._U, coefficient, backend=self.backend)
+            V = nesterov_extrapolate(U_new, U_old, coefficient, backend=self.backend)
+            # MEKI(R): the randomised members keep the update's velocity c (u_new - u_old), so randomisation
+            # neither cancels the momentum nor is amplified by it.
+            self._V = V + (self._U - U_new) if randomized else V
         else:
-            self._V = U_new
-        self._U = U_new
-        spec = self.randomization
-        if spec is not None and spec.every and self.iteration % spec.every == 0:
-            self.randomize()
+            self._V = self._U
 
     def _record(self, V, G, member_loss, info):
         record = {

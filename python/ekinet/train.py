@@ -37,14 +37,15 @@ CHECKPOINT_VERSION = 1
 
 @dataclasses.dataclass
 class RandomizationSchedule:
-    """EKI(R) as used by the trainer: after every epoch (when="epoch") or every `every` updates (when="update"),
-    u_j <- ubar + gamma(n) xi_j with xi_j from the network's centred Glorot prior and gamma(n) = scale * decay^n
-    (n counts epochs or updates). The paper does not publish its schedule; the defaults were chosen by
-    measurement (docs/results.md)."""
+    """EKI(R) as used by the trainer: every `every` updates (when="update") or after every `every` epochs
+    (when="epoch"), u_j <- ubar + gamma(n) xi_j with xi_j from the network's centred Glorot prior and
+    gamma(n) = scale * decay^n (n counts updates or epochs). The paper does not publish its schedule; the
+    default (every update, gamma = 0.3) was chosen by measurement (docs/results.md): on 6000 MNIST digits,
+    784-100-10, J = 200, 3 epochs, it reached 0.87 test accuracy against 0.70 for gamma = 0.1 once per epoch."""
 
-    scale: float = 0.1
+    scale: float = 0.3
     decay: float = 1.0
-    when: str = "epoch"
+    when: str = "update"
     every: int = 1
 
     def __post_init__(self):
@@ -75,6 +76,7 @@ class Trainer:
     noise : Kalman observation noise variance gamma (Gamma = gamma I).
     randomization : a RandomizationSchedule for the "-r" methods (default RandomizationSchedule()).
     tikhonov : lambda of the regulariser lambda |u|^2, applied by augmenting the outputs with the parameters.
+    bias_std : prior standard deviation of the biases (the weights are Glorot): nonzero, so biases can learn.
     patience : stop when the validation metric of the mean particle has not improved for this many epochs (and
         restore the ensemble of the best epoch); None trains all epochs.
     ensemble_eval : "final" (ensemble-averaged prediction at the end only), "epoch" (every epoch) or "never":
@@ -84,8 +86,8 @@ class Trainer:
     """
 
     def __init__(self, model, train, *, validation=None, test=None, method="eki-r", update="loss", loss=None,
-                 ensemble=500, batch_size=100, epochs=10, step=1.0, noise=1e-2, randomization=None,
-                 tikhonov=0.0, patience=None, ensemble_eval="final", checkpoint=None, resume=False, rng=0,
+                 ensemble=500, batch_size=100, epochs=10, step=3.0, noise=1e-2, randomization=None,
+                 tikhonov=0.0, bias_std=0.1, patience=None, ensemble_eval="final", checkpoint=None, resume=False, rng=0,
                  progress=True, device="cpu", dtype="float32", backend="auto"):
         self.network = nn.from_string(model) if isinstance(model, str) else model
         if not isinstance(self.network, nn.Sequential):
@@ -119,7 +121,10 @@ class Trainer:
                 raise ValueError(f"{name} = {value!r} must be a positive number")
         if not (isinstance(tikhonov, (int, float)) and math.isfinite(tikhonov) and tikhonov >= 0):
             raise ValueError(f"tikhonov = {tikhonov!r} must be a non-negative number")
+        if not (isinstance(bias_std, (int, float)) and math.isfinite(bias_std) and bias_std >= 0):
+            raise ValueError(f"bias_std = {bias_std!r} must be a non-negative number")
         self.step, self.noise, self.tikhonov = float(step), float(noise), float(tikhonov)
+        self.bias_std = float(bias_std)
         self.randomization = None
         if METHODS[method]["randomize"]:
             self.randomization = randomization or RandomizationSchedule()
@@ -136,9 +141,11 @@ class Trainer:
         self.xp = _namespace(device)
 
         seeds = np.random.SeedSequence(self.seed).spawn(3)
+        # Biases get a prior spread too: EKI keeps every member in the span of the initial ensemble, so biases
+        # that all start at zero would stay zero.
         U0 = self.xp.asarray(self.network.prior(self.ensemble_size, rng=np.random.default_rng(seeds[0]),
-                                                dtype=self.dtype.name))
-        self._prior_std = self.xp.asarray(self.network.prior_std(self.dtype.name))
+                                                dtype=self.dtype.name, bias_std=self.bias_std))
+        self._prior_std = self.xp.asarray(self.network.prior_std(self.dtype.name, bias_std=self.bias_std))
         schedule = self.randomization
         # EKI applies the per-update randomisation itself (every = 0 switches that off for the per-epoch one,
         # which fit() applies); both draw around the mean from the network's Glorot prior.
@@ -421,6 +428,7 @@ class Trainer:
         return {"model": self.model_name, "parameters": self.network.parameter_count, "method": self.method,
                 "update": self.update, "loss": self.loss, "ensemble": self.ensemble_size,
                 "batch_size": self.batch_size, "step": self.step, "noise": self.noise, "tikhonov": self.tikhonov,
+                "bias_std": self.bias_std,
                 "randomization": None if self.randomization is None else dataclasses.asdict(self.randomization),
                 "dtype": self.dtype.name, "rng": self.seed, "train_size": len(self.train_set)}
 

@@ -1,0 +1,293 @@
+"""Online (filtering) training of recurrent regressors on a time series by EKI (eki-math section 7).
+
+The observations arrive one at a time: the network reads y_{t-1} and predicts y_t. Every member of the
+ensemble carries its own recurrent state from one update to the next, so a member's prediction depends on the
+whole past of the series, as a recurrent model's should, while each update costs one forward step of the
+ensemble and one Kalman update with M = 1 (or M = window). The prediction of each point is recorded before
+that point is used in an update, so the errors are honest out-of-sample one-step-ahead errors, as in Kovachki &
+Stuart's online experiments ("First": the first sweep through the series, "Final": the last).
+
+>>> from ekinet import datasets, online
+>>> series = datasets.load_series("melbourne")
+>>> result = online.online_regression(series, "lstm:1-32-1", ensemble=100, passes=2)
+>>> result.first, result.final, result.persistence_error   # MSEs in the min-max scaled units
+>>> result.plot()
+"""
+
+import dataclasses
+import numbers
+import time
+
+import numpy as np
+
+from . import datasets, nn
+from .ensemble import randomize
+from .updates import kalman_update
+
+__all__ = ["OnlineResult", "online_regression"]
+
+
+@dataclasses.dataclass(eq=False)
+class OnlineResult:
+    """Online one-step-ahead predictions of a series and their errors.
+
+    predictions, spread : (passes, T) ensemble-average prediction (1/J) sum_j G_j of each target, made before
+        the target was used, and the standard deviation over members (zero for a single network).
+    targets : (T,) the predicted values y_1 .. y_T (the series without its first value), in the units the
+        network saw (min-max scaled to [0, 1] when scale=True; unscale() maps back).
+    errors : (passes,) mean squared error of each pass; first = errors[0], final = errors[-1].
+    persistence_error : MSE of the naive forecast y_t = y_{t-1}, the bar a forecaster must clear.
+    ensemble : the final (J, P) parameters (one row for a gradient-trained network); network : the nn.Sequential
+        they belong to. seconds : wall time of the training.
+    lo, hi : the scaling y_scaled = (y - lo) / (hi - lo) (0 and 1 when the series was not scaled).
+    """
+
+    predictions: np.ndarray
+    spread: np.ndarray
+    targets: np.ndarray
+    errors: np.ndarray
+    first: float
+    final: float
+    persistence_error: float
+    ensemble: np.ndarray
+    network: nn.Sequential
+    seconds: float
+    lo: float = 0.0
+    hi: float = 1.0
+    times: np.ndarray | None = None
+    name: str = "series"
+    method: str = "EKI"
+    settings: dict = dataclasses.field(default_factory=dict)
+
+    def unscale(self, values):
+        """Values in the network's units back in the series' own units."""
+        return self.lo + (self.hi - self.lo) * np.asarray(values)
+
+    def to_dict(self):
+        """A JSON-serialisable summary (errors, timing, settings; not the arrays)."""
+        return {
+            "method": self.method,
+            "series": self.name,
+            "points": int(self.targets.shape[0]),
+            "passes": int(self.errors.shape[0]),
+            "errors": [float(e) for e in self.errors],
+            "first": float(self.first),
+            "final": float(self.final),
+            "persistence_error": float(self.persistence_error),
+            "parameters": int(self.network.parameter_count),
+            "members": int(self.ensemble.shape[0]),
+            "seconds": float(self.seconds),
+            "lo": float(self.lo),
+            "hi": float(self.hi),
+            "settings": dict(self.settings),
+        }
+
+    def plot(self, ax=None, pass_index=-1):
+        """Truth against the online prediction of pass `pass_index`, with a +-2 spread band (needs matplotlib);
+        returns the axes."""
+        import matplotlib.pyplot as plt
+
+        ax = ax or plt.gca()
+        prediction, spread = self.predictions[pass_index], self.spread[pass_index]
+        x = np.arange(1, self.targets.shape[0] + 1) if self.times is None else self.times
+        label = f"{self.method} (pass {range(self.errors.shape[0])[pass_index] + 1})"
+        ax.plot(x, self.targets, color="0.3", lw=0.8, label="truth")
+        ax.plot(x, prediction, color="C0", lw=0.8, label=label)
+        if np.any(spread > 0):
+            ax.fill_between(x, prediction - 2 * spread, prediction + 2 * spread, color="C0", alpha=0.25, lw=0,
+                            label="+-2 spread")
+        ax.set_xlabel("time" if self.times is not None else "step")
+        ax.set_ylabel(f"{self.name} (scaled)" if (self.lo, self.hi) != (0.0, 1.0) else self.name)
+        ax.set_title(f"{self.name}: MSE {self.errors[pass_index]:.3e} "
+                     f"(persistence {self.persistence_error:.3e})")
+        ax.legend()
+        return ax
+
+
+# ----------------------------------------------------------------------------------------------------------
+# shared with the gradient baseline (ekinet.baselines)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _positive_int(value, name, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} = {value} must be >= {minimum}")
+    return int(value)
+
+
+def _positive_float(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (np.isfinite(value) and value > 0):
+        raise ValueError(f"{name} = {value!r} must be a positive finite number")
+    return float(value)
+
+
+def _prepare_series(series, scale, window):
+    """(values, lo, hi, times, name): the series as float64, min-max scaled if asked, checked."""
+    times, name = None, "series"
+    if isinstance(series, datasets.TimeSeries):
+        times, name = series.times, series.name
+        series = series.values
+    try:
+        values = np.asarray(series, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"series must be a 1-D array of numbers or a datasets.TimeSeries, got "
+                        f"{type(series).__name__}") from error
+    if values.ndim != 1:
+        raise ValueError(f"series has shape {values.shape}; expected a 1-D series of values (one variable)")
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        raise ValueError(f"series holds {bad.size} NaN/Inf value(s), the first at index {bad[0]}; fill or drop "
+                         "the gaps first (online training needs every observation)")
+    if values.shape[0] < window + 1:
+        raise ValueError(f"series has {values.shape[0]} value(s); a window of {window} needs at least {window + 1} "
+                         "(each target y_t is predicted from y_(t-1))")
+    lo, hi = 0.0, 1.0
+    if scale:
+        if values.max() == values.min():
+            raise ValueError(f"series is constant ({values[0]}): nothing to learn, and min-max scaling needs "
+                             "max > min; pass scale=False to use it as it is")
+        values, (lo, hi) = datasets.minmax_scale(values)
+    return values, lo, hi, (None if times is None else times[1:]), name
+
+
+def _check_regressor(model):
+    """The nn.Sequential of `model` (a string form or a network), checked to map one feature to one output per
+    step with RNN/LSTM/Dense layers only."""
+    if isinstance(model, str):
+        model = nn.from_string(model)
+    if not isinstance(model, nn.Sequential):
+        raise TypeError(f"model must be a string such as 'lstm:1-32-1' or an nn.Sequential, got "
+                        f"{type(model).__name__}")
+    for i, layer in enumerate(model.layers):
+        if not isinstance(layer, (nn.RNN, nn.Dense)):
+            raise ValueError(f"model layer {i} is {layer!r}; online regression takes RNN, LSTM and Dense layers "
+                             "(a sequence of one feature in, one value out per step)")
+        if getattr(layer, "activation", None) == "softmax":
+            raise ValueError(f"model layer {i} uses softmax, whose single output is always 1; use an identity, "
+                             "sigmoid or tanh output for regression")
+    features = model.input_shape[-1]
+    if features != 1 or len(model.input_shape) > 2:
+        raise ValueError(f"model takes input of shape {model.input_shape} per example; online regression feeds "
+                         "one feature per step, (steps, 1) (e.g. 'lstm:1-32-1')")
+    if isinstance(model.layers[-1], nn.RNN) or model.layers[-1].units != 1:
+        raise ValueError(f"model outputs {model.output_shape} per example; online regression needs one value "
+                         "per step: end the network with Dense(1) (e.g. 'lstm:1-32-1')")
+    return model
+
+
+def _window_network(model, steps):
+    """The same parameters run over `steps` steps with a readout on every step: every recurrent layer returns
+    its sequence, so Dense layers act on each step. Output (steps, 1) per example."""
+    layers = [type(layer)(layer.hidden, return_sequences=True) if isinstance(layer, nn.RNN) else layer
+              for layer in model.layers]
+    network = nn.Sequential(layers, (steps, 1))
+    assert network.parameters == model.parameters  # the readout on every step changes no parameter
+    return network
+
+
+def _windows(count, window):
+    """(start, stop) of each update over `count` targets: blocks of `window`, the last one possibly shorter."""
+    return [(start, min(start + window, count)) for start in range(0, count, window)]
+
+
+def _result(predictions, spread, targets, inputs, ensemble, network, seconds, lo, hi, times, name, method,
+            settings):
+    errors = np.mean((predictions - targets) ** 2, axis=1)
+    return OnlineResult(predictions=predictions, spread=spread, targets=targets, errors=errors,
+                        first=float(errors[0]), final=float(errors[-1]),
+                        persistence_error=float(np.mean((targets - inputs) ** 2)), ensemble=ensemble,
+                        network=network, seconds=seconds, lo=lo, hi=hi, times=times, name=name, method=method,
+                        settings=settings)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# online EKI
+# ----------------------------------------------------------------------------------------------------------
+
+
+def online_regression(series, model="lstm:1-32-1", *, ensemble=100, passes=1, window=1, noise=1e-2, step=1.0,
+                      randomization=None, perturb=True, bias_std=0.0, scale=True, rng=0, progress=True,
+                      backend="auto", dtype="float32"):
+    """Train a recurrent regressor by EKI while it predicts the series one step ahead.
+
+    series : 1-D values or a datasets.TimeSeries; NaN/Inf is an error. With scale=True it is min-max scaled to
+        [0, 1] and every error is in those units (as in the paper); result.unscale maps back.
+    model : a string form ("lstm:1-32-1", "rnn:1-16-1", ...) or an nn.Sequential of RNN/LSTM/Dense layers
+        reading one feature per step and ending in Dense(1). The input at time t is y_{t-1}, the target y_t.
+    ensemble : J, members drawn from the network's Glorot prior, biases N(0, bias_std^2). EKI keeps the ensemble
+        in the span of its prior, so with bias_std=0 (the prior's default) every bias stays zero.
+    passes : sweeps through the series; each starts from a zero recurrent state, the ensemble carries over.
+    window : observations per update. 1: each new point is one update (M = 1). w > 1 ("batched online"): the
+        next w points are predicted by running w steps from the carried state, and one update uses all w
+        (M = w); the state after the window is carried on.
+    noise, step : the noise variance gamma (scaled units) and the step h of the Kalman update; with
+        perturb=True (default) the observations are perturbed, eta_j ~ N(0, gamma / h).
+    randomization : an ekinet.Randomization applied after every `every` updates: u_j <- ubar + gamma(n) xi_j,
+        n counting updates, xi_j from the network's prior (prior_std() with bias_std, times the
+        Randomization's prior_std, which may be a scalar factor or one value per parameter).
+    rng : seed or numpy Generator for the prior, the perturbations and the randomisation (same seed, same run).
+    backend, dtype : of the forward pass and the update ("auto": the native core).
+
+    Returns an OnlineResult.
+    """
+    from tqdm.auto import tqdm
+
+    model = _check_regressor(model)
+    J = _positive_int(ensemble, "ensemble", 2)
+    passes = _positive_int(passes, "passes")
+    window = _positive_int(window, "window")
+    noise = _positive_float(noise, "noise")
+    step = _positive_float(step, "step")
+    if randomization is not None and not hasattr(randomization, "gamma"):
+        raise TypeError(f"randomization must be an ekinet.Randomization or None, got {type(randomization).__name__}")
+    values, lo, hi, times, name = _prepare_series(series, scale, window)
+    generator = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
+    inputs, targets = values[:-1], values[1:]
+    blocks = _windows(targets.shape[0], window)
+    networks = {size: _window_network(model, size) for size in {stop - start for start, stop in blocks}}
+    U = model.prior(J, rng=generator, dtype=dtype, bias_std=bias_std)
+    X = inputs.astype(U.dtype).reshape(1, -1, 1)
+    prior_std = None
+    if randomization is not None:
+        factor = np.asarray(randomization.prior_std, U.dtype)
+        if factor.size not in (1, model.parameter_count):
+            raise ValueError(f"randomization.prior_std has {factor.size} values; pass one factor for the network's "
+                             f"prior or one value per parameter ({model.parameter_count})")
+        prior_std = model.prior_std(U.dtype, bias_std=bias_std) * factor.reshape(-1)
+    predictions = np.empty((passes, targets.shape[0]))
+    spread = np.empty_like(predictions)
+
+    updates = 0
+    started = time.perf_counter()
+    with tqdm(total=passes * len(blocks), desc="online EKI", unit="update", disable=not progress) as bar:
+        for p in range(passes):
+            state = None
+            for start, stop in blocks:
+                G, state = networks[stop - start].forward(U, X[:, start:stop], state=state, return_state=True,
+                                                          backend=backend)
+                G = G.reshape(J, stop - start)
+                finite = np.isfinite(G).all(axis=1)
+                if not finite.all():  # kalman_update redraws these members; restart their memory too
+                    state[~finite] = 0
+                predictions[p, start:stop] = G[finite].mean(axis=0, dtype=np.float64)
+                spread[p, start:stop] = G[finite].std(axis=0, dtype=np.float64)
+                U = kalman_update(U, G, targets[start:stop], noise, rng=generator if perturb else None, step=step,
+                                  backend=backend)
+                updates += 1
+                if randomization is not None and randomization.every and updates % randomization.every == 0:
+                    U = randomize(U, randomization.gamma(updates), prior_std=prior_std, rng=generator,
+                                  backend=backend)
+                bar.update()
+                if updates % 100 == 0 or stop == targets.shape[0]:
+                    bar.set_postfix(pass_=p + 1, mse=f"{np.mean((predictions[p, :stop] - targets[:stop]) ** 2):.3e}")
+    seconds = time.perf_counter() - started
+
+    settings = {"model": repr(model.layers), "ensemble": J, "window": window, "noise": noise, "step": step,
+                "perturb": bool(perturb), "bias_std": float(bias_std), "scale": bool(scale), "dtype": str(U.dtype),
+                "randomization": None if randomization is None else {
+                    "scale": float(randomization.scale), "every": int(randomization.every),
+                    "decay": float(randomization.decay)}}
+    return _result(predictions, spread, targets, inputs, U, model, seconds, lo, hi, times, name, "EKI", settings)

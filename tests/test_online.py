@@ -1,0 +1,201 @@
+"""Online (filtering) EKI of recurrent regressors, ekinet.online (eki-math section 7).
+
+The filter is checked against a hand-written loop (each member carries its own recurrent state; resetting it
+changes the predictions), it must really learn a smooth series (well below its first-pass error and below the
+persistence forecast), and the real Melbourne series gives a sane error. Small ensembles and series keep the
+module within a few seconds on two cores.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ekinet
+from ekinet import datasets, nn
+from ekinet.online import OnlineResult, online_regression
+
+
+def _sine(n=300, period=25, noise=0.03, seed=0):
+    t = np.arange(n)
+    return np.sin(2 * np.pi * t / period) + noise * np.random.default_rng(seed).standard_normal(n)
+
+
+def _real_data_dir():
+    env = os.environ.get("EKINET_DATA")
+    candidates = [Path(env)] if env else [Path(__file__).resolve().parents[1].parent / "shared" / "data",
+                                          Path("/work/shared/data")]
+    for candidate in candidates:
+        if (candidate / "SHA256SUMS").is_file():
+            return candidate
+    pytest.fail(f"the real data sets are required but were not found in {', '.join(map(str, candidates))}; set "
+                "EKINET_DATA to the folder holding melbourne_temp/")
+
+
+@pytest.fixture(scope="module")
+def sine_result():
+    return online_regression(_sine(), "lstm:1-16-1", ensemble=50, passes=3, rng=1, progress=False)
+
+
+def test_learns_a_noisy_sine(sine_result):
+    r = sine_result
+    assert r.predictions.shape == r.spread.shape == (3, 299) and r.targets.shape == (299,)
+    assert np.all(np.isfinite(r.predictions)) and np.all(r.spread >= 0)
+    assert r.errors.shape == (3,) and r.first == r.errors[0] and r.final == r.errors[-1]
+    np.testing.assert_allclose(r.errors, np.mean((r.predictions - r.targets) ** 2, axis=1))
+    assert r.final < 0.2 * r.first, r.errors  # about 0.06 for seeds 0-5
+    assert r.final < 0.3 * r.persistence_error, (r.final, r.persistence_error)  # about 0.08
+    assert r.ensemble.shape == (50, r.network.parameter_count) and r.ensemble.dtype == np.float32
+
+
+def test_persistence_and_scaling():
+    y = _sine(n=200) * 3 + 10
+    r = online_regression(y, "rnn:1-4-1", ensemble=10, progress=False)
+    scaled = (y - y.min()) / (y.max() - y.min())
+    assert (r.lo, r.hi) == (y.min(), y.max())
+    np.testing.assert_allclose(r.targets, scaled[1:])
+    np.testing.assert_allclose(r.unscale(r.targets), y[1:])
+    assert r.persistence_error == pytest.approx(np.mean(np.diff(scaled) ** 2))
+    raw = online_regression(y, "rnn:1-4-1", ensemble=10, scale=False, progress=False)
+    np.testing.assert_array_equal(raw.targets, y[1:])
+    assert (raw.lo, raw.hi) == (0.0, 1.0)
+
+
+def _filter(model, y, J, seed, window, noise, carry_state):
+    """eki-math section 7 written out: predict each window from the carried state, then one Kalman update."""
+    net = nn.from_string(model)
+    U = net.prior(J, rng=np.random.default_rng(seed))
+    values = ((y - y.min()) / (y.max() - y.min())).astype(np.float32)
+    state, predictions = None, []
+    for start in range(0, len(values) - 1, window):
+        stop = min(start + window, len(values) - 1)
+        seq = nn.Sequential([nn.LSTM(net.layers[0].hidden, return_sequences=True), nn.Dense(1)], (stop - start, 1))
+        G, state = seq.forward(U, values[None, start:stop, None], state=state if carry_state else None,
+                               return_state=True)
+        G = G.reshape(J, -1)
+        predictions.extend(G.mean(axis=0, dtype=np.float64))
+        U = ekinet.kalman_update(U, G, values[start + 1:stop + 1], noise)
+    return np.array(predictions), U
+
+
+@pytest.mark.parametrize("window", [1, 4])
+def test_matches_a_hand_written_filter_and_the_state_matters(window):
+    y = _sine(n=61)
+    r = online_regression(y, "lstm:1-6-1", ensemble=12, window=window, noise=1e-2, perturb=False, rng=3,
+                          progress=False)
+    carried, U = _filter("lstm:1-6-1", y, 12, 3, window, 1e-2, carry_state=True)
+    np.testing.assert_allclose(r.predictions[0], carried, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(r.ensemble, U, rtol=1e-4, atol=1e-5)
+    reset, _ = _filter("lstm:1-6-1", y, 12, 3, window, 1e-2, carry_state=False)
+    assert np.max(np.abs(reset - carried)) > 1e-3  # each member's memory of the past changes its forecasts
+
+
+def test_batched_windows_learn_and_have_the_shapes():
+    y = _sine(n=301)
+    r = online_regression(y, "lstm:1-16-1", ensemble=64, passes=3, window=7, rng=1, progress=False)
+    assert r.predictions.shape == (3, 300)  # 300 = 42 windows of 7 and one of 6
+    assert r.settings["window"] == 7
+    assert np.all(np.isfinite(r.predictions))
+    assert r.final < 0.2 * r.first, r.errors  # about 0.02 for seeds 0-5
+
+
+def test_state_is_reset_at_each_pass_and_ensemble_carried():
+    y = _sine(n=80)
+    one = online_regression(y, "lstm:1-6-1", ensemble=10, passes=1, perturb=False, rng=2, progress=False)
+    two = online_regression(y, "lstm:1-6-1", ensemble=10, passes=2, perturb=False, rng=2, progress=False)
+    np.testing.assert_array_equal(two.predictions[0], one.predictions[0])
+    # the second pass starts from a zero state with the ensemble the first pass ended with
+    net = nn.Sequential([nn.LSTM(6, return_sequences=True), nn.Dense(1)], (1, 1))
+    scaled = (y - y.min()) / (y.max() - y.min())
+    first = net.forward(one.ensemble, scaled[None, :1, None].astype(np.float32)).reshape(10)
+    assert two.predictions[1, 0] == pytest.approx(first.mean(), rel=1e-5)
+
+
+def test_reproducible_with_the_same_seed(sine_result):
+    again = online_regression(_sine(), "lstm:1-16-1", ensemble=50, passes=3, rng=1, progress=False)
+    np.testing.assert_array_equal(again.predictions, sine_result.predictions)
+    np.testing.assert_array_equal(again.ensemble, sine_result.ensemble)
+    other = online_regression(_sine(), "lstm:1-16-1", ensemble=50, passes=1, rng=2, progress=False)
+    assert not np.array_equal(other.predictions[0], sine_result.predictions[0])
+
+
+def test_randomization_float64_and_other_networks():
+    y = _sine(n=120)
+    plain = online_regression(y, "rnn:1-8-1", ensemble=20, rng=0, dtype="float64", progress=False)
+    spread = online_regression(y, "rnn:1-8-1", ensemble=20, rng=0, dtype="float64", progress=False,
+                               randomization=ekinet.Randomization(scale=0.05, every=10), bias_std=0.1)
+    assert plain.ensemble.dtype == np.float64
+    assert np.all(np.isfinite(spread.predictions)) and not np.allclose(spread.predictions, plain.predictions)
+    assert spread.settings["randomization"] == {"scale": 0.05, "every": 10, "decay": 1.0}
+    stacked = nn.Sequential([nn.RNN(5, return_sequences=True), nn.LSTM(4), nn.Dense(3, "tanh"), nn.Dense(1)], (1, 1))
+    r = online_regression(y, stacked, ensemble=10, window=3, progress=False)
+    assert r.network is stacked and np.all(np.isfinite(r.predictions))
+    stateless = online_regression(y, "mlp:1-8-1:tanh", ensemble=10, window=5, progress=False)  # an AR(1) model
+    assert np.all(np.isfinite(stateless.predictions))
+
+
+def test_time_series_input_and_summary(sine_result):
+    values = _sine(n=50)
+    times = np.arange("2000-01-01", "2000-02-20", dtype="datetime64[D]")
+    series = datasets.TimeSeries(values, times, "toy", "m")
+    r = online_regression(series, "rnn:1-4-1", ensemble=8, progress=False)
+    assert r.name == "toy" and np.array_equal(r.times, times[1:])
+    summary = json.loads(json.dumps(sine_result.to_dict()))
+    assert summary["first"] == pytest.approx(sine_result.first) and summary["passes"] == 3
+    assert summary["members"] == 50 and summary["method"] == "EKI" and len(summary["errors"]) == 3
+    assert isinstance(sine_result, OnlineResult)
+
+
+def test_plot(sine_result):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    ax = sine_result.plot(pass_index=0)
+    assert len(ax.lines) == 2 and "pass 1" in ax.get_legend_handles_labels()[1][1]
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    ({"series": [0.0, np.nan, 1.0, 2.0]}, ValueError, "NaN/Inf value(s), the first at index 1"),
+    ({"series": [0.5]}, ValueError, "a window of 1 needs at least 2"),
+    ({"series": np.arange(8), "window": 8}, ValueError, "a window of 8 needs at least 9"),
+    ({"series": np.ones((10, 2))}, ValueError, "1-D series"),
+    ({"series": np.ones(10)}, ValueError, "constant"),
+    ({"series": "abc"}, TypeError, "1-D array of numbers"),
+    ({"model": "lstm:2-8-1"}, ValueError, "one feature per step"),
+    ({"model": "lstm:1-8-2"}, ValueError, "end the network with Dense(1)"),
+    ({"model": "mlp:4-8-1"}, ValueError, "one feature per step"),
+    ({"model": "cnn-mnist"}, ValueError, "RNN, LSTM and Dense layers"),
+    ({"model": nn.Sequential([nn.LSTM(4)], (1, 1))}, ValueError, "end the network with Dense(1)"),
+    ({"model": 3}, TypeError, "nn.Sequential"),
+    ({"model": "lstm-1-8-1"}, ValueError, "unknown network"),
+    ({"window": 0}, ValueError, "window = 0 must be >= 1"),
+    ({"window": 2.5}, TypeError, "window must be an integer"),
+    ({"ensemble": 1}, ValueError, "ensemble = 1 must be >= 2"),
+    ({"passes": 0}, ValueError, "passes = 0"),
+    ({"noise": 0.0}, ValueError, "noise = 0.0 must be a positive"),
+    ({"step": -1.0}, ValueError, "step = -1.0"),
+    ({"randomization": 0.1}, TypeError, "ekinet.Randomization"),
+    ({"randomization": ekinet.Randomization(prior_std=np.ones(3))}, ValueError, "one value per parameter"),
+])
+def test_bad_input_is_named(kwargs, error, words):
+    arguments = {"series": _sine(n=20), "model": "rnn:1-4-1", "ensemble": 4, "progress": False} | kwargs
+    with pytest.raises(error) as info:
+        online_regression(arguments.pop("series"), **arguments)
+    assert words in str(info.value)
+
+
+def test_melbourne_small_ensemble():
+    series = datasets.load_series("melbourne", data_dir=_real_data_dir(), download=False)
+    r = online_regression(series, "lstm:1-16-1", ensemble=50, rng=0, progress=False)
+    assert r.predictions.shape == (1, 3649)
+    assert np.isfinite(r.final) and 0.2 * r.persistence_error < r.final < 2 * r.persistence_error, r.to_dict()
+
+
+def test_baselines_say_how_to_get_pytorch(monkeypatch):
+    from ekinet import baselines
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if PyTorch were not installed
+    with pytest.raises(ImportError, match="pip install torch"):
+        baselines.online_gradient_descent(_sine(n=20), "rnn:1-4-1", progress=False)
