@@ -56,6 +56,38 @@ class Experiment:
     paper_numbers: dict = dataclasses.field(default_factory=dict)
 
 
+def _save_figure(options, filename, draw):
+    """Draw into a new figure and save it as out/filename, when there is an output directory and matplotlib."""
+    if not options.get("out"):
+        return
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    figure, ax = plt.subplots(figsize=(7, 4))
+    draw(ax)
+    figure.savefig(os.path.join(options["out"], filename), dpi=110, bbox_inches="tight")
+    plt.close(figure)
+
+
+def _learning_curves(rows, title):
+    def draw(ax):
+        for row in rows:
+            history = [r for r in row.get("history") or [] if "test_accuracy_mean" in r and "train_loss" in r]
+            if history:
+                ax.plot([r["epoch"] for r in history], [r["test_accuracy_mean"] for r in history], "o-",
+                        label=f"{row['method']} ({row['model']}, J={row.get('ensemble')})")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test accuracy (mean particle)")
+        ax.set_title(title)
+        ax.legend()
+
+    return draw
+
+
 def _classification_data(name, settings, *, flatten=True, data_dir=None):
     """Train, validation (the last 5000 training examples, or 10% when fewer) and test sets."""
     if name == "mnist-small":
@@ -83,6 +115,9 @@ def _train_eki(model, data, method, settings, options, **kw):
                       epochs=settings.epochs, batch_size=settings.batch_size, rng=options.get("seed", 0),
                       progress=options.get("progress", True), device=options.get("device", "cpu"), **kw)
     trainer.fit()
+    if trainer.task == "regression":
+        _save_figure(options, f"{options['name']}.png", lambda ax: (trainer.plot_predictions("test", ax=ax),
+                                                                    ax.set_title(f"{model}, test set")))
     final = trainer.history[-1]
     metrics = {k[len("test_"):]: v for k, v in final.items() if k.startswith("test_")}
     return {"method": method, "model": model, "ensemble": settings.ensemble, "epochs": trainer.epoch,
@@ -115,6 +150,7 @@ def _classification(model, dataset, methods, **trainer_options):
                 rows.append(_train_gradient(model, data, method, settings, options))
             else:
                 rows.append(_train_eki(model, data, method, settings, options, **trainer_options))
+        _save_figure(options, f"{options['name']}.png", _learning_curves(rows, f"{model} on {dataset}"))
         return {"rows": rows}
 
     return run
@@ -124,6 +160,7 @@ def _heaviside(settings, options):
     data = _classification_data("fashion-mnist", settings, data_dir=options.get("data_dir"))
     rows = [_train_eki(f"mlp:784-100-10:{activation}", data, "eki-r", settings, options)
             for activation in ("heaviside", "relu")]
+    _save_figure(options, f"{options['name']}.png", _learning_curves(rows, "Fashion-MNIST, Heaviside and ReLU"))
     return {"rows": rows}
 
 
@@ -178,6 +215,8 @@ def _online(series_name, model, window=1):
                                           window=window, noise=1e-3, bias_std=0.1, rng=options.get("seed", 0),
                                           progress=options.get("progress", True))
         rows.append({"method": "eki", "model": model, "window": window, **result.to_dict()})
+        _save_figure(options, f"{options['name']}.png", lambda ax: (
+            result.plot(ax=ax), ax.set_title(f"online EKI, {series_name}, last pass (J={settings.ensemble})")))
         try:
             from . import baselines
 
@@ -268,7 +307,10 @@ def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, out="
         if unknown:
             raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: "
                              f"{', '.join(EKI_METHODS + GRADIENT_METHODS)}")
-    options = {"progress": progress, "device": device, "seed": seed, "data_dir": data_dir, "methods": methods}
+    if out:
+        os.makedirs(out, exist_ok=True)
+    options = {"progress": progress, "device": device, "seed": seed, "data_dir": data_dir, "methods": methods,
+               "out": out, "name": name}
     start = time.perf_counter()
     result = experiment.run(settings, options)
     result.update(experiment=name, description=experiment.description, size=size,
@@ -276,7 +318,6 @@ def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, out="
                   paper=experiment.paper_numbers, seconds=time.perf_counter() - start,
                   environment=_environment(device))
     if out:
-        os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, f"{name}.json"), "w") as f:
             json.dump(result, f, indent=1, default=_json_default)
     return result

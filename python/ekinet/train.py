@@ -532,12 +532,18 @@ class Trainer:
             raise ValueError("plot_predictions is for regression tasks")
         x, y = self._device_data(data) if isinstance(data, str) else (data.x, data.y)
         mean, spread = self.predict(x[:limit], which="ensemble")
-        mean, spread, y = _host(mean)[:, 0], _host(spread)[:, 0], _host(y).reshape(len(mean), -1)[:, 0]
+        mean, spread = _host(mean), _host(spread)
+        y = _host(y).reshape(len(mean), -1)[:, 0]
+        band, label = spread[:, 0], "+-2 ensemble std"
+        if self.loss == "gaussian-nll":  # the network's own sigma (averaged over members) and the ensemble spread
+            k = self._outputs_per_example()
+            band, label = np.sqrt(mean[:, k] ** 2 + spread[:, 0] ** 2), "+-2 predictive std (sigma and ensemble)"
+        mean = mean[:, 0]
         ax = ax or plt.gca()
         index = np.arange(len(y))
         ax.plot(index, y, "k.", label="truth")
         ax.plot(index, mean, label="ensemble mean")
-        ax.fill_between(index, mean - 2 * spread, mean + 2 * spread, alpha=0.3, label="+-2 ensemble std")
+        ax.fill_between(index, mean - 2 * band, mean + 2 * band, alpha=0.3, label=label)
         ax.legend()
         return ax
 

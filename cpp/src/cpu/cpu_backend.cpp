@@ -52,7 +52,8 @@ void parallel_ranges(i64 count, i64 work_per_item, Body body) {
   for (std::thread& worker : workers) worker.join();
 }
 
-constexpr i64 kSmallGemm = i64{1} << 18;  // m n k at or below which OpenBLAS runs a GEMM on one thread
+constexpr i64 kSmallGemm = i64{1} << 18;
+constexpr i64 kTinyGemm = 4096;  // m n k at or below which direct loops beat the BLAS call overhead  // m n k at or below which OpenBLAS runs a GEMM on one thread
 
 i64 worker_slots() { return std::max<i64>(1, static_cast<i64>(std::thread::hardware_concurrency())); }
 
@@ -162,6 +163,16 @@ class CpuBackend final : public Backend<T> {
                             i64 stride_a, const T* b, i64 ldb, i64 stride_b, T beta, T* c, i64 ldc, i64 stride_c,
                             i64 batch) override {
     if (m == 0 || n == 0 || batch == 0) return;
+    // Tiny products (one online step: a few thousand multiply-adds per member) cost less than a BLAS call.
+    // The forward pass multiplies A^T B (weights stored row-major as PyTorch does) with unit-stride columns.
+    if (m * n * k <= kTinyGemm && trans_a == Trans::yes && trans_b == Trans::no) {
+      parallel_ranges(batch, m * n * k, [&](i64 first, i64 last, i64) {
+        for (i64 i = first; i < last; ++i)
+          fast::gemm_tn(m, n, k, alpha, a + i * stride_a, lda, b + i * stride_b, ldb, beta, c + i * stride_c,
+                        ldc);
+      });
+      return;
+    }
     // Small products (the per-step recurrent GEMMs, late dense layers) run single-threaded inside BLAS
     // (OpenBLAS's own threshold), so split the batch over the cores here; a threaded BLAS batch loses
     // more to waking its threads than the products take.

@@ -79,6 +79,21 @@ void lstm_cell_row_impl(const T* gates, std::int64_t hidden, T* cell, T* h) {
   }
 }
 
+template <class T>
+void gemm_tn_impl(std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a, std::int64_t lda,
+                  const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc) {
+  for (std::int64_t j = 0; j < n; ++j)
+    for (std::int64_t i = 0; i < m; ++i) {
+      const T* x = a + i * lda;
+      const T* y = b + j * ldb;
+      T sum{0};
+#pragma omp simd reduction(+ : sum)
+      for (std::int64_t l = 0; l < k; ++l) sum += x[l] * y[l];
+      T& out = c[i + j * ldc];
+      out = beta == T{0} ? alpha * sum : alpha * sum + beta * out;  // beta = 0 overwrites (NaN there ignored)
+    }
+}
+
 }  // namespace
 
 // Float rows are compiled for baseline x86-64 (SSE2), AVX2 and AVX-512 and picked at load time by CPU
@@ -93,6 +108,15 @@ EKINET_VECTOR_CLONES void tanh_row(float* row, std::int64_t n) { tanh_row_impl(r
 EKINET_VECTOR_CLONES void sigmoid_row(float* row, std::int64_t n) { sigmoid_row_impl(row, n); }
 EKINET_VECTOR_CLONES void lstm_cell_row(const float* gates, std::int64_t hidden, float* cell, float* h) {
   lstm_cell_row_impl(gates, hidden, cell, h);
+}
+EKINET_VECTOR_CLONES void gemm_tn(std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
+                                  std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c,
+                                  std::int64_t ldc) {
+  gemm_tn_impl(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+void gemm_tn(std::int64_t m, std::int64_t n, std::int64_t k, double alpha, const double* a, std::int64_t lda,
+             const double* b, std::int64_t ldb, double beta, double* c, std::int64_t ldc) {
+  gemm_tn_impl(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 void tanh_row(double* row, std::int64_t n) { tanh_row_impl(row, n); }
 void sigmoid_row(double* row, std::int64_t n) { sigmoid_row_impl(row, n); }

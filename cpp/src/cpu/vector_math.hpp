@@ -1,4 +1,4 @@
-// Element-wise activation rows for the CPU backend: vectorised exp-based tanh and sigmoid for float (a few
+// Element-wise activation rows and tiny matrix products for the CPU backend: vectorised exp-based tanh and sigmoid for float (a few
 // ulp; NaN stays NaN so a failed member stays visible), libm for double.
 #pragma once
 
@@ -14,5 +14,12 @@ void sigmoid_row(double* row, std::int64_t n);
 // (PyTorch's order); updates cell in place and writes h.
 void lstm_cell_row(const float* gates, std::int64_t hidden, float* cell, float* h);
 void lstm_cell_row(const double* gates, std::int64_t hidden, double* cell, double* h);
+
+// Column-major C = alpha A^T B + beta C for tiny shapes (dot products of contiguous columns), where a BLAS
+// call costs more than the arithmetic: one online step multiplies a few thousand numbers per member.
+void gemm_tn(std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a, std::int64_t lda,
+             const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc);
+void gemm_tn(std::int64_t m, std::int64_t n, std::int64_t k, double alpha, const double* a, std::int64_t lda,
+             const double* b, std::int64_t ldb, double beta, double* c, std::int64_t ldc);
 
 }  // namespace ekinet::detail::fast
