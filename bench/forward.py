@@ -1,7 +1,7 @@
 """Benchmark of the batched ensemble forward pass (issue: batched ensemble networks, item 5).
 
-Members x examples per second for MLP 784-100-10 and 784-500-300-100-10, CNN-MNIST and LSTM(32) on sequences
-of 50 steps, at J in {100, 2000} and B in {64, 256}. On the CPU the native core is compared with the NumPy
+Members x examples per second for MLP 784-100-10 and 784-500-300-100-10, CNN-MNIST, RNN(32) and LSTM(32) on
+sequences of 50 steps, at J in {100, 2000} and B in {64, 256}. On the CPU the native core is compared with the NumPy
 reference in the same run; on a GPU (CuPy present, CUDA core built) with PyTorch's ensembling recipe
 (torch.func.stack_module_state + functional_call + vmap) and with a Python loop over the members' modules,
 on the same device, plus one online LSTM step (J = 2000, one new observation).
@@ -28,6 +28,7 @@ NETWORKS = {
     "mlp 784-100-10": lambda: nn.from_string("mlp:784-100-10"),
     "mlp 784-500-300-100-10": lambda: nn.from_string("mlp:784-500-300-100-10"),
     "cnn-mnist": lambda: nn.from_string("cnn-mnist"),
+    "rnn(32), 50 steps": lambda: nn.Sequential([nn.RNN(32), nn.Dense(1)], input_shape=(50, 1)),
     "lstm(32), 50 steps": lambda: nn.Sequential([nn.LSTM(32), nn.Dense(1)], input_shape=(50, 1)),
 }
 GRID_J = (100, 2000)

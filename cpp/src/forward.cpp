@@ -47,8 +47,8 @@ LayerFootprint footprint(const Network& network, std::size_t i, i64 B) {
     case Layer::Kind::lstm: {
       const i64 steps = in[0], hidden = layer.units;
       const i64 gates = layer.kind == Layer::Kind::lstm ? 4 : 1;
-      const i64 lstm_extra = layer.kind == Layer::Kind::lstm ? B * steps * hidden + B * hidden : 0;
-      return {B * steps * gates * hidden + lstm_extra, 0};
+      const i64 cell = layer.kind == Layer::Kind::lstm ? B * hidden : 0;
+      return {B * steps * hidden + B * gates * hidden + cell + gates * hidden, 0};  // h of all steps, gates, c, bias
     }
   }
   return {};
@@ -204,8 +204,9 @@ class ForwardPass {
     return {out, B_ * size, B_, size, size, false};
   }
 
-  // Elman RNN (h = tanh(W_ih x + b_ih + W_hh h + b_hh)) and LSTM, PyTorch's equations. The input
-  // projections of every step are one batched GEMM; each step adds the recurrent GEMM in place.
+  // Elman RNN (h = tanh(W_ih x + b_ih + W_hh h + b_hh)) and LSTM, PyTorch's equations. Step by step: the
+  // input projection of the step's rows (every `steps`-th row of the input) and the recurrent product go into
+  // one small gates buffer that stays in cache; only h of every step is kept, (example, step) rows.
   Activations<T> recurrent(std::size_t i, const Activations<T>& in) {
     const Layer& layer = network_.layers()[i];
     const bool lstm = layer.kind == Layer::Kind::lstm;
@@ -216,16 +217,13 @@ class ForwardPass {
     const T* b_ih = parameters(i, gates * features + gates * hidden);
     const T* b_hh = b_ih + gates;
 
-    T* pre = take(rows * gates);  // (example, step) rows of pre-activations
-    backend_.gemm_strided_batched(Trans::yes, Trans::no, gates, rows, features, T{1}, w_ih, features, ldu_, in.data,
-                                  in.ld, in.member_stride, T{0}, pre, gates, rows * gates, count_);
-    backend_.bias_activation(count_, rows, gates, pre, gates, rows * gates, b_ih, ldu_, false, Activation::identity);
-    backend_.bias_activation(count_, rows, gates, pre, gates, rows * gates, b_hh, ldu_, false, Activation::identity);
-
-    // Hidden states: the RNN activates `pre` in place; the LSTM writes h to its own buffer and keeps c.
-    T* h = lstm ? take(rows * hidden) : pre;
+    T* h = take(rows * hidden);
     T* c = lstm ? take(B_ * hidden) : nullptr;
-    const i64 h_ld = steps * (lstm ? hidden : gates), h_member = rows * (lstm ? hidden : gates);
+    const i64 h_ld = steps * hidden, h_member = rows * hidden;
+    T* pre = take(B_ * gates);  // one step's gates, contiguous and cache-resident (faster than writing into h)
+    const i64 pre_ld = gates, pre_member = B_ * gates;
+    T* bias = take(gates);  // b_ih + b_hh of each member, so that each step adds one bias
+    backend_.axpby(count_, gates, T{1}, b_ih, ldu_, T{1}, b_hh, ldu_, bias, gates);
     const i64 state_h = state_offset_, state_c = state_offset_ + B_ * hidden;
     state_offset_ += B_ * hidden * (lstm ? 2 : 1);
     if (lstm) {
@@ -237,19 +235,23 @@ class ForwardPass {
       }
     }
     for (i64 t = 0; t < steps; ++t) {
-      T* pre_t = pre + t * gates;
+      backend_.gemm_strided_batched(Trans::yes, Trans::no, gates, B_, features, T{1}, w_ih, features, ldu_,
+                                    in.data + t * in.ld, in.ld * steps, in.member_stride, T{0}, pre, pre_ld,
+                                    pre_member, count_);
       if (t > 0 || state_in_ != nullptr) {  // h_{-1} = 0 without a given state: nothing to add
         const T* previous = t > 0 ? h + (t - 1) * hidden : state_in_ + first_ * state_in_ld_ + state_h;
         const i64 previous_ld = t > 0 ? h_ld : hidden, previous_member = t > 0 ? h_member : state_in_ld_;
         backend_.gemm_strided_batched(Trans::yes, Trans::no, gates, B_, hidden, T{1}, w_hh, hidden, ldu_, previous,
-                                      previous_ld, previous_member, T{1}, pre_t, steps * gates, rows * gates, count_);
+                                      previous_ld, previous_member, T{1}, pre, pre_ld, pre_member, count_);
       }
       if (lstm) {
-        backend_.lstm_cell(count_, B_, hidden, pre_t, steps * gates, rows * gates, c, B_ * hidden, h + t * hidden,
-                           h_ld, h_member);
+        backend_.bias_activation(count_, B_, gates, pre, pre_ld, pre_member, bias, gates, false,
+                                 Activation::identity);
+        backend_.lstm_cell(count_, B_, hidden, pre, pre_ld, pre_member, c, B_ * hidden, h + t * hidden, h_ld,
+                           h_member);
       } else {
-        backend_.bias_activation(count_, B_, hidden, pre_t, steps * gates, rows * gates, nullptr, 0, false,
-                                 Activation::tanh);
+        backend_.bias_activation(count_, B_, hidden, pre, pre_ld, pre_member, bias, gates, false, Activation::tanh);
+        backend_.copy_strided(count_, B_, hidden, pre, pre_ld, pre_member, h + t * hidden, h_ld, h_member);
       }
     }
     const T* last = h + (steps - 1) * hidden;
@@ -261,7 +263,7 @@ class ForwardPass {
                               hidden, state_out_ld_);
       }
     }
-    if (layer.return_sequences) return {h, h_member, rows, hidden, lstm ? hidden : gates, false};
+    if (layer.return_sequences) return {h, h_member, rows, hidden, hidden, false};
     return {last, h_member, B_, hidden, h_ld, false};
   }
 

@@ -11,12 +11,13 @@ def _load_blas():
     import ctypes
     import os
 
-    import scipy_openblas32
-
     # This OpenBLAS is ekinet's own copy (NumPy loads another). Its idle threads spin for 2^28 cycles
     # (about 0.1 s) after each threaded call by default, stealing the cores the forward pass's element-wise
-    # passes and member-split small GEMMs need; 2^16 cycles is measured best. An explicit setting wins.
+    # passes and member-split small GEMMs need; 2^16 cycles is measured best. An explicit setting wins. It is
+    # read when the library loads, which importing scipy_openblas32 already does.
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
+    import scipy_openblas32
+
     ctypes.CDLL(os.path.join(scipy_openblas32.get_lib_dir(), "libscipy_openblas.so"), mode=ctypes.RTLD_GLOBAL)
 
 

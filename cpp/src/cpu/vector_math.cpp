@@ -82,6 +82,18 @@ void lstm_cell_row_impl(const T* gates, std::int64_t hidden, T* cell, T* h) {
 template <class T>
 void gemm_tn_impl(std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a, std::int64_t lda,
                   const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc) {
+  if (k < 16) {  // short dot products: accumulate k scaled columns of A^T instead (vectorised over i)
+    for (std::int64_t j = 0; j < n; ++j) {
+      T* out = c + j * ldc;
+      const T* y = b + j * ldb;
+      for (std::int64_t i = 0; i < m; ++i) out[i] = beta == T{0} ? T{0} : beta * out[i];  // beta = 0 overwrites
+      for (std::int64_t l = 0; l < k; ++l) {
+        const T scale = alpha * y[l];
+        for (std::int64_t i = 0; i < m; ++i) out[i] += scale * a[i * lda + l];
+      }
+    }
+    return;
+  }
   for (std::int64_t j = 0; j < n; ++j)
     for (std::int64_t i = 0; i < m; ++i) {
       const T* x = a + i * lda;
