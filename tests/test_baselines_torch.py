@@ -1,9 +1,8 @@
 """The PyTorch gradient baselines (ekinet.baselines): mini-batch SGD and online gradient descent learn, start from
 the ensemble's prior, and hand back parameters that ekinet's own forward pass evaluates to the same outputs.
 
-PyTorch is installed on the GPU machine, not on CI: the module is skipped where it is missing, and its tests are
-marked ``cuda`` so that CI counts them with the GPU-machine tests. They run on the CPU wherever PyTorch is
-importable (and on the GPU too where CUDA is available).
+PyTorch comes with the test extras (`pip install ".[test]"`), so these tests run on the CPU everywhere, CI
+included, and on the GPU too where CUDA is available.
 """
 
 import json
@@ -11,13 +10,11 @@ import json
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+import torch
 
-from ekinet import datasets, nn  # noqa: E402
-from ekinet.baselines import online_gradient_descent, sgd_train  # noqa: E402
-from ekinet.online import OnlineResult  # noqa: E402
-
-pytestmark = pytest.mark.cuda
+from ekinet import datasets, nn
+from ekinet.baselines import online_gradient_descent, sgd_train
+from ekinet.online import OnlineResult
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
                                                                    reason="CUDA is not available to PyTorch"))]

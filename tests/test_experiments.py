@@ -34,11 +34,10 @@ def test_every_experiment_runs_at_smoke_size(name, tmp_path):
     saved = json.loads((tmp_path / f"{name}.json").read_text())
     assert saved["experiment"] == name and saved["settings"]["ensemble"] == result["settings"]["ensemble"]
     for row in result["rows"]:
-        if "skipped" in row:  # a gradient baseline without PyTorch
-            assert row["method"] in ("sgd", "momentum-sgd", "ogd") and "torch" in row["skipped"]
-            continue
         if "accuracy_mean" in row:
             assert 0.0 <= row["accuracy_mean"] <= 1.0
+        elif "test_accuracy" in row:  # a gradient baseline: one network
+            assert 0.0 <= row["test_accuracy"] <= 1.0
         elif "first" in row:
             assert row["first"] > 0 and row["final"] > 0
         else:
@@ -48,7 +47,7 @@ def test_every_experiment_runs_at_smoke_size(name, tmp_path):
 
 def test_quickstart_smoke_learns(tmp_path):
     row = experiments.run("quickstart", size="smoke", out=None, progress=False)["rows"][0]
-    assert row["accuracy_mean"] > 0.3  # 20 members, 1 epoch of 900 digits; chance is 0.1
+    assert row["accuracy_mean"] > 0.5  # 40 members, 2 epochs of 2000 digits (0.66 measured); chance is 0.1
 
 
 def test_report_without_results_is_a_clear_error(tmp_path):

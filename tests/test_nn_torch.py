@@ -4,19 +4,16 @@ MaxPool2d, Flatten, RNN and LSTM modules give the outputs and final states of ek
 recurrent equations (gate order i, f, g, o) against an independent implementation; Sequential.to_torch is
 checked on the paper's networks.
 
-PyTorch is installed on the GPU machine, not on CI: the module is skipped with the reason "PyTorch is not
-installed" where it is missing, and its tests are marked ``cuda`` so that CI (no GPU, no PyTorch) counts them with
-the GPU-machine tests. They run on the CPU wherever PyTorch is importable.
+PyTorch comes with the test extras (`pip install ".[test]"`), so these tests run on the CPU everywhere, CI
+included.
 """
 
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+import torch
 
-from ekinet import nn  # noqa: E402
-
-pytestmark = pytest.mark.cuda
+from ekinet import nn
 
 RTOL = 1e-10
 J, B = 3, 4

@@ -233,11 +233,15 @@ def online_gradient_descent(series, model="lstm:1-32-1", *, passes=1, window=1, 
                 # where the next update's run begins: its state is kept, detached, from this run
                 following = blocks[k + 1][1] if k + 1 < len(blocks) else stop
                 next_anchor = min(stop, max(anchor, following - span))
-                head, middle = x[:, :0], anchor_states
+                # [anchor, next_anchor) then [next_anchor, stop); either part may be empty (PyTorch's
+                # recurrent modules refuse empty sequences)
+                parts, middle = [], anchor_states
                 if next_anchor > anchor:
                     head, middle = _run(torch, layers, x[:, anchor:next_anchor], anchor_states)
-                tail, _ = _run(torch, layers, x[:, next_anchor:stop], middle)
-                out = torch.cat([head, tail], dim=1)[:, -(stop - start):]
+                    parts.append(head)
+                if stop > next_anchor:
+                    parts.append(_run(torch, layers, x[:, next_anchor:stop], middle)[0])
+                out = torch.cat(parts, dim=1)[:, -(stop - start):]
                 predictions[p, start:stop] = out.detach().numpy().reshape(-1)
                 loss = torch.nn.functional.mse_loss(out, y[:, start:stop])
                 optimizer.zero_grad()
