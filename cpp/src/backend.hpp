@@ -55,6 +55,35 @@ class Workspace {
   std::size_t spill_count_ = 0;
 };
 
+// One recurrent layer (Elman: h = tanh(W_ih x + b_ih + W_hh h + b_hh), or LSTM, PyTorch's equations and gate
+// order i, f, g, o) of `members` members over `steps` steps of `examples` sequences; gates = hidden (Elman)
+// or 4 hidden (LSTM).
+template <class T>
+struct RecurrentLayer {
+  bool lstm = false;
+  i64 members = 0, examples = 0, steps = 0, features = 0, hidden = 0;
+  // Input of member i, example b, step t: x + i * x_member_stride + (b * steps + t) * x_ld (stride 0: shared).
+  const T* x = nullptr;
+  i64 x_ld = 0, x_member_stride = 0;
+  // Member i's W_ih (gates x features), W_hh (gates x hidden), b_ih, b_hh, one after another, at
+  // params + i * params_stride.
+  const T* params = nullptr;
+  i64 params_stride = 0;
+  // Initial h and (LSTM) c of member i, each examples x hidden, at h0/c0 + i * state_in_stride; null: zeros.
+  const T* h0 = nullptr;
+  const T* c0 = nullptr;
+  i64 state_in_stride = 0;
+  // Output h of every step: member i, example b, step t at h + i * steps * examples * hidden + (b * steps + t)
+  // * hidden.
+  T* h = nullptr;
+  // Final c of member i (examples x hidden) at c_out + i * c_out_stride; null: not wanted.
+  T* c_out = nullptr;
+  i64 c_out_stride = 0;
+
+  i64 gates() const { return (lstm ? 4 : 1) * hidden; }
+  i64 h_member_stride() const { return steps * examples * hidden; }
+};
+
 template <class T>
 class Backend {
  public:
@@ -167,6 +196,10 @@ class Backend {
   // o, pre-activation); c (rows x hidden, contiguous) <- f c + i g; h (rows x hidden at h_ld) <- o tanh(c).
   virtual void lstm_cell(i64 batch, i64 rows, i64 hidden, const T* gates, i64 gates_ld, i64 gates_member_stride,
                          T* c, i64 c_member_stride, T* h, i64 h_ld, i64 h_member_stride) = 0;
+
+  // A whole recurrent layer. The schedule is the backend's: the CPU runs each member through all steps on one
+  // core with its weights in cache; CUDA runs one batched GEMM per step over every member (recurrent_steps.hpp).
+  virtual void recurrent(const RecurrentLayer<T>& layer) = 0;
 
   // ---- losses (eki-math section 2), row-major, scalar or diagonal noise only --------------------------
   // Loss values per member (values[r]) and, when grad != nullptr, the gradient with respect to Z. For

@@ -45,10 +45,11 @@ LayerFootprint footprint(const Network& network, std::size_t i, i64 B) {
     }
     case Layer::Kind::rnn:
     case Layer::Kind::lstm: {
-      const i64 steps = in[0], hidden = layer.units;
-      const i64 gates = layer.kind == Layer::Kind::lstm ? 4 : 1;
+      const i64 steps = in[0], features = in[1], hidden = layer.units;
+      const i64 gates = (layer.kind == Layer::Kind::lstm ? 4 : 1) * hidden;
       const i64 cell = layer.kind == Layer::Kind::lstm ? B * hidden : 0;
-      return {B * steps * hidden + B * gates * hidden + cell + gates * hidden, 0};  // h of all steps, gates, c, bias
+      // h of all steps, one step's gates, c, the bias, and the transposed weights of the CPU schedule
+      return {B * steps * hidden + B * gates + cell + gates + (features + hidden) * gates, 0};
     }
   }
   return {};
@@ -204,64 +205,43 @@ class ForwardPass {
     return {out, B_ * size, B_, size, size, false};
   }
 
-  // Elman RNN (h = tanh(W_ih x + b_ih + W_hh h + b_hh)) and LSTM, PyTorch's equations. Step by step: the
-  // input projection of the step's rows (every `steps`-th row of the input) and the recurrent product go into
-  // one small gates buffer that stays in cache; only h of every step is kept, (example, step) rows.
+  // Elman RNN and LSTM (PyTorch's equations) over the whole sequence, scheduled by the backend; only h of
+  // every step is kept, (example, step) rows.
   Activations<T> recurrent(std::size_t i, const Activations<T>& in) {
     const Layer& layer = network_.layers()[i];
-    const bool lstm = layer.kind == Layer::Kind::lstm;
-    const i64 steps = network_.shape(i)[0], features = in.cols, hidden = layer.units;
-    const i64 gates = (lstm ? 4 : 1) * hidden, rows = B_ * steps;
-    const T* w_ih = parameters(i, 0);
-    const T* w_hh = parameters(i, gates * features);
-    const T* b_ih = parameters(i, gates * features + gates * hidden);
-    const T* b_hh = b_ih + gates;
-
-    T* h = take(rows * hidden);
-    T* c = lstm ? take(B_ * hidden) : nullptr;
-    const i64 h_ld = steps * hidden, h_member = rows * hidden;
-    T* pre = take(B_ * gates);  // one step's gates, contiguous and cache-resident (faster than writing into h)
-    const i64 pre_ld = gates, pre_member = B_ * gates;
-    T* bias = take(gates);  // b_ih + b_hh of each member, so that each step adds one bias
-    backend_.axpby(count_, gates, T{1}, b_ih, ldu_, T{1}, b_hh, ldu_, bias, gates);
+    RecurrentLayer<T> args;
+    args.lstm = layer.kind == Layer::Kind::lstm;
+    args.members = count_;
+    args.examples = B_;
+    args.steps = network_.shape(i)[0];
+    args.features = in.cols;
+    args.hidden = layer.units;
+    args.x = in.data;
+    args.x_ld = in.ld;
+    args.x_member_stride = in.member_stride;
+    args.params = parameters(i, 0);
+    args.params_stride = ldu_;
+    const i64 hidden = layer.units, rows = B_ * args.steps;
     const i64 state_h = state_offset_, state_c = state_offset_ + B_ * hidden;
-    state_offset_ += B_ * hidden * (lstm ? 2 : 1);
-    if (lstm) {
-      if (state_in_ != nullptr) {
-        backend_.copy_strided(count_, B_, hidden, state_in_ + first_ * state_in_ld_ + state_c, hidden, state_in_ld_, c,
-                              hidden, B_ * hidden);
-      } else {
-        backend_.fill_strided(count_, B_, hidden, T{0}, c, hidden, B_ * hidden);
-      }
+    state_offset_ += B_ * hidden * (args.lstm ? 2 : 1);
+    if (state_in_ != nullptr) {
+      args.h0 = state_in_ + first_ * state_in_ld_ + state_h;
+      args.c0 = args.lstm ? state_in_ + first_ * state_in_ld_ + state_c : nullptr;
+      args.state_in_stride = state_in_ld_;
     }
-    for (i64 t = 0; t < steps; ++t) {
-      backend_.gemm_strided_batched(Trans::yes, Trans::no, gates, B_, features, T{1}, w_ih, features, ldu_,
-                                    in.data + t * in.ld, in.ld * steps, in.member_stride, T{0}, pre, pre_ld,
-                                    pre_member, count_);
-      if (t > 0 || state_in_ != nullptr) {  // h_{-1} = 0 without a given state: nothing to add
-        const T* previous = t > 0 ? h + (t - 1) * hidden : state_in_ + first_ * state_in_ld_ + state_h;
-        const i64 previous_ld = t > 0 ? h_ld : hidden, previous_member = t > 0 ? h_member : state_in_ld_;
-        backend_.gemm_strided_batched(Trans::yes, Trans::no, gates, B_, hidden, T{1}, w_hh, hidden, ldu_, previous,
-                                      previous_ld, previous_member, T{1}, pre, pre_ld, pre_member, count_);
-      }
-      if (lstm) {
-        backend_.bias_activation(count_, B_, gates, pre, pre_ld, pre_member, bias, gates, false,
-                                 Activation::identity);
-        backend_.lstm_cell(count_, B_, hidden, pre, pre_ld, pre_member, c, B_ * hidden, h + t * hidden, h_ld,
-                           h_member);
-      } else {
-        backend_.bias_activation(count_, B_, hidden, pre, pre_ld, pre_member, bias, gates, false, Activation::tanh);
-        backend_.copy_strided(count_, B_, hidden, pre, pre_ld, pre_member, h + t * hidden, h_ld, h_member);
-      }
+    if (state_out_ != nullptr && args.lstm) {
+      args.c_out = state_out_ + first_ * state_out_ld_ + state_c;
+      args.c_out_stride = state_out_ld_;
     }
-    const T* last = h + (steps - 1) * hidden;
+    T* h = take(rows * hidden);
+    args.h = h;
+    backend_.recurrent(args);
+
+    const i64 h_ld = args.steps * hidden, h_member = rows * hidden;
+    const T* last = h + (args.steps - 1) * hidden;
     if (state_out_ != nullptr) {
       backend_.copy_strided(count_, B_, hidden, last, h_ld, h_member, state_out_ + first_ * state_out_ld_ + state_h,
                             hidden, state_out_ld_);
-      if (lstm) {
-        backend_.copy_strided(count_, B_, hidden, c, hidden, B_ * hidden, state_out_ + first_ * state_out_ld_ + state_c,
-                              hidden, state_out_ld_);
-      }
     }
     if (layer.return_sequences) return {h, h_member, rows, hidden, hidden, false};
     return {last, h_member, B_, hidden, h_ld, false};

@@ -1,5 +1,6 @@
 """The compiled core: one context per device and thread (a context owns handles and workspace)."""
 
+import functools
 import threading
 
 import numpy as np
@@ -10,6 +11,7 @@ from ._arrays import is_cupy
 _local = threading.local()
 
 
+@functools.cache
 def cuda_built():
     return bool(_core.build_info()["cuda"])
 
@@ -34,13 +36,17 @@ def view(a):
     """A _core.View of a 2-D (or 1-D, as one row) array with unit stride along its last axis."""
     if a.ndim == 1:
         a = a.reshape(1, -1)
-    itemsize = a.dtype.itemsize
+    itemsize = a.itemsize
     if a.shape[1] > 1 and a.strides[1] != itemsize:
         raise ValueError("internal: arrays passed to the native core need contiguous rows")
     row_stride = a.strides[0] // itemsize if a.shape[0] > 1 else a.shape[1]
+    dtype = _DTYPE_NAMES.get(a.dtype.char) or a.dtype.name  # dtype.name is slow, and views are made per call
     if is_cupy(a):
-        return _core.View(a.data.ptr, a.dtype.name, "cuda", a.device.id, a.shape[0], a.shape[1], row_stride)
-    return _core.View(a.ctypes.data, a.dtype.name, "cpu", 0, a.shape[0], a.shape[1], row_stride)
+        return _core.View(a.data.ptr, dtype, "cuda", a.device.id, a.shape[0], a.shape[1], row_stride)
+    return _core.View(a.__array_interface__["data"][0], dtype, "cpu", 0, a.shape[0], a.shape[1], row_stride)
+
+
+_DTYPE_NAMES = {"f": "float32", "d": "float64"}
 
 
 def rows_contiguous(xp, a):

@@ -21,6 +21,8 @@ The forward pass runs in the native core (CPU, or CUDA for CuPy arrays); backend
 NumPy/CuPy version of ekinet.reference.forward.
 """
 
+import functools
+import math
 import numbers
 
 import numpy as np
@@ -248,27 +250,29 @@ class Sequential:
     def layers(self):
         return self._layers
 
-    @property
+    # The network is immutable: its sizes are read from the core once (forward() uses them on every call).
+
+    @functools.cached_property
     def parameter_count(self):
         return int(self._network.parameter_count)
 
-    @property
+    @functools.cached_property
     def input_shape(self):
         return tuple(self._network.input_shape)
 
-    @property
+    @functools.cached_property
     def output_shape(self):
         return tuple(self._network.output_shape)
 
-    @property
+    @functools.cached_property
     def input_size(self):
-        return int(np.prod(self.input_shape))
+        return math.prod(self.input_shape)
 
-    @property
+    @functools.cached_property
     def output_size(self):
-        return int(np.prod(self.output_shape))
+        return math.prod(self.output_shape)
 
-    @property
+    @functools.cached_property
     def state_size(self):
         return int(self._network.state_size)
 

@@ -30,13 +30,20 @@ int to_int(i64 value, const char* what) {
 
 const char* flag(Trans trans) { return trans == Trans::yes ? "T" : "N"; }
 
+// The cores to split work over, read once: std::thread::hardware_concurrency() reads /sys on every call in
+// glibc, which cost more than a whole online step of a small ensemble.
+i64 worker_slots() {
+  static const i64 cores = std::max<i64>(1, static_cast<i64>(std::thread::hardware_concurrency()));
+  return cores;
+}
+
 // Runs body(first, last) over [0, count) split across the cores when there are at least `grain` elements
 // of work per thread: the memory-bound passes over J x P ensembles are otherwise single-threaded next to a
 // multithreaded BLAS. Chunks are contiguous and ordered, so reductions combined in order are deterministic.
 template <class Body>
 void parallel_ranges(i64 count, i64 work_per_item, Body body) {
   constexpr i64 kGrain = i64{1} << 20;  // about a millisecond of memory traffic, well above a thread start
-  const i64 hardware = std::max<i64>(1, static_cast<i64>(std::thread::hardware_concurrency()));
+  const i64 hardware = worker_slots();
   const i64 threads = std::clamp<i64>(count * work_per_item / kGrain, 1, std::min(hardware, count));
   if (threads <= 1) {
     body(i64{0}, count, i64{0});
@@ -52,10 +59,9 @@ void parallel_ranges(i64 count, i64 work_per_item, Body body) {
   for (std::thread& worker : workers) worker.join();
 }
 
-constexpr i64 kSmallGemm = i64{1} << 18;
-constexpr i64 kTinyGemm = 4096;  // m n k at or below which direct loops beat the BLAS call overhead  // m n k at or below which OpenBLAS runs a GEMM on one thread
+constexpr i64 kSmallGemm = i64{1} << 18;  // m n k at or below which OpenBLAS runs a GEMM on one thread
+constexpr i64 kTinyGemm = 4096;           // m n k at or below which direct loops beat the BLAS call overhead
 
-i64 worker_slots() { return std::max<i64>(1, static_cast<i64>(std::thread::hardware_concurrency())); }
 
 // NaN or Inf: all exponent bits set. An integer test the compiler vectorises, unlike std::isfinite.
 inline bool nonfinite(float x) {
@@ -298,6 +304,21 @@ class CpuBackend final : public Backend<T> {
     });
   }
 
+  // Members split over the cores, each run through every step on one core: its weights (transposed once, so
+  // that the per-step products are register-blocked row updates) and its gates stay in cache, and there is no
+  // synchronisation per step. Rows = examples; with fewer rows than kTransposeRows per step (online steps) the
+  // transposition would cost as much as the products, which then run as dot products on the weights as stored.
+  void recurrent(const RecurrentLayer<T>& layer) override {
+    constexpr i64 kTransposeRows = 4;
+    const i64 gates = layer.gates(), weights = (layer.features + layer.hidden) * gates;
+    const bool transpose = layer.examples >= kTransposeRows;
+    const i64 scratch = (transpose ? weights : 0) + gates + layer.examples * (gates + layer.hidden);
+    T* buffers = workspace_.take<T>(worker_slots() * scratch);
+    parallel_ranges(layer.members, layer.steps * layer.examples * weights, [&](i64 first, i64 last, i64 slot) {
+      for (i64 i = first; i < last; ++i) recurrent_member(layer, i, transpose, buffers + slot * scratch);
+    });
+  }
+
   void column_mean(i64 rows, i64 cols, const T* a, i64 lda, T* mean) override {
     std::vector<double> sum(static_cast<std::size_t>(cols), 0.0);
     parallel_ranges(cols, rows, [&](i64 first, i64 last, i64) {
@@ -501,6 +522,65 @@ class CpuBackend final : public Backend<T> {
   }
 
  private:
+  // Member i's whole sequence (see recurrent); scratch holds the transposed weights, the bias, one step's gates
+  // and the LSTM cell state.
+  static void recurrent_member(const RecurrentLayer<T>& layer, i64 i, bool transpose, T* scratch) {
+    const i64 B = layer.examples, steps = layer.steps, F = layer.features, H = layer.hidden, G = layer.gates();
+    const T* w_ih = layer.params + i * layer.params_stride;
+    const T* w_hh = w_ih + G * F;
+    const T* b_ih = w_hh + G * H;
+    const T* b_hh = b_ih + G;
+    T* wt_ih = scratch;
+    T* wt_hh = wt_ih + (transpose ? F * G : 0);
+    T* bias = wt_hh + (transpose ? H * G : 0);
+    T* pre = bias + G;
+    T* c = pre + B * G;
+    if (transpose) {
+      for (i64 g = 0; g < G; ++g) {
+        for (i64 l = 0; l < F; ++l) wt_ih[l * G + g] = w_ih[g * F + l];
+        for (i64 l = 0; l < H; ++l) wt_hh[l * G + g] = w_hh[g * H + l];
+      }
+    }
+    for (i64 g = 0; g < G; ++g) bias[g] = b_ih[g] + b_hh[g];
+    if (layer.lstm) {
+      if (layer.c0 != nullptr) {
+        std::copy(layer.c0 + i * layer.state_in_stride, layer.c0 + i * layer.state_in_stride + B * H, c);
+      } else {
+        std::fill(c, c + B * H, T{0});
+      }
+    }
+    // C (B x G, ld G) += A (B x k at lda) W^T, W (G x k) as stored or transposed
+    const auto accumulate = [&](i64 k, const T* a, i64 lda, const T* w, const T* wt) {
+      if (transpose) {
+        fast::accumulate_product(B, G, k, a, lda, wt, pre, G);
+      } else {
+        fast::gemm_tn(G, B, k, T{1}, w, k, a, lda, T{1}, pre, G);
+      }
+    };
+    const T* x = layer.x + i * layer.x_member_stride;
+    T* h = layer.h + i * layer.h_member_stride();
+    const i64 h_ld = steps * H;
+    const T* previous = layer.h0 == nullptr ? nullptr : layer.h0 + i * layer.state_in_stride;
+    i64 previous_ld = H;
+    for (i64 t = 0; t < steps; ++t) {
+      for (i64 b = 0; b < B; ++b) std::copy(bias, bias + G, pre + b * G);
+      accumulate(F, x + t * layer.x_ld, layer.x_ld * steps, w_ih, wt_ih);
+      if (previous != nullptr) accumulate(H, previous, previous_ld, w_hh, wt_hh);
+      T* h_t = h + t * H;
+      for (i64 b = 0; b < B; ++b) {
+        if (layer.lstm) {
+          fast::lstm_cell_row(pre + b * G, H, c + b * H, h_t + b * h_ld);
+        } else {
+          fast::tanh_row(pre + b * G, H);
+          std::copy(pre + b * G, pre + b * G + H, h_t + b * h_ld);
+        }
+      }
+      previous = h_t;
+      previous_ld = h_ld;
+    }
+    if (layer.c_out != nullptr) std::copy(c, c + B * H, layer.c_out + i * layer.c_out_stride);
+  }
+
   static void activate(T* row, i64 cols, Activation activation) {
     switch (activation) {
       case Activation::identity: break;

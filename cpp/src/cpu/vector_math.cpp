@@ -4,6 +4,7 @@
 // member stays visible; +-Inf saturate as the true functions do. Double keeps the libm functions.
 #include "cpu/vector_math.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -60,17 +61,17 @@ inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 inline double tanh(double x) { return std::tanh(x); }
 
 template <class T>
-void tanh_row_impl(T* row, std::int64_t n) {
+__attribute__((always_inline)) inline void tanh_row_impl(T* row, std::int64_t n) {
   for (std::int64_t i = 0; i < n; ++i) row[i] = fast::tanh(row[i]);
 }
 
 template <class T>
-void sigmoid_row_impl(T* row, std::int64_t n) {
+__attribute__((always_inline)) inline void sigmoid_row_impl(T* row, std::int64_t n) {
   for (std::int64_t i = 0; i < n; ++i) row[i] = fast::sigmoid(row[i]);
 }
 
 template <class T>
-void lstm_cell_row_impl(const T* gates, std::int64_t hidden, T* cell, T* h) {
+__attribute__((always_inline)) inline void lstm_cell_row_impl(const T* gates, std::int64_t hidden, T* cell, T* h) {
   for (std::int64_t u = 0; u < hidden; ++u) {
     const T input = fast::sigmoid(gates[u]), forget = fast::sigmoid(gates[hidden + u]),
             candidate = fast::tanh(gates[2 * hidden + u]), output = fast::sigmoid(gates[3 * hidden + u]);
@@ -80,7 +81,39 @@ void lstm_cell_row_impl(const T* gates, std::int64_t hidden, T* cell, T* h) {
 }
 
 template <class T>
-void gemm_tn_impl(std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a, std::int64_t lda,
+struct Vector32;  // 32-byte vectors of GCC's vector extension (two SSE registers on the baseline build)
+template <>
+struct Vector32<float> {
+  typedef float type __attribute__((vector_size(32)));
+};
+template <>
+struct Vector32<double> {
+  typedef double type __attribute__((vector_size(32)));
+};
+
+// sums[r] = the sum of the lanes of acc[r], r < 4. For float, a transposing reduction by shuffles (eight
+// vector operations instead of 28 lane extractions and adds).
+template <class T>
+__attribute__((always_inline)) inline void horizontal_sums(const typename Vector32<T>::type (&acc)[4], T (&sums)[4]) {
+  if constexpr (sizeof(T) == 4) {
+    typedef std::int32_t Mask __attribute__((vector_size(32)));
+    // pairs of rows interleaved, each lane summing two of a row's lanes
+    const auto s01 = __builtin_shuffle(acc[0], acc[1], Mask{0, 8, 1, 9, 2, 10, 3, 11}) +
+                     __builtin_shuffle(acc[0], acc[1], Mask{4, 12, 5, 13, 6, 14, 7, 15});
+    const auto s23 = __builtin_shuffle(acc[2], acc[3], Mask{0, 8, 1, 9, 2, 10, 3, 11}) +
+                     __builtin_shuffle(acc[2], acc[3], Mask{4, 12, 5, 13, 6, 14, 7, 15});
+    // lanes r and r + 4 hold halves of row r's sum
+    const auto t = __builtin_shuffle(s01, s23, Mask{0, 1, 8, 9, 4, 5, 12, 13}) +
+                   __builtin_shuffle(s01, s23, Mask{2, 3, 10, 11, 6, 7, 14, 15});
+    for (int r = 0; r < 4; ++r) sums[r] = t[r] + t[r + 4];
+  } else {
+    for (int r = 0; r < 4; ++r)
+      for (std::size_t lane = 0; lane < 32 / sizeof(T); ++lane) sums[r] += acc[r][lane];
+  }
+}
+
+template <class T>
+__attribute__((always_inline)) inline void gemm_tn_impl(std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const T* a, std::int64_t lda,
                   const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc) {
   if (k < 16) {  // short dot products: accumulate k scaled columns of A^T instead (vectorised over i)
     for (std::int64_t j = 0; j < n; ++j) {
@@ -94,15 +127,78 @@ void gemm_tn_impl(std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const
     }
     return;
   }
-  for (std::int64_t j = 0; j < n; ++j)
-    for (std::int64_t i = 0; i < m; ++i) {
-      const T* x = a + i * lda;
-      const T* y = b + j * ldb;
-      T sum{0};
-#pragma omp simd reduction(+ : sum)
-      for (std::int64_t l = 0; l < k; ++l) sum += x[l] * y[l];
-      T& out = c[i + j * ldc];
-      out = beta == T{0} ? alpha * sum : alpha * sum + beta * out;  // beta = 0 overwrites (NaN there ignored)
+  // Dot products, four rows of A^T at a time: four independent vector accumulators over l, then one
+  // horizontal sum each.
+  using Vector = typename Vector32<T>::type;
+  constexpr std::int64_t kLanes = 32 / sizeof(T), kRows = 4;
+  const std::int64_t k_vectors = k / kLanes * kLanes;
+  for (std::int64_t j = 0; j < n; ++j) {
+    const T* y = b + j * ldb;
+    for (std::int64_t i = 0; i < m; i += kRows) {
+      const std::int64_t block = std::min(kRows, m - i);
+      T sums[kRows] = {};
+      if (block == kRows) {
+        Vector acc[kRows] = {};
+        for (std::int64_t l = 0; l < k_vectors; l += kLanes) {
+          Vector yv;
+          std::memcpy(&yv, y + l, sizeof yv);
+          for (std::int64_t r = 0; r < kRows; ++r) {
+            Vector xv;
+            std::memcpy(&xv, a + (i + r) * lda + l, sizeof xv);
+            acc[r] += xv * yv;
+          }
+        }
+        horizontal_sums(acc, sums);
+      }
+      for (std::int64_t r = 0; r < block; ++r)
+        for (std::int64_t l = block == kRows ? k_vectors : 0; l < k; ++l) sums[r] += a[(i + r) * lda + l] * y[l];
+      for (std::int64_t r = 0; r < block; ++r) {
+        T& out = c[i + r + j * ldc];
+        out = beta == T{0} ? alpha * sums[r] : alpha * sums[r] + beta * out;  // beta = 0 overwrites (NaN ignored)
+      }
+    }
+  }
+}
+
+// C (rows x n, ld ldc) += A (rows x k, ld lda) Wt (k x n, contiguous): blocks of 4 rows by 2 vectors of columns
+// held in registers over the whole k loop, so each loaded vector of Wt feeds four rows' multiply-adds.
+// Inlined into each target clone, so that the vectors are the clone's registers.
+template <class T>
+__attribute__((always_inline)) inline void accumulate_product_impl(std::int64_t rows, std::int64_t n,
+                                                                   std::int64_t k, const T* a, std::int64_t lda,
+                                                                   const T* wt, T* c, std::int64_t ldc) {
+  using Vector = typename Vector32<T>::type;
+  constexpr std::int64_t kLanes = 32 / sizeof(T), kRows = 4, kVectors = 2, kCols = kLanes * kVectors;
+  std::int64_t r = 0;
+  for (; r + kRows <= rows; r += kRows) {
+    std::int64_t j = 0;
+    for (; j + kCols <= n; j += kCols) {
+      Vector acc[kRows][kVectors];
+      for (std::int64_t i = 0; i < kRows; ++i)
+        for (std::int64_t v = 0; v < kVectors; ++v)
+          std::memcpy(&acc[i][v], c + (r + i) * ldc + j + v * kLanes, sizeof(Vector));
+      for (std::int64_t l = 0; l < k; ++l) {
+        Vector w[kVectors];
+        for (std::int64_t v = 0; v < kVectors; ++v) std::memcpy(&w[v], wt + l * n + j + v * kLanes, sizeof(Vector));
+        for (std::int64_t i = 0; i < kRows; ++i) {
+          const T s = a[(r + i) * lda + l];
+          for (std::int64_t v = 0; v < kVectors; ++v) acc[i][v] += s * w[v];
+        }
+      }
+      for (std::int64_t i = 0; i < kRows; ++i)
+        for (std::int64_t v = 0; v < kVectors; ++v)
+          std::memcpy(c + (r + i) * ldc + j + v * kLanes, &acc[i][v], sizeof(Vector));
+    }
+    for (std::int64_t i = 0; i < kRows && j < n; ++i)  // the columns past the last full block
+      for (std::int64_t l = 0; l < k; ++l) {
+        const T s = a[(r + i) * lda + l];
+        for (std::int64_t q = j; q < n; ++q) c[(r + i) * ldc + q] += s * wt[l * n + q];
+      }
+  }
+  for (; r < rows; ++r)  // the rows past the last block
+    for (std::int64_t l = 0; l < k; ++l) {
+      const T s = a[r * lda + l];
+      for (std::int64_t q = 0; q < n; ++q) c[r * ldc + q] += s * wt[l * n + q];
     }
 }
 
@@ -111,7 +207,7 @@ void gemm_tn_impl(std::int64_t m, std::int64_t n, std::int64_t k, T alpha, const
 // Float rows are compiled for baseline x86-64 (SSE2), AVX2 and AVX-512 and picked at load time by CPU
 // feature (an `arch=` clone would be picked by CPU model and misses other vendors).
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__ELF__)
-#define EKINET_VECTOR_CLONES __attribute__((target_clones("default", "avx2")))
+#define EKINET_VECTOR_CLONES __attribute__((target_clones("default", "arch=x86-64-v3")))
 #else
 #define EKINET_VECTOR_CLONES
 #endif
@@ -125,6 +221,14 @@ EKINET_VECTOR_CLONES void gemm_tn(std::int64_t m, std::int64_t n, std::int64_t k
                                   std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c,
                                   std::int64_t ldc) {
   gemm_tn_impl(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+EKINET_VECTOR_CLONES void accumulate_product(std::int64_t rows, std::int64_t n, std::int64_t k, const float* a,
+                                             std::int64_t lda, const float* wt, float* c, std::int64_t ldc) {
+  accumulate_product_impl(rows, n, k, a, lda, wt, c, ldc);
+}
+void accumulate_product(std::int64_t rows, std::int64_t n, std::int64_t k, const double* a, std::int64_t lda,
+                        const double* wt, double* c, std::int64_t ldc) {
+  accumulate_product_impl(rows, n, k, a, lda, wt, c, ldc);
 }
 void gemm_tn(std::int64_t m, std::int64_t n, std::int64_t k, double alpha, const double* a, std::int64_t lda,
              const double* b, std::int64_t ldb, double beta, double* c, std::int64_t ldc) {

@@ -17,6 +17,12 @@ void lstm_cell_row(const double* gates, std::int64_t hidden, double* cell, doubl
 
 // Column-major C = alpha A^T B + beta C for tiny shapes (dot products of contiguous columns), where a BLAS
 // call costs more than the arithmetic: one online step multiplies a few thousand numbers per member.
+// C (rows x n, ld ldc) += A (rows x k, ld lda) Wt (k x n, contiguous)
+void accumulate_product(std::int64_t rows, std::int64_t n, std::int64_t k, const float* a, std::int64_t lda,
+                        const float* wt, float* c, std::int64_t ldc);
+void accumulate_product(std::int64_t rows, std::int64_t n, std::int64_t k, const double* a, std::int64_t lda,
+                        const double* wt, double* c, std::int64_t ldc);
+
 void gemm_tn(std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a, std::int64_t lda,
              const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc);
 void gemm_tn(std::int64_t m, std::int64_t n, std::int64_t k, double alpha, const double* a, std::int64_t lda,

@@ -18,6 +18,7 @@
 #include "ekinet/context.hpp"
 #include "ekinet/errors.hpp"
 #include "ekinet/random.hpp"
+#include "recurrent_steps.hpp"
 
 namespace ekinet::detail {
 namespace {
@@ -960,6 +961,8 @@ class CudaBackend final : public Backend<T> {
     launch("lstm_cell_kernel", batch * rows * hidden, lstm_cell_kernel<T>, batch, rows, hidden, gates, gates_ld,
            gates_member_stride, c, c_member_stride, h, h_ld, h_member_stride);
   }
+
+  void recurrent(const RecurrentLayer<T>& layer) override { recurrent_by_steps(*this, layer); }
 
   i64 loss_gradient(Loss loss, i64 rows, i64 cols, i64 width, const T* z, i64 ldz, const T* y,
                     const T* inverse_variance, double scalar_inverse_variance, T* values, T* grad, i64 ldg) override {
