@@ -1,5 +1,6 @@
-// Element-wise activation rows and tiny matrix products for the CPU backend: vectorised exp-based tanh and sigmoid for float (a few
-// ulp; NaN stays NaN so a failed member stays visible), libm for double.
+// Element-wise activation rows and small matrix products for the CPU backend: vectorised exp-based tanh and
+// sigmoid for float (a few ulp; NaN stays NaN so a failed member stays visible), libm for double; dot-product
+// and register-blocked row-update products for the recurrent layers and tiny GEMMs.
 #pragma once
 
 #include <cstdint>
