@@ -67,7 +67,9 @@ def test_persistence_and_scaling():
 def _filter(model, y, J, seed, window, noise, carry_state):
     """eki-math section 7 written out: predict each window from the carried state, then one Kalman update."""
     net = nn.from_string(model)
-    U = net.prior(J, rng=np.random.default_rng(seed))
+    generator = np.random.default_rng(seed)
+    centre = net.prior(1, rng=generator, dtype="float64")  # members around one prior draw (an LSTM: spread 1)
+    U = (centre + net.prior(J, rng=generator).astype(np.float64)).astype(np.float32)
     values = ((y - y.min()) / (y.max() - y.min())).astype(np.float32)
     state, predictions = None, []
     for start in range(0, len(values) - 1, window):
@@ -176,6 +178,8 @@ def test_plot(sine_result):
     ({"passes": 0}, ValueError, "passes = 0"),
     ({"noise": 0.0}, ValueError, "noise = 0.0 must be a positive"),
     ({"step": -1.0}, ValueError, "step = -1.0"),
+    ({"spread": 0.0}, ValueError, "spread = 0.0 must be a positive"),
+    ({"spread": "wide"}, ValueError, "spread = 'wide' must be a positive"),
     ({"randomization": 0.1}, TypeError, "ekinet.Randomization"),
     ({"randomization": ekinet.Randomization(prior_std=np.ones(3))}, ValueError, "one value per parameter"),
 ])
@@ -191,6 +195,22 @@ def test_melbourne_small_ensemble():
     r = online_regression(series, "lstm:1-16-1", ensemble=50, rng=0, progress=False)
     assert r.predictions.shape == (1, 3649)
     assert np.isfinite(r.final) and 0.2 * r.persistence_error < r.final < 2 * r.persistence_error, r.to_dict()
+
+
+@pytest.mark.parametrize("name", ["melbourne", "sunspots"])
+def test_elman_rnn_beats_persistence_on_a_real_series(name):
+    # Independent Glorot members made the tanh network's output uncorrelated with every weight (an odd function
+    # of them), so only the readout bias learned: on 1000 Melbourne days this first pass was 0.025-0.066 and the
+    # second 0.011-0.020 (persistence 0.0118), seeds 0-2. Members around a shared centre learn the dynamics:
+    # 0.0099-0.0116 then 0.0097-0.0103 (sunspots: 0.0046-0.0056 then 0.0038-0.0040, persistence 0.0047).
+    series = datasets.load_series(name, data_dir=_real_data_dir(), download=False).values[:1000]
+    settings = {"ensemble": 50, "passes": 2, "noise": 3e-4, "bias_std": 0.1, "rng": 0, "progress": False}
+    centred = online_regression(series, "rnn:1-16-1", **settings)
+    assert centred.settings["spread"] == 0.1
+    assert centred.final < 0.9 * centred.persistence_error, centred.to_dict()
+    independent = online_regression(series, "rnn:1-16-1", spread=None, **settings)
+    assert independent.settings["spread"] is None
+    assert centred.first < 0.5 * independent.first, (centred.errors, independent.errors)
 
 
 def test_baselines_say_how_to_get_pytorch(monkeypatch):

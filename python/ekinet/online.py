@@ -207,17 +207,48 @@ def _result(predictions, spread, targets, inputs, ensemble, network, seconds, lo
 # ----------------------------------------------------------------------------------------------------------
 
 
+def _spread(spread, model):
+    """The members' spread around their centre: "auto" picks it by the recurrent cell (see online_regression)."""
+    if spread == "auto":
+        return 0.1 if any(type(layer) is nn.RNN for layer in model.layers) else 1.0
+    return None if spread is None else _positive_float(spread, "spread")
+
+
+def _initial_ensemble(model, J, spread, bias_std, generator, dtype):
+    """(J, P) members u_0 + spread * xi_j around one prior draw u_0 (drawn first, so the members' offsets do
+    not depend on J), or independent prior draws when spread is None."""
+    if spread is None:
+        return model.prior(J, rng=generator, dtype=dtype, bias_std=bias_std)
+    centre = model.prior(1, rng=generator, dtype="float64", bias_std=bias_std)
+    offsets = model.prior(J, rng=generator, dtype=dtype, bias_std=bias_std)
+    return (centre + spread * offsets.astype(np.float64)).astype(offsets.dtype)
+
+
 def online_regression(series, model="lstm:1-32-1", *, ensemble=100, passes=1, window=1, noise=1e-2, step=1.0,
                       randomization=None, perturb=True, bias_std=0.0, scale=True, rng=0, progress=True,
-                      backend="auto", dtype="float32"):
+                      backend="auto", dtype="float32", spread="auto"):
     """Train a recurrent regressor by EKI while it predicts the series one step ahead.
 
     series : 1-D values or a datasets.TimeSeries; NaN/Inf is an error. With scale=True it is min-max scaled to
         [0, 1] and every error is in those units (as in the paper); result.unscale maps back.
     model : a string form ("lstm:1-32-1", "rnn:1-16-1", ...) or an nn.Sequential of RNN/LSTM/Dense layers
         reading one feature per step and ending in Dense(1). The input at time t is y_{t-1}, the target y_t.
-    ensemble : J, members drawn from the network's Glorot prior, biases N(0, bias_std^2). EKI keeps the ensemble
-        in the span of its prior, so with bias_std=0 (the prior's default) every bias stays zero.
+    ensemble : J members u_j = u_0 + spread * xi_j around one network u_0 of the Glorot prior (biases
+        N(0, bias_std^2)), xi_j from the same prior; spread=None draws the members independently from the prior
+        instead (the former behaviour, kept for comparison). EKI keeps the ensemble in the span of its prior,
+        so with bias_std=0 (the prior's default) every bias stays zero.
+    spread : the members' offsets from their shared centre, a fraction of the prior; "auto" (default): 0.1 for
+        a network with an Elman RNN layer, 1.0 otherwise (LSTM, Dense). Why a shared centre: the Kalman update
+        regresses the parameters linearly on the outputs. Over independent Glorot draws a tanh network's output
+        is an odd function of its weights (E[h] = 0), so no weight correlates with it and only the readout bias
+        is corrected: an Elman RNN(32) on the Melbourne series stayed at MSE 0.108 / 0.059 (first / third pass,
+        J = 200), ten times the persistence forecast's 0.0108. Around a shared centre the output is nearly
+        linear in the members' offsets (R^2 0.98 at spread 0.05, 0.86 at 0.2, RNN(32)) and the update becomes
+        a Gauss-Newton-like step: 0.0090 / 0.0083 at spread 0.1 (noise 3e-4). Measured on both series with
+        J = 200, 3 passes: the Elman RNN is best at 0.1 (0.2 and 0.5 were worse, 0.2 unstable in its second
+        pass); the LSTM, whose output moves about four times less per unit of spread, needs 1.0 (Melbourne,
+        noise 1e-3: 0.0090 / 0.0083, against 0.0109 / 0.0093 at 0.1 and 0.0095 / 0.0083 with independent
+        draws; on a noisy sine 0.3 left it at twice its error at 1.0).
     passes : sweeps through the series; each starts from a zero recurrent state, the ensemble carries over.
     window : observations per update. 1: each new point is one update (M = 1). w > 1 ("batched online"): the
         next w points are predicted by running w steps from the carried state, and one update uses all w
@@ -240,6 +271,7 @@ def online_regression(series, model="lstm:1-32-1", *, ensemble=100, passes=1, wi
     window = _positive_int(window, "window")
     noise = _positive_float(noise, "noise")
     step = _positive_float(step, "step")
+    spread = _spread(spread, model)
     if randomization is not None and not hasattr(randomization, "gamma"):
         raise TypeError(f"randomization must be an ekinet.Randomization or None, got {type(randomization).__name__}")
     values, lo, hi, times, name = _prepare_series(series, scale, window)
@@ -248,7 +280,7 @@ def online_regression(series, model="lstm:1-32-1", *, ensemble=100, passes=1, wi
     inputs, targets = values[:-1], values[1:]
     blocks = _windows(targets.shape[0], window)
     networks = {size: _window_network(model, size) for size in {stop - start for start, stop in blocks}}
-    U = model.prior(J, rng=generator, dtype=dtype, bias_std=bias_std)
+    U = _initial_ensemble(model, J, spread, bias_std, generator, dtype)
     X = inputs.astype(U.dtype).reshape(1, -1, 1)
     prior_std = None
     if randomization is not None:
@@ -258,7 +290,7 @@ def online_regression(series, model="lstm:1-32-1", *, ensemble=100, passes=1, wi
                              f"prior or one value per parameter ({model.parameter_count})")
         prior_std = model.prior_std(U.dtype, bias_std=bias_std) * factor.reshape(-1)
     predictions = np.empty((passes, targets.shape[0]))
-    spread = np.empty_like(predictions)
+    deviations = np.empty_like(predictions)
 
     updates = 0
     started = time.perf_counter()
@@ -273,7 +305,7 @@ def online_regression(series, model="lstm:1-32-1", *, ensemble=100, passes=1, wi
                 if not finite.all():  # kalman_update redraws these members; restart their memory too
                     state[~finite] = 0
                 predictions[p, start:stop] = G[finite].mean(axis=0, dtype=np.float64)
-                spread[p, start:stop] = G[finite].std(axis=0, dtype=np.float64)
+                deviations[p, start:stop] = G[finite].std(axis=0, dtype=np.float64)
                 U = kalman_update(U, G, targets[start:stop], noise, rng=generator if perturb else None, step=step,
                                   backend=backend)
                 updates += 1
@@ -286,8 +318,9 @@ def online_regression(series, model="lstm:1-32-1", *, ensemble=100, passes=1, wi
     seconds = time.perf_counter() - started
 
     settings = {"model": repr(model.layers), "ensemble": J, "window": window, "noise": noise, "step": step,
-                "perturb": bool(perturb), "bias_std": float(bias_std), "scale": bool(scale), "dtype": str(U.dtype),
+                "perturb": bool(perturb), "bias_std": float(bias_std),
+                "spread": None if spread is None else float(spread), "scale": bool(scale), "dtype": str(U.dtype),
                 "randomization": None if randomization is None else {
                     "scale": float(randomization.scale), "every": int(randomization.every),
                     "decay": float(randomization.decay)}}
-    return _result(predictions, spread, targets, inputs, U, model, seconds, lo, hi, times, name, "EKI", settings)
+    return _result(predictions, deviations, targets, inputs, U, model, seconds, lo, hi, times, name, "EKI", settings)
