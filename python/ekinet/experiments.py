@@ -393,4 +393,11 @@ def _report_line(name, result, row):
         activation = row.get("model", "").rsplit(":", 1)[-1]
         paper = f"{result['paper'].get(activation, float('nan')):.2f}"
     return (f"| {name} | {result['size']} | {method} | {row.get('model', '')} | "
-            f"{row.get('ensemble', result['settings']['ensemble'])} | {ours} | {paper or '-'} |")
+            f"{_ensemble_size(row)} | {ours} | {paper or '-'} |")
+
+
+def _ensemble_size(row):
+    """J of an EKI row; '-' for the gradient baselines, which train one network."""
+    if row.get("method") in GRADIENT_METHODS + ("ogd",):
+        return "-"
+    return row.get("ensemble", row.get("members", "-"))
