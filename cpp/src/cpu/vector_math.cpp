@@ -205,8 +205,8 @@ __attribute__((always_inline)) inline void accumulate_product_impl(std::int64_t 
 }  // namespace
 
 // Float rows are compiled for baseline x86-64 (SSE2) and the x86-64-v3 ISA level (AVX2 + FMA: the products
-// need the FMA) and picked at load time by CPU features, whatever the vendor (the v3 clone is the one picked on the Intel Xeon of
-// bench/results); a named CPU (arch=haswell) would be picked by model instead.
+// need the FMA) and picked at load time by CPU features, whatever the vendor (perf shows the v3 clone running
+// on the Intel Xeon of bench/results); a named CPU (arch=haswell) would be picked by model instead.
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__ELF__)
 #define EKINET_VECTOR_CLONES __attribute__((target_clones("default", "arch=x86-64-v3")))
 #else
