@@ -583,6 +583,27 @@ def test_workspace_bytes_grows_with_members_and_examples():
         nn.dnn(1).workspace_bytes(2, 0)
 
 
+@pytest.mark.parametrize("model", ["mlp:784-100-10", "cnn-mnist", "rnn-mnist", "lstm:3-8-2"])
+@pytest.mark.parametrize("J, B", [(1, 1), (1, 5), (3, 2), (5, 7)])
+def test_forward_stays_within_the_predicted_workspace(model, J, B):
+    """A fresh context's workspace after forward passes (it grows to the high-water mark at each reset) is at most
+    workspace_bytes(J, B): the prediction is an upper bound, on every path (the CPU's recurrent scratch per core
+    included)."""
+    from ekinet._native import view
+
+    net = nn.from_string(model)
+    U = net.prior(J, rng=0)
+    X = np.random.default_rng(1).standard_normal((B, net.input_size)).astype(np.float32)
+    G = np.empty((J, B * net.output_size), dtype=np.float32)
+    state = np.zeros((J, B * net.state_size), dtype=np.float32) if net.state_size else None
+    state_out = None if state is None else np.empty_like(state)  # alive while the core writes to it
+    context = _core.make_cpu_context()
+    for _ in range(2):
+        _core.forward(context, net._network, view(U), view(X), view(G), None if state is None else view(state),
+                      None if state is None else view(state_out))
+    assert 0 < context.workspace_bytes <= net.workspace_bytes(J, B)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # bad input
 # --------------------------------------------------------------------------------------------------------------

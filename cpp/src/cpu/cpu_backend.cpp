@@ -312,8 +312,10 @@ class CpuBackend final : public Backend<T> {
     constexpr i64 kTransposeRows = 4;
     const i64 gates = layer.gates(), weights = (layer.features + layer.hidden) * gates;
     const bool transpose = layer.examples >= kTransposeRows;
-    const i64 scratch = (transpose ? weights : 0) + gates + layer.examples * (gates + layer.hidden);
-    T* buffers = workspace_.take<T>(worker_slots() * scratch);
+    const i64 cell = layer.lstm ? layer.hidden : 0;
+    const i64 scratch = (transpose ? weights : 0) + gates + layer.examples * (gates + cell);
+    // one scratch per thread; parallel_ranges runs at most one thread per member
+    T* buffers = workspace_.take<T>(std::min(worker_slots(), layer.members) * scratch);
     parallel_ranges(layer.members, layer.steps * layer.examples * weights, [&](i64 first, i64 last, i64 slot) {
       for (i64 i = first; i < last; ++i) recurrent_member(layer, i, transpose, buffers + slot * scratch);
     });
