@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The runs behind docs/results.md on a CPU (no GPU was lent): each experiment at the registry's reduced "cpu" size,
+# or smaller where noted, writing docs/results/NAME.json (and NAME.png). Paper-size runs need a GPU:
+#   ekinet experiment NAME --size paper --device cuda --out docs/results
+# Usage: EKINET_DATA=<data dir> bash docs/run-results-cpu.sh [NAME ...]   (default: all, in this order)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=docs/results
+run() { python -m ekinet experiment "$@" --size cpu --out "$out" --no-progress; }
+all=(quickstart boston gaussian-nll mnist-dnn1 mnist-dnn2 fashion-heaviside cnn-mnist rnn-mnist mnist-dnn3 mnist-dnn4
+     ensemble-scaling-mnist melbourne-rnn sunspots-rnn lstm-batched-online)
+for name in "${@:-${all[@]}}"; do
+  echo "== $name $(date -u +%H:%M:%S)"
+  case "$name" in
+    mnist-dnn3) run "$name" --methods eki-r,sgd ;;                      # DNN 3-4: EKI(R) and SGD only (time)
+    mnist-dnn4) run "$name" --methods eki-r,sgd --train-size 20000 ;;
+    ensemble-scaling-mnist) run "$name" --ensemble 200 --epochs 1 ;;
+    *) run "$name" ;;
+  esac
+done
