@@ -131,9 +131,10 @@ class Backend {
   // out[i, c] = A[index[i], c], index on the device
   virtual void gather_rows(i64 count, i64 cols, const std::int64_t* index, const T* a, i64 lda, T* out,
                            i64 ldo) = 0;
-  // out[i, c] = scale * (column_scale ? column_scale[c] : 1) * standard_normal(key, (first_row + i) * cols + c)
+  // out[i, c] = (offset ? offset[c] : 0) + scale * (column_scale ? column_scale[c] : 1) *
+  //             standard_normal(key, (first_row + i) * cols + c)
   virtual void fill_normal(i64 rows, i64 cols, std::uint64_t key, i64 first_row, double scale,
-                           const T* column_scale, T* out, i64 ldo) = 0;
+                           const T* column_scale, const T* offset, T* out, i64 ldo) = 0;
   // A[i, i] += alpha * (v ? v[i] : 1) for the n x n matrix A
   virtual void add_diagonal(i64 n, T* a, i64 lda, T alpha, const T* v) = 0;
   // T = I + A - (A 1) 1^T / n for the n x n matrix A: the member transform whose product with U equals

@@ -77,18 +77,18 @@ void draw_perturbations(Backend<T>& backend, const PreparedNoise<T>& noise, std:
   const double inverse_sqrt_step = 1.0 / std::sqrt(step);
   switch (noise.kind) {
     case NoiseCovariance::Kind::scalar:
-      backend.fill_normal(rows, M, key, 0, std::sqrt(noise.scalar) * inverse_sqrt_step, nullptr, eta, M);
+      backend.fill_normal(rows, M, key, 0, std::sqrt(noise.scalar) * inverse_sqrt_step, nullptr, nullptr, eta, M);
       break;
     case NoiseCovariance::Kind::diagonal: {
       // sqrt(d) = d / sqrt(d): the standard deviations from the prepared inverse square roots.
       T* std_dev = backend.workspace().template take<T>(M);
       backend.axpby(1, M, T{1}, noise.variances, M, T{0}, noise.variances, M, std_dev, M);
       backend.scale_columns(1, M, std_dev, M, noise.inverse_std);
-      backend.fill_normal(rows, M, key, 0, inverse_sqrt_step, std_dev, eta, M);
+      backend.fill_normal(rows, M, key, 0, inverse_sqrt_step, std_dev, nullptr, eta, M);
       break;
     }
     case NoiseCovariance::Kind::full:
-      backend.fill_normal(rows, M, key, 0, inverse_sqrt_step, nullptr, eta, M);
+      backend.fill_normal(rows, M, key, 0, inverse_sqrt_step, nullptr, nullptr, eta, M);
       backend.trmm_left_lower(M, rows, noise.cholesky, M, eta, M);  // eta_j = L z_j / sqrt(h)
       break;
   }

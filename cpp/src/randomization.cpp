@@ -46,10 +46,8 @@ void randomize(Context& ctx, ConstMatrixView U, double scale, ConstMatrixView pr
     const std::uint64_t key = stream_key(seed, RandomStream::randomization);
     const bool per_parameter = prior_std.cols == U.cols && U.cols != 1;
     const double common = per_parameter ? scale : scale * backend.read_scalar(prior_std.as<T>());
-    backend.fill_normal(U.rows, U.cols, key, 0, common, per_parameter ? prior_std.as<T>() : nullptr, U_out.as<T>(),
-                        U_out.row_stride);
-    backend.add_row_vector(U.rows, U.cols, U_out.as<T>(), U_out.row_stride, T{1}, mean, U_out.as<T>(),
-                           U_out.row_stride);
+    backend.fill_normal(U.rows, U.cols, key, 0, common, per_parameter ? prior_std.as<T>() : nullptr, mean,
+                        U_out.as<T>(), U_out.row_stride);
   });
 }
 

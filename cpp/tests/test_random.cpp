@@ -48,5 +48,22 @@ TEST_P(Randomization, RedrawsAroundTheMeanWithThePriorScale) {
   EXPECT_NEAR(ensemble_spread(harness.context(), out), variance[0] + variance[1] + variance[2], 1e-9);
 }
 
+// The backends' vectorised draws are the scalar generator's numbers (to an ulp or two of a double), including
+// the rows' tails past the vector width and the largest |z| (u1 near 2^-32) a long run meets.
+TEST_P(Randomization, DrawsTheGeneratorsNumbers) {
+  const std::int64_t J = 301, P = 1003;
+  Harness harness(GetParam());
+  const MatrixView out = harness.zeros(J, P);
+  randomize(harness.context(), harness.zeros(J, P), 1.0, harness.upload({1.0}, 1, 1), 11, out);
+  const Matrix r = harness.download(out);
+  const std::uint64_t key = stream_key(11, RandomStream::randomization);
+  double worst = 0;
+  for (std::int64_t i = 0; i < J * P; ++i) {
+    const double expected = standard_normal(key, static_cast<std::uint64_t>(i));
+    worst = std::max(worst, std::fabs(r[i] - expected) / std::max(1.0, std::fabs(expected)));
+  }
+  EXPECT_LT(worst, 1e-14);
+}
+
 }  // namespace
 }  // namespace ekinet::testing

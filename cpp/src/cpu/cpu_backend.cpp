@@ -15,7 +15,6 @@
 #include "cpu/vector_math.hpp"
 #include "ekinet/context.hpp"
 #include "ekinet/errors.hpp"
-#include "ekinet/random.hpp"
 
 namespace ekinet::detail {
 namespace {
@@ -57,6 +56,27 @@ void parallel_ranges(i64 count, i64 work_per_item, Body body) {
   }
   body(i64{0}, std::min(count, chunk), i64{0});
   for (std::thread& worker : workers) worker.join();
+}
+
+// sum_c (a[c] - mean[c])^2 in double, over eight independent partial sums so that the loop vectorises (one
+// running sum is a chain of dependent additions, and the compiler may not reorder it).
+template <class T>
+double centred_row_sum_of_squares(const T* a, const T* mean, i64 n) {
+  constexpr i64 kLanes = 8;
+  double partial[kLanes] = {};
+  i64 c = 0;
+  for (; c + kLanes <= n; c += kLanes)
+    for (i64 l = 0; l < kLanes; ++l) {
+      const double d = static_cast<double>(a[c + l]) - static_cast<double>(mean[c + l]);
+      partial[l] += d * d;
+    }
+  double sum = 0;
+  for (; c < n; ++c) {
+    const double d = static_cast<double>(a[c]) - static_cast<double>(mean[c]);
+    sum += d * d;
+  }
+  for (double value : partial) sum += value;
+  return sum;
 }
 
 constexpr i64 kSmallGemm = i64{1} << 18;  // m n k at or below which OpenBLAS runs a GEMM on one thread
@@ -381,15 +401,11 @@ class CpuBackend final : public Backend<T> {
   }
 
   void fill_normal(i64 rows, i64 cols, std::uint64_t key, i64 first_row, double scale, const T* column_scale,
-                   T* out, i64 ldo) override {
+                   const T* offset, T* out, i64 ldo) override {
     parallel_ranges(rows, cols * 16, [&](i64 first, i64 last, i64) {
       for (i64 r = first; r < last; ++r) {
-        T* o = out + r * ldo;
         const std::uint64_t base = static_cast<std::uint64_t>(first_row + r) * static_cast<std::uint64_t>(cols);
-        for (i64 c = 0; c < cols; ++c) {
-          const double z = scale * standard_normal(key, base + static_cast<std::uint64_t>(c));
-          o[c] = static_cast<T>(column_scale != nullptr ? z * column_scale[c] : z);
-        }
+        fast::standard_normal_row(key, base, cols, scale, column_scale, offset, out + r * ldo);
       }
     });
   }
@@ -450,13 +466,7 @@ class CpuBackend final : public Backend<T> {
   double centred_sum_of_squares(i64 rows, i64 cols, const T* a, i64 lda, const T* mean) override {
     std::vector<double> sums(static_cast<std::size_t>(worker_slots()), 0.0);
     parallel_ranges(rows, cols, [&](i64 first, i64 last, i64 slot) {
-      for (i64 r = first; r < last; ++r) {
-        const T* ar = a + r * lda;
-        for (i64 c = 0; c < cols; ++c) {
-          const double d = static_cast<double>(ar[c]) - mean[c];
-          sums[slot] += d * d;
-        }
-      }
+      for (i64 r = first; r < last; ++r) sums[slot] += centred_row_sum_of_squares(a + r * lda, mean, cols);
     });
     double total = 0;
     for (double sum : sums) total += sum;

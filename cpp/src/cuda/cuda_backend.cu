@@ -304,14 +304,16 @@ __global__ void gather_rows_kernel(i64 count, i64 cols, const std::int64_t* inde
 
 template <class T>
 __global__ void fill_normal_kernel(i64 rows, i64 cols, std::uint64_t key, i64 first_row, double scale,
-                                   const T* column_scale, T* out, i64 ldo) {
+                                   const T* column_scale, const T* offset, T* out, i64 ldo) {
   for (i64 i = first_index(); i < rows * cols; i += grid_stride()) {
     const i64 r = i / cols, c = i % cols;
     // The same draw index as the CPU backend and the NumPy reference: (first_row + r) * cols + c.
     const std::uint64_t draw =
         static_cast<std::uint64_t>(first_row + r) * static_cast<std::uint64_t>(cols) + static_cast<std::uint64_t>(c);
-    const double z = scale * standard_normal(key, draw);
-    out[r * ldo + c] = static_cast<T>(column_scale != nullptr ? z * column_scale[c] : z);
+    double z = scale * standard_normal(key, draw);
+    if (column_scale != nullptr) z *= static_cast<double>(column_scale[c]);
+    if (offset != nullptr) z += static_cast<double>(offset[c]);
+    out[r * ldo + c] = static_cast<T>(z);
   }
 }
 
@@ -819,11 +821,11 @@ class CudaBackend final : public Backend<T> {
     launch("gather_rows_kernel", count * cols, gather_rows_kernel<T>, count, cols, index, a, lda, out, ldo);
   }
 
-  void fill_normal(i64 rows, i64 cols, std::uint64_t key, i64 first_row, double scale, const T* column_scale, T* out,
-                   i64 ldo) override {
+  void fill_normal(i64 rows, i64 cols, std::uint64_t key, i64 first_row, double scale, const T* column_scale,
+                   const T* offset, T* out, i64 ldo) override {
     const DeviceGuard guard(state_.device());
     launch("fill_normal_kernel", rows * cols, fill_normal_kernel<T>, rows, cols, key, first_row, scale, column_scale,
-           out, ldo);
+           offset, out, ldo);
   }
 
   void add_diagonal(i64 n, T* a, i64 lda, T alpha, const T* v) override {
