@@ -12,17 +12,13 @@ quarter of it are timed once after the warm-up instead of best of three.
 """
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import sys
 import time
 
 import numpy as np
-from timing import timed
+from timing import environment, timed
 
-import ekinet
 from ekinet import nn
 
 NETWORKS = {
@@ -132,30 +128,6 @@ def bench_online_step(device, J, dtype):
         row["torch_vmap_s"] = timed(lambda: vmapped(weights, tX, h, c), torch.cuda.synchronize)
     row["speedup_over_vmap"] = row["torch_vmap_s"] / row["native_s"]
     return row
-
-
-def environment(device):
-    info = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python " + " ".join(sys.argv),
-        "ekinet": ekinet.build_info(),
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "cores": os.cpu_count(),
-        "device": device,
-    }
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        info["cpu"] = platform.processor()
-    if device == "cuda":
-        import cupy as cp
-        import torch
-
-        info["gpu"] = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
-        info["cupy"], info["torch"] = cp.__version__, torch.__version__
-    return info
 
 
 def markdown(results):

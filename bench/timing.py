@@ -1,6 +1,14 @@
-"""Shared by the benchmarks: wall-clock timing of one operation."""
+"""Shared by the benchmarks: wall-clock timing of one operation and the environment a result was measured in."""
 
+import datetime
+import os
+import platform
+import sys
 import time
+
+import numpy as np
+
+import ekinet
 
 
 def timed(function, synchronize=lambda: None, repeats=3, min_total=1.0):
@@ -15,3 +23,40 @@ def timed(function, synchronize=lambda: None, repeats=3, min_total=1.0):
         elapsed = time.perf_counter() - start
         best, total, runs = min(best, elapsed), total + elapsed, runs + 1
     return best
+
+
+def environment(device):
+    """Date, exact command, build, versions, CPU (and GPU with CuPy/PyTorch versions for device="cuda")."""
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python " + " ".join(sys.argv),
+        "ekinet": ekinet.build_info(),
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "device": device,
+    }
+    if device == "cuda":
+        import cupy as cp
+
+        info["gpu"] = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
+        info["cupy"] = cp.__version__
+        try:
+            import torch
+
+            info["torch"] = torch.__version__
+        except ImportError:
+            pass
+    return info
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()

@@ -14,14 +14,11 @@ Configurations whose predicted time exceeds the budget are recorded as skipped, 
 """
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import sys
 
 import numpy as np
-from timing import timed
+from timing import environment, timed
 
 import ekinet
 from ekinet import _core
@@ -182,42 +179,6 @@ class _TorchNamespace:
         import torch
 
         return torch.eye(n, dtype=dtype, device="cuda")
-
-
-def environment(device):
-    info = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python " + " ".join(sys.argv),
-        "ekinet": ekinet.build_info(),
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "device": device,
-    }
-    if device == "cuda":
-        import cupy as cp
-
-        info["gpu"] = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
-        info["cupy"] = cp.__version__
-        try:
-            import torch
-
-            info["torch"] = torch.__version__
-        except ImportError:
-            pass
-    return info
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def markdown(results):
