@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 
@@ -224,6 +225,14 @@ inline double small_integer_to_double(std::uint64_t v) {
   return bits_to_double(kTwoPow52Bits | v) - 4503599627370496.0;
 }
 
+// sum_i coefficients[i] x^(n-1-i): the highest power first.
+template <std::size_t n>
+inline double horner(double x, const double (&coefficients)[n]) {
+  double p = coefficients[0];
+  for (std::size_t i = 1; i < n; ++i) p = p * x + coefficients[i];
+  return p;
+}
+
 // -2 log(u) for u in (0, 1], normal: u = m 2^e with m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(s),
 // s = (m - 1) / (m + 1), |s| <= 0.1716, by its series to s^23 (remainder below 1e-18 relative).
 inline double minus_two_log(double u) {
@@ -235,17 +244,10 @@ inline double minus_two_log(double u) {
   m = high ? 0.5 * m : m;
   e = high ? e + 1.0 : e;
   const double s = (m - 1.0) / (m + 1.0), s2 = s * s;
-  double p = 1.0 / 23;
-  p = p * s2 + 1.0 / 21;
-  p = p * s2 + 1.0 / 19;
-  p = p * s2 + 1.0 / 17;
-  p = p * s2 + 1.0 / 15;
-  p = p * s2 + 1.0 / 13;
-  p = p * s2 + 1.0 / 11;
-  p = p * s2 + 1.0 / 9;
-  p = p * s2 + 1.0 / 7;
-  p = p * s2 + 1.0 / 5;
-  p = p * s2 + 1.0 / 3;
+  // 1/3 + s2/5 + s2^2/7 + ... + s2^10/23
+  constexpr double kSeries[] = {1.0 / 23, 1.0 / 21, 1.0 / 19, 1.0 / 17, 1.0 / 15, 1.0 / 13,
+                                1.0 / 11, 1.0 / 9,  1.0 / 7,  1.0 / 5,  1.0 / 3};
+  const double p = horner(s2, kSeries);
   const double log_m = 2.0 * s + 2.0 * s * s2 * p;
   constexpr double kLn2High = 6.93147180369123816490e-01, kLn2Low = 1.90821492927058770002e-10;  // fdlibm's split
   return -2.0 * ((e * kLn2High + log_m) + e * kLn2Low);
@@ -259,24 +261,13 @@ inline double cos_two_pi(double t) {
   const double r = t - 0.25 * q;
   constexpr double kTwoPiHigh = 6.283185307179586, kTwoPiLow = 2.4492935982947064e-16;
   const double x = r * kTwoPiHigh + r * kTwoPiLow, x2 = x * x;
-  double c = 1.0 / 20922789888000.0;
-  c = c * x2 - 1.0 / 87178291200.0;
-  c = c * x2 + 1.0 / 479001600.0;
-  c = c * x2 - 1.0 / 3628800.0;
-  c = c * x2 + 1.0 / 40320.0;
-  c = c * x2 - 1.0 / 720.0;
-  c = c * x2 + 1.0 / 24.0;
-  c = c * x2 - 0.5;
-  c = 1.0 + x2 * c;
-  double s = 1.0 / 355687428096000.0;
-  s = s * x2 - 1.0 / 1307674368000.0;
-  s = s * x2 + 1.0 / 6227020800.0;
-  s = s * x2 - 1.0 / 39916800.0;
-  s = s * x2 + 1.0 / 362880.0;
-  s = s * x2 - 1.0 / 5040.0;
-  s = s * x2 + 1.0 / 120.0;
-  s = s * x2 - 1.0 / 6.0;
-  s = x + x * x2 * s;
+  // (cos x - 1) / x^2 and (sin x - x) / x^3 as polynomials in x^2, highest power first
+  constexpr double kCos[] = {1.0 / 20922789888000.0, -1.0 / 87178291200.0, 1.0 / 479001600.0, -1.0 / 3628800.0,
+                             1.0 / 40320.0,          -1.0 / 720.0,         1.0 / 24.0,        -0.5};
+  constexpr double kSin[] = {1.0 / 355687428096000.0, -1.0 / 1307674368000.0, 1.0 / 6227020800.0, -1.0 / 39916800.0,
+                             1.0 / 362880.0,          -1.0 / 5040.0,          1.0 / 120.0,        -1.0 / 6.0};
+  const double c = 1.0 + x2 * horner(x2, kCos);
+  const double s = x + x * x2 * horner(x2, kSin);
   // cos(q pi/2 + x): q = 0 or 4: cos x; 1: -sin x; 2: -cos x; 3: sin x.
   const double value = (q == 1.0 || q == 3.0) ? s : c;
   return (q == 1.0 || q == 2.0) ? -value : value;
