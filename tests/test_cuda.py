@@ -284,3 +284,292 @@ def test_dlpack_producer_input(rng):
     np.testing.assert_allclose(np.asarray(grad), G - y, rtol=1e-14)
     with pytest.raises(TypeError, match=r"\bU has dtype int64"):
         ekinet.kalman_update(_DLPackOnly(np.ones((6, 4), dtype=np.int64)), G, y, 0.5)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the batched forward pass on the GPU (every kernel of the network path, cuBLAS strided batches, recurrent state)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _cuda_networks():
+    """name -> (factory(dtype), J, B): every layer kind and activation, the paper's networks, an online step."""
+    from test_nn import ACTIVATIONS, CONV_CASES, EDGE_NETWORKS, POOL_CASES, RECURRENT_CASES
+
+    from ekinet import nn
+
+    nets = {}
+    for activation in ACTIVATIONS:
+        hidden = "tanh" if activation == "softmax" else activation
+        nets[f"dense-{activation}"] = (
+            lambda dtype, a=activation, h=hidden: nn.Sequential([nn.Dense(6, h), nn.Dense(4, a)], (5,)), 5, 7)
+    nets["dense-per-step-softmax"] = (
+        lambda dtype: nn.Sequential([nn.Dense(4, "tanh"), nn.Dense(3, "softmax")], (6, 5)), 3, 4)
+    for case, (shape, channels, kernel, stride, padding, activation) in CONV_CASES.items():
+        def conv(dtype, shape=shape, channels=channels, kernel=kernel, stride=stride, padding=padding,
+                 activation=activation):
+            if activation == "heaviside" and dtype == "float32":
+                activation = "relu"  # a float32 flip of the step near 0 is not an error (see test_nn)
+            layer = nn.Conv2d(channels, kernel, stride=stride, padding=padding, activation=activation)
+            return nn.Sequential([layer, nn.Conv2d(2, 1, activation="tanh"), nn.Flatten(), nn.Dense(3)], shape)
+        nets[f"conv-{case}"] = (conv, 3, 4)
+    for case, layers in POOL_CASES.items():
+        nets[f"pool-{case}"] = (lambda dtype, layers=layers: nn.Sequential(layers, (2, 7, 8)), 3, 4)
+    for case, (layers, shape) in RECURRENT_CASES.items():
+        nets[f"recurrent-{case}"] = (lambda dtype, layers=layers, shape=shape: nn.Sequential(layers, shape), 5, 4)
+    for case, factory in EDGE_NETWORKS.items():
+        for J, B in ((1, 1), (5, 1)):
+            nets[f"edge-{case}-J{J}-B{B}"] = (lambda dtype, factory=factory: factory(), J, B)
+    nets["cnn-mnist"] = (lambda dtype: nn.from_string("cnn-mnist"), 3, 2)
+    nets["rnn-mnist"] = (lambda dtype: nn.from_string("rnn-mnist"), 2, 3)
+    nets["dnn-2"] = (lambda dtype: nn.dnn(2), 3, 5)
+    nets["lstm-regressor"] = (lambda dtype: nn.from_string("lstm:1-32-1", steps=20), 4, 6)
+    # the online shape: many members, one example, one step (batched GEMMs of 2000 tiny products)
+    nets["online-lstm-J2000"] = (lambda dtype: nn.Sequential([nn.LSTM(16), nn.Dense(1)], (1, 3)), 2000, 1)
+    nets["online-rnn-J2000"] = (lambda dtype: nn.Sequential([nn.RNN(16), nn.Dense(1)], (1, 3)), 2000, 1)
+    return nets
+
+
+CUDA_NETWORKS = _cuda_networks()
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", list(CUDA_NETWORKS))
+def test_forward_cuda(name, dtype, cp, rng):
+    """The native forward pass on CuPy arrays against the float64 NumPy reference on the same (rounded) numbers
+    (tolerances of test_nn), with zero and with given recurrent state, and the state it returns."""
+    from test_nn import RTOL32, RTOL64, assert_close, inputs, random_state
+
+    from ekinet import reference as ref
+
+    factory, J, B = CUDA_NETWORKS[name]
+    if dtype == "float32" and "heaviside" in name:
+        pytest.skip("a float32 flip of the step near 0 is not an error; the step is checked in float64")
+    net = factory(dtype)
+    U, X = inputs(net, J, B, rng, dtype)
+    rtol = RTOL64 if dtype == "float64" else RTOL32
+    up = (lambda a: None if a is None else np.asarray(a, dtype=np.float64))
+    for state in (None, random_state(net, J, B, rng, dtype)) if net.state_size else (None,):
+        got, got_state = net.forward(cp.asarray(U), cp.asarray(X), state=None if state is None else cp.asarray(state),
+                                     return_state=True, backend="native")
+        assert isinstance(got, cp.ndarray) and got.dtype == np.dtype(dtype)
+        assert got.shape == (J, B) + net.output_shape
+        expected, expected_state = ref.forward(net, up(U), up(X), up(state))
+        what = f"{name} ({'given' if state is not None else 'zero'} state)"
+        assert_close(_host(got), expected, rtol, f"{what} outputs")
+        assert got_state.shape == (J, B * net.state_size)
+        assert_close(_host(got_state), expected_state, rtol, f"{what} state")
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("cells", [("lstm",), ("rnn",), ("lstm", "rnn")])
+def test_forward_cuda_state_carried_across_halves(cells, cp, rng):
+    """Steps 1..4 then 5..8 from the returned device state equal the 8 steps at once (state in and out on CUDA)."""
+    from test_nn import assert_close, inputs, random_state
+
+    from ekinet import nn
+
+    def build(steps):
+        layers = [(nn.LSTM if c == "lstm" else nn.RNN)(4, return_sequences=i + 1 < len(cells))
+                  for i, c in enumerate(cells)]
+        return nn.Sequential(layers + [nn.Dense(2)], (steps, 3))
+
+    whole, half = build(8), build(4)
+    U, X = inputs(whole, 3, 5, rng)
+    U, X, initial = cp.asarray(U), cp.asarray(X), cp.asarray(random_state(whole, 3, 5, rng))
+    out, state = whole.forward(U, X, state=initial, return_state=True, backend="native")
+    _, middle = half.forward(U, X[:, :4], state=initial, return_state=True, backend="native")
+    assert isinstance(middle, cp.ndarray)
+    out2, state2 = half.forward(U, X[:, 4:], state=middle, return_state=True, backend="native")
+    assert_close(_host(out2), _host(out), 1e-12, "outputs")
+    assert_close(_host(state2), _host(state), 1e-12, "state")
+
+
+@pytest.mark.cuda
+@cuda
+def test_forward_cuda_chunked_members_and_a_failed_member(cp, rng):
+    """cnn-mnist with J = 70, B = 50 in float64 runs in two chunks of members (the workspace spills and regrows
+    between them on a fresh context); every member equals the CPU's. A member with NaN parameters fails alone
+    (NaN through relu, max-pooling, heaviside and softmax on the GPU)."""
+    from test_nn import RTOL64, assert_close, inputs
+
+    from ekinet import _core, nn
+
+    net = nn.cnn_mnist()
+    U, X = inputs(net, 70, 50, rng)
+    expected = net.forward(U, X, backend="native")  # the CPU core
+    context = _core.make_cuda_context(cp.cuda.Device().id)  # fresh: every buffer of the first chunk spills
+    for attempt in range(2):  # then again after the workspace is released
+        G = cp.empty((70, 50 * net.output_size))
+        _core.forward(context, net._network, _native_view(cp.asarray(U)),
+                      _native_view(cp.asarray(X.reshape(50, -1))), _native_view(G), None, None)
+        context.synchronize()
+        assert_close(_host(G).reshape(expected.shape), expected, RTOL64, f"chunked cnn-mnist ({attempt})")
+        assert context.workspace_bytes > 0
+        context.release_workspace()
+        assert context.workspace_bytes == 0
+    got = net.forward(cp.asarray(U), cp.asarray(X), backend="native")
+    assert_close(_host(got), expected, RTOL64, "chunked cnn-mnist, cached context")
+
+    net = nn.Sequential([nn.Conv2d(2, 3, activation="relu"), nn.MaxPool2d(2), nn.Flatten(), nn.Dense(4, "heaviside"),
+                         nn.Dense(3, "softmax")], (1, 6, 6))
+    U, X = inputs(net, 4, 3, rng)
+    U[2, 0] = np.nan
+    out = _host(net.forward(cp.asarray(U), cp.asarray(X), backend="native"))
+    assert np.all(np.isnan(out[2]))
+    assert np.all(np.isfinite(np.delete(out, 2, axis=0)))
+
+
+def _native_view(a):
+    from ekinet._native import view
+
+    return view(a)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the solve's rescues on cuSOLVER, streams
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("formulation", ["ensemble", "observation"])
+@pytest.mark.parametrize("dtype,noise,g_scale", [
+    (np.float64, 1e-300, 1.0), (np.float64, 1e-320, 1.0), (np.float64, 1.0, 1e160),
+    (np.float32, 1e-30, 1.0), (np.float32, 1e-40, 1.0), (np.float32, 1.0, 1e20), (np.float32, 1e-300, 1.0),
+], ids=["f64-1e-300", "f64-1e-320", "f64-G1e160", "f32-1e-30", "f32-1e-40", "f32-G1e20", "f32-1e-300"])
+def test_cuda_extreme_scales_never_return_nan_silently(dtype, noise, g_scale, formulation, cp, rng):
+    """cuSOLVER's potrf info > 0, the jittered retry and the syevd fallback: the result is finite with the rescue
+    counted and warned about, or a clear FloatingPointError / ValueError (as on the CPU)."""
+    import warnings
+
+    U, G, y = make_problem(5, 8, 20, rng)
+    U, G, y = U.astype(dtype), (g_scale * G).astype(dtype), y.astype(dtype)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            out, info = ekinet.kalman_update(cp.asarray(U), cp.asarray(G), cp.asarray(y), noise, return_info=True,
+                                             formulation=formulation, backend="native")
+        except (FloatingPointError, ValueError) as error:
+            assert str(error)
+            return
+    assert np.all(np.isfinite(_host(out))), f"non-finite result returned silently ({info})"
+    rescued = info["cholesky_jitter_retries"] + info["eigen_fallbacks"]
+    assert bool(rescued) == any(issubclass(w.category, ekinet.NumericalWarning) for w in caught)
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_tiny_noise_is_rescued(cp, rng):
+    """M > J with noise 1e-300: C^ww + Gamma/h is singular, cuSOLVER's potrf reports it (info > 0) and the
+    jittered Cholesky or the eigen-decomposition gives a finite update."""
+    U, G, y = make_problem(5, 8, 20, rng)
+    with pytest.warns(ekinet.NumericalWarning, match=r"ill-conditioned"):
+        out, info = ekinet.kalman_update(cp.asarray(U), cp.asarray(G), cp.asarray(y), 1e-300,
+                                         formulation="observation", backend="native", return_info=True)
+    assert info["cholesky_jitter_retries"] + info["eigen_fallbacks"] >= 1
+    out = _host(out)
+    assert np.all(np.isfinite(out)) and np.all(np.abs(out - U) < 1e3 * (1 + np.abs(U)))
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_streams(cp, rng):
+    """Calls on a non-blocking CuPy stream, and on the null stream again after that stream is destroyed, give the
+    null stream's results (the context follows the current stream and never touches a dead one)."""
+    from ekinet import nn
+
+    U, G, y = (cp.asarray(a) for a in make_problem(12, 30, 6, rng))
+    net = nn.Sequential([nn.LSTM(4), nn.Dense(2)], (3, 2))
+    W = cp.asarray(net.prior(7, rng=1, dtype="float64"))
+    X = cp.asarray(rng.standard_normal((5, 3, 2)))
+    expected = [_host(ekinet.kalman_update(U, G, y, 0.5, rng=3, formulation=f, backend="native"))
+                for f in ("ensemble", "observation")]
+    expected_out = _host(net.forward(W, X, backend="native"))
+    for _ in range(3):
+        stream = cp.cuda.Stream(non_blocking=True)
+        with stream:
+            got = [ekinet.kalman_update(U, G, y, 0.5, rng=3, formulation=f, backend="native")
+                   for f in ("ensemble", "observation")]
+            out = net.forward(W, X, backend="native")
+            stream.synchronize()
+        del stream  # destroyed: the next call must not synchronise its handle
+        for a, b in zip(got, expected):
+            np.testing.assert_allclose(_host(a), b, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(_host(out), expected_out, rtol=1e-12, atol=1e-12)
+        again = ekinet.kalman_update(U, G, y, 0.5, rng=3, formulation="observation", backend="native")
+        np.testing.assert_allclose(_host(again), expected[1], rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# more than 2^31 elements (64-bit indexing in every kernel, cuBLAS on a > 8 GiB operand)
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_more_than_2_31_elements(cp):
+    """A float32 ensemble of J x P = 2048 x 1114112 (2.3e9 elements; the whole last row lies past 2^31): the
+    mean, the spread, the randomisation's draws, both Kalman formulations, the in-place (blocked) update and the
+    NaN count are checked on columns at both ends against the same operations on those columns alone or on the
+    host. Needs about 40 GiB of free device memory."""
+    from ekinet import _core
+    from ekinet._native import context_for
+    from ekinet.reference.rng import STREAM_RANDOMIZATION, standard_normal
+
+    J, P, M = 2048, (1 << 20) + (1 << 16), 4
+    assert (J - 1) * P > 2**31
+    free, _ = cp.cuda.runtime.memGetInfo()
+    if free < 40 * 2**30:
+        pytest.skip(f"needs about 40 GiB of free device memory, {free / 2**30:.1f} GiB free")
+    host_rng = np.random.default_rng(5)
+    U = cp.random.RandomState(7).standard_normal((J, P), dtype=cp.float32)
+    cols = np.array([0, 1, 2, P // 2, P - 3, P - 2, P - 1])
+    U_cols = cp.ascontiguousarray(U[:, cp.asarray(cols)])
+    G = cp.asarray(host_rng.standard_normal((J, M)), dtype=cp.float32)
+    y = cp.asarray(host_rng.standard_normal(M), dtype=cp.float32)
+    host_cols = _host(U_cols).astype(np.float64)
+    mean_cols = host_cols.mean(axis=0)
+
+    # column_mean
+    np.testing.assert_allclose(_host(ekinet.ensemble_mean(U))[cols], mean_cols, rtol=1e-5, atol=1e-6)
+    # centred sum of squares over every entry (two-pass in float64 on CuPy, row blocks to bound the temporary)
+    mean64 = U.mean(axis=0, dtype=cp.float64)
+    total = sum(float(cp.sum((U[r:r + 256].astype(cp.float64) - mean64) ** 2)) for r in range(0, J, 256))
+    assert ekinet.ensemble_spread(U) == pytest.approx(total / J, rel=1e-6)
+    del mean64
+
+    # fill_normal with the column scale and the mean as offset: draws (r * P + c) of the randomisation stream
+    std = cp.asarray(host_rng.uniform(0.5, 2.0, P), dtype=cp.float32)
+    R = ekinet.randomize(U, 0.3, prior_std=std, rng=11, backend="native")
+    rows = np.array([0, 1, J // 2, J - 2, J - 1])
+    got = _host(R[cp.asarray(rows)][:, cp.asarray(cols)]).astype(np.float64)
+    del R
+    z = standard_normal(np, 11, STREAM_RANDOMIZATION, (rows[:, None] * P + cols[None, :]).astype(np.uint64))
+    expected = mean_cols + 0.3 * _host(std)[cols].astype(np.float64) * z
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+    # both formulations act on each column alone: the full update's columns equal the update of those columns
+    for formulation in ("ensemble", "observation"):
+        full = ekinet.kalman_update(U, G, y, 0.5, formulation=formulation, backend="native")
+        part = ekinet.kalman_update(U_cols, G, y, 0.5, formulation=formulation, backend="native")
+        got, want = _host(full[:, cp.asarray(cols)]).astype(np.float64), _host(part).astype(np.float64)
+        del full
+        scale = np.max(np.abs(want))
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * scale, err_msg=formulation)
+        if formulation == "ensemble":
+            ensemble_cols = got
+    # in place: a column block at a time through the bounded copy (64 MiB = 8192 columns here)
+    V = U.copy()
+    _core.kalman_update(context_for(cp), _native_view(V), _native_view(G), _native_view(y), "scalar", 0.5, None,
+                        None, None, 1.0, "ensemble", "redraw", 0, _native_view(V))
+    np.testing.assert_allclose(_host(V[:, cp.asarray(cols)]).astype(np.float64), ensemble_cols, rtol=1e-4,
+                               atol=1e-4 * np.max(np.abs(ensemble_cols)))
+    del V
+
+    # the NaN count reaches the last entry
+    U[J - 1, P - 1] = cp.nan
+    with pytest.raises(ValueError, match=r"\bU contains 1 NaN/Inf value\b"):
+        ekinet.kalman_update(U, G, y, 0.5, formulation="observation", backend="native")

@@ -17,6 +17,10 @@ void Workspace::reset() {
     for (std::size_t i = 0; i < spill_count_; ++i) allocator_.deallocate(spills_[i]);
     spill_count_ = 0;
     if (block_ != nullptr) allocator_.deallocate(block_);
+    // Empty, not dangling, if the allocation below runs out of memory: the next take spills instead of
+    // handing out freed memory, and release() does not free the block twice.
+    block_ = nullptr;
+    capacity_ = used_ = 0;
     block_ = allocator_.allocate(high_water_);
     capacity_ = high_water_;
   }

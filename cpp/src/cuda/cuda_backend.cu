@@ -168,9 +168,12 @@ class DeviceState {
   cusolverDnHandle_t solver() const { return solver_; }
 
   void set_stream(cudaStream_t stream) {
+    if (stream == stream_) return;  // Python sets the current stream before every call
     const DeviceGuard guard(device_);
-    // Work queued on the old stream may still use the workspace that the new stream is about to reuse.
-    check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+    // Work queued on the old stream may still use the workspace that the new stream is about to reuse. The
+    // whole device is synchronised because the old stream may have been destroyed since (a CuPy stream left
+    // behind by a `with` block): its handle must not be used, but its queued work still runs.
+    check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
     bind(stream);
     stream_ = stream;
   }
