@@ -286,6 +286,7 @@ void forward_typed(Context& ctx, const Network& network, const ConstMatrixView& 
   const i64 state = B * network.state_size();
   if (!state_in.empty()) check.shape(state_in, "state_in", J, state, "the recurrent state of each member");
   if (state_out.data != nullptr) check.shape(state_out, "state_out", J, state, "the recurrent state of each member");
+  backend.workspace().reset();  // the finiteness count may take workspace (a counter on the GPU)
   check.finite(backend, X, "X");
 
   const i64 chunk = chunk_members(network, J, B, sizeof(T));
