@@ -18,3 +18,6 @@ for name in "${@:-${all[@]}}"; do
     *) run "$name" ;;
   esac
 done
+# Ten epochs at J = 200 (docs/results/epochs10), run separately:
+#   python -m ekinet experiment mnist-dnn2 --size cpu --epochs 10 --methods eki-r --out docs/results/epochs10 --no-progress
+#   python -m ekinet experiment fashion-heaviside --size cpu --epochs 10 --out docs/results/epochs10 --no-progress
