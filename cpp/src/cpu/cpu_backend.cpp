@@ -82,7 +82,6 @@ double centred_row_sum_of_squares(const T* a, const T* mean, i64 n) {
 constexpr i64 kSmallGemm = i64{1} << 18;  // m n k at or below which OpenBLAS runs a GEMM on one thread
 constexpr i64 kTinyGemm = 4096;           // m n k at or below which direct loops beat the BLAS call overhead
 
-
 // NaN or Inf: all exponent bits set. An integer test the compiler vectorises, unlike std::isfinite.
 inline bool nonfinite(float x) {
   std::uint32_t bits;
