@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "ekinet/array.hpp"
 #include "ekinet/losses.hpp"
@@ -45,14 +46,12 @@ class Workspace {
   }
 
  private:
-  static constexpr std::size_t kMaxSpills = 64;
   Allocator& allocator_;
   void* block_ = nullptr;
   std::size_t capacity_ = 0;
   std::size_t used_ = 0;
   std::size_t high_water_ = 0;
-  void* spills_[kMaxSpills] = {};
-  std::size_t spill_count_ = 0;
+  std::vector<void*> spills_;  // only the first calls of a loop spill, so this stops growing too
 };
 
 // One recurrent layer (Elman: h = tanh(W_ih x + b_ih + W_hh h + b_hh), or LSTM, PyTorch's equations and gate

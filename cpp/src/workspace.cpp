@@ -1,7 +1,6 @@
 #include <algorithm>
 
 #include "backend.hpp"
-#include "ekinet/errors.hpp"
 
 namespace ekinet::detail {
 
@@ -13,9 +12,9 @@ std::size_t aligned(std::size_t bytes) { return (bytes + kAlignment - 1) / kAlig
 Workspace::~Workspace() { release(); }
 
 void Workspace::reset() {
-  if (spill_count_ > 0) {
-    for (std::size_t i = 0; i < spill_count_; ++i) allocator_.deallocate(spills_[i]);
-    spill_count_ = 0;
+  if (!spills_.empty()) {
+    for (void* spill : spills_) allocator_.deallocate(spill);
+    spills_.clear();
     if (block_ != nullptr) allocator_.deallocate(block_);
     // Empty, not dangling, if the allocation below runs out of memory: the next take spills instead of
     // handing out freed memory, and release() does not free the block twice.
@@ -28,8 +27,8 @@ void Workspace::reset() {
 }
 
 void Workspace::release() {
-  for (std::size_t i = 0; i < spill_count_; ++i) allocator_.deallocate(spills_[i]);
-  spill_count_ = 0;
+  for (void* spill : spills_) allocator_.deallocate(spill);
+  spills_.clear();
   if (block_ != nullptr) allocator_.deallocate(block_);
   block_ = nullptr;
   capacity_ = used_ = high_water_ = 0;
@@ -43,11 +42,9 @@ void* Workspace::take_bytes(std::size_t bytes) {
     used_ += bytes;
     return pointer;
   }
-  if (spill_count_ == kMaxSpills) {
-    throw Error("ekinet internal error: workspace spill limit exceeded");
-  }
+  spills_.reserve(spills_.size() + 1);  // before allocating, so that a full vector cannot leak the block
   void* pointer = allocator_.allocate(bytes);
-  spills_[spill_count_++] = pointer;
+  spills_.push_back(pointer);
   used_ += bytes;
   return pointer;
 }

@@ -73,5 +73,22 @@ TEST(Workspace, StaysUsableAfterItsGrowthRunsOutOfMemory) {
   EXPECT_TRUE(allocator.live.empty());  // no double free at destruction
 }
 
+TEST(Workspace, TakesAnyNumberOfSpillsInOneOperation) {
+  // The first call of a deep recurrent stack, chunked over members, takes hundreds of blocks before the
+  // workspace has grown.
+  RecordingAllocator allocator;
+  {
+    detail::Workspace workspace(allocator);
+    workspace.reset();
+    for (int i = 0; i < 1000; ++i) workspace.take<double>(10);
+    EXPECT_EQ(allocator.live.size(), 1000u);
+    workspace.reset();
+    EXPECT_EQ(allocator.live.size(), 1u);
+    for (int i = 0; i < 1000; ++i) workspace.take<double>(10);
+    EXPECT_EQ(allocator.live.size(), 1u);  // the steady state allocates nothing
+  }
+  EXPECT_TRUE(allocator.live.empty());
+}
+
 }  // namespace
 }  // namespace ekinet::testing
