@@ -17,7 +17,7 @@ import os
 import time
 
 import numpy as np
-from timing import environment, timed
+from timing import environment, save_results, timed
 
 from ekinet import nn
 
@@ -175,13 +175,7 @@ def main(argv=None):
         rows.append(bench_online_step(args.device, J, args.dtype))
         print(json.dumps(rows[-1]), flush=True)
     results = {"environment": environment(args.device), "rows": rows}
-    os.makedirs(args.out, exist_ok=True)
-    name = f"forward-{args.device}{'-quick' if args.quick else ''}-{args.dtype}"
-    with open(os.path.join(args.out, name + ".json"), "w") as f:
-        json.dump(results, f, indent=1)
-    with open(os.path.join(args.out, name + ".md"), "w") as f:
-        f.write(markdown(results))
-    print(markdown(results))
+    save_results(results, args.out, f"forward-{args.device}{'-quick' if args.quick else ''}-{args.dtype}", markdown)
 
 
 if __name__ == "__main__":

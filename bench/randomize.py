@@ -17,7 +17,7 @@ import json
 import os
 
 import numpy as np
-from timing import environment, timed
+from timing import environment, save_results, timed
 
 import ekinet
 from ekinet import nn
@@ -94,13 +94,7 @@ def main(argv=None):
         rows.append(bench(xp, J, model, np.dtype(args.dtype).type, synchronize))
         print(json.dumps(rows[-1]), flush=True)
     results = {"environment": environment(args.device), "rows": rows}
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"randomize-{args.device}-{args.dtype}")
-    with open(stem + ".json", "w") as f:
-        json.dump(results, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(markdown(results))
-    print(markdown(results))
+    save_results(results, args.out, f"randomize-{args.device}-{args.dtype}", markdown)
 
 
 if __name__ == "__main__":

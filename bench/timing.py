@@ -1,6 +1,7 @@
 """Shared by the benchmarks: wall-clock timing of one operation and the environment a result was measured in."""
 
 import datetime
+import json
 import os
 import platform
 import sys
@@ -49,6 +50,18 @@ def environment(device):
         except ImportError:
             pass
     return info
+
+
+def save_results(results, out, stem, markdown):
+    """Write out/stem.json and out/stem.md (the table markdown(results) renders), and print the table."""
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, stem)
+    with open(path + ".json", "w") as f:
+        json.dump(results, f, indent=1)
+    table = markdown(results)
+    with open(path + ".md", "w") as f:
+        f.write(table)
+    print(table)
 
 
 def _cpu_model():

@@ -18,7 +18,7 @@ import json
 import os
 
 import numpy as np
-from timing import environment, timed
+from timing import environment, save_results, timed
 
 import ekinet
 from ekinet import _core
@@ -231,11 +231,8 @@ def main(argv=None):
         with open(args.render) as f:
             results = json.load(f)
         results["rows"] = [summarise(row) for row in results["rows"]]
-        with open(args.render, "w") as f:
-            json.dump(results, f, indent=1)
-        with open(os.path.splitext(args.render)[0] + ".md", "w") as f:
-            f.write(markdown(results))
-        print(markdown(results))
+        stem = os.path.splitext(os.path.basename(args.render))[0]
+        save_results(results, os.path.dirname(args.render) or ".", stem, markdown)
         return
 
     dtype = np.dtype(args.dtype)
@@ -248,13 +245,7 @@ def main(argv=None):
         rows.append(row)
         print(json.dumps(row), flush=True)
     results = {"environment": environment(args.device), "rows": rows}
-    os.makedirs(args.out, exist_ok=True)
-    name = f"update-{args.device}{'-quick' if args.quick else ''}-{args.dtype}"
-    with open(os.path.join(args.out, name + ".json"), "w") as f:
-        json.dump(results, f, indent=1)
-    with open(os.path.join(args.out, name + ".md"), "w") as f:
-        f.write(markdown(results))
-    print(markdown(results))
+    save_results(results, args.out, f"update-{args.device}{'-quick' if args.quick else ''}-{args.dtype}", markdown)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,12 @@ module within a few seconds on two cores.
 """
 
 import json
-import os
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import real_data_dir
 import ekinet
 from ekinet import datasets, nn
 from ekinet.online import OnlineResult, online_regression
@@ -22,17 +21,6 @@ from ekinet.online import OnlineResult, online_regression
 def _sine(n=300, period=25, noise=0.03, seed=0):
     t = np.arange(n)
     return np.sin(2 * np.pi * t / period) + noise * np.random.default_rng(seed).standard_normal(n)
-
-
-def _real_data_dir():
-    env = os.environ.get("EKINET_DATA")
-    candidates = [Path(env)] if env else [Path(__file__).resolve().parents[1].parent / "shared" / "data",
-                                          Path("/work/shared/data")]
-    for candidate in candidates:
-        if (candidate / "SHA256SUMS").is_file():
-            return candidate
-    pytest.fail(f"the real data sets are required but were not found in {', '.join(map(str, candidates))}; set "
-                "EKINET_DATA to the folder holding melbourne_temp/")
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +179,7 @@ def test_bad_input_is_named(kwargs, error, words):
 
 
 def test_melbourne_small_ensemble():
-    series = datasets.load_series("melbourne", data_dir=_real_data_dir(), download=False)
+    series = datasets.load_series("melbourne", data_dir=real_data_dir(), download=False)
     r = online_regression(series, "lstm:1-16-1", ensemble=50, rng=0, progress=False)
     assert r.predictions.shape == (1, 3649)
     assert np.isfinite(r.final) and 0.2 * r.persistence_error < r.final < 2 * r.persistence_error, r.to_dict()
@@ -203,7 +191,7 @@ def test_elman_rnn_beats_persistence_on_a_real_series(name):
     # of them), so only the readout bias learned: on 1000 Melbourne days this first pass was 0.025-0.066 and the
     # second 0.011-0.020 (persistence 0.0118), seeds 0-2. Members around a shared centre learn the dynamics:
     # 0.0099-0.0116 then 0.0097-0.0103 (sunspots: 0.0046-0.0056 then 0.0038-0.0040, persistence 0.0047).
-    series = datasets.load_series(name, data_dir=_real_data_dir(), download=False).values[:1000]
+    series = datasets.load_series(name, data_dir=real_data_dir(), download=False).values[:1000]
     settings = {"ensemble": 50, "passes": 2, "noise": 3e-4, "bias_std": 0.1, "rng": 0, "progress": False}
     centred = online_regression(series, "rnn:1-16-1", **settings)
     assert centred.settings["spread"] == 0.1
