@@ -113,16 +113,9 @@ UpdateReport kalman_update_typed(Context& ctx, const ConstMatrixView& U, const C
   Workspace& workspace = backend.workspace();
   workspace.reset();
   const ArgumentChecker check("kalman_update", ctx, U.dtype);
-  check.array(U, "U");
+  check_ensemble_update(check, U, G, U_out, options.step);
   const i64 J = U.rows, P = U.cols, M = G.cols;
-  if (J < 2) check.fail("U has " + std::to_string(J) + " member(s) (rows); an ensemble needs at least 2");
-  check.shape(G, "G", J, M, "one row of forward-model outputs per member of U");
-  if (M < 1) check.fail("G has no columns; the forward model must give at least one output");
   check.shape(y, "y", 1, M, "the data, one value per column of G");
-  check.shape(U_out, "U_out", J, P, "the shape of U");
-  if (!(options.step > 0) || !std::isfinite(options.step)) {
-    check.fail("step = " + std::to_string(options.step) + " must be a positive finite number");
-  }
   if (perturbation.kind == Perturbation::Kind::given) {
     check.shape(perturbation.eta, "perturbation", J, M, "one perturbation of the data per member, like G");
     check.finite(backend, perturbation.eta, "perturbation");

@@ -7,11 +7,12 @@ namespace ekinet {
 namespace detail {
 namespace {
 
+// The mean member of U, into `mean` or (null) the workspace.
 template <class T>
-T* checked_mean(Backend<T>& backend, const ArgumentChecker& check, const ConstMatrixView& U) {
+T* checked_mean(Backend<T>& backend, const ArgumentChecker& check, const ConstMatrixView& U, T* mean = nullptr) {
   check.array(U, "U");
   if (U.rows < 1) check.fail("U has no members (rows)");
-  T* mean = backend.workspace().template take<T>(U.cols);
+  if (mean == nullptr) mean = backend.workspace().template take<T>(U.cols);
   backend.column_mean(U.rows, U.cols, U.as<T>(), U.row_stride, mean);
   return mean;
 }
@@ -26,9 +27,7 @@ void ensemble_mean(Context& ctx, ConstMatrixView U, MatrixView mean) {
     backend.workspace().reset();
     const detail::ArgumentChecker check("ensemble_mean", ctx, U.dtype);
     check.shape(mean, "mean", 1, U.cols, "one value per parameter");
-    check.array(U, "U");
-    if (U.rows < 1) check.fail("U has no members (rows)");
-    backend.column_mean(U.rows, U.cols, U.as<T>(), U.row_stride, mean.as<T>());
+    detail::checked_mean(backend, check, U, mean.as<T>());
   });
 }
 

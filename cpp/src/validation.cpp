@@ -1,5 +1,7 @@
 #include "validation.hpp"
 
+#include <cmath>
+
 #include "ekinet/errors.hpp"
 
 namespace ekinet::detail {
@@ -32,6 +34,19 @@ void ArgumentChecker::shape(const ConstMatrixView& view, const char* name, i64 r
   if (view.rows != rows || view.cols != cols) {
     fail(std::string(name) + " has shape " + shape_string(view.rows, view.cols) + " but " +
          shape_string(rows, cols) + " was expected (" + meaning + ")");
+  }
+}
+
+void check_ensemble_update(const ArgumentChecker& check, const ConstMatrixView& U, const ConstMatrixView& G,
+                           const ConstMatrixView& U_out, double step) {
+  check.array(U, "U");
+  const i64 J = U.rows;
+  if (J < 2) check.fail("U has " + std::to_string(J) + " member(s) (rows); an ensemble needs at least 2");
+  check.shape(G, "G", J, G.cols, "one row of forward-model outputs per member of U");
+  if (G.cols < 1) check.fail("G has no columns; the forward model must give at least one output");
+  check.shape(U_out, "U_out", J, U.cols, "the shape of U");
+  if (!(step > 0) || !std::isfinite(step)) {
+    check.fail("step = " + std::to_string(step) + " must be a positive finite number");
   }
 }
 
