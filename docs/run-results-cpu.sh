@@ -21,3 +21,5 @@ done
 # Ten epochs at J = 200 (docs/results/epochs10), run separately:
 #   python -m ekinet experiment mnist-dnn2 --size cpu --epochs 10 --methods eki-r --out docs/results/epochs10 --no-progress
 #   python -m ekinet experiment fashion-heaviside --size cpu --epochs 10 --out docs/results/epochs10 --no-progress
+# DNN 2 at the paper's J = 2000 for 2 epochs (docs/results/j2000, 85 minutes):
+#   python -m ekinet experiment mnist-dnn2 --size cpu --ensemble 2000 --epochs 2 --methods eki-r --out docs/results/j2000 --no-progress
