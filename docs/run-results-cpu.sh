@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 out=docs/results
 run() { python -m ekinet experiment "$@" --size cpu --out "$out" --no-progress; }
 all=(quickstart boston gaussian-nll mnist-dnn1 mnist-dnn2 fashion-heaviside cnn-mnist rnn-mnist mnist-dnn3 mnist-dnn4
-     ensemble-scaling-mnist melbourne-rnn sunspots-rnn lstm-batched-online)
+     ensemble-scaling-mnist ensemble-scaling-fashion-mnist melbourne-rnn sunspots-rnn lstm-batched-online)
 for name in "${@:-${all[@]}}"; do
   echo "== $name $(date -u +%H:%M:%S)"
   case "$name" in
