@@ -97,3 +97,24 @@ def test_cli_rejects_bad_values(arguments):
     with pytest.raises(SystemExit) as raised:
         cli.main(arguments)
     assert raised.value.code == 2
+
+
+def test_ensemble_scaling_finds_the_smallest_ensemble_near_the_best():
+    assert experiments._ensemble_grid(400) == [25, 50, 100, 200, 400]
+    assert experiments._ensemble_grid(20) == [4, 5, 10, 20]
+    rows = [{"hidden": h, "parameters": p, "ensemble": J, "accuracy_mean": a}
+            for h, p, curve in ((4, 3190, {25: 0.70, 50: 0.845, 100: 0.85}),
+                                (8, 6370, {25: 0.60, 50: 0.80, 100: 0.88}))
+            for J, a in curve.items()]
+    summary = experiments._minimum_ensembles(rows)
+    assert [(s["hidden"], s["best_accuracy"], s["minimum_ensemble"]) for s in summary] == [(4, 0.85, 50),
+                                                                                          (8, 0.88, 100)]
+
+
+def test_ensemble_scaling_smoke_reports_the_minimum_ensemble(tmp_path):
+    result = experiments.run("ensemble-scaling-mnist", size="smoke", out=tmp_path, progress=False)
+    assert [row["ensemble"] for row in result["rows"]] == [4, 5, 10, 20] * 2
+    assert [entry["hidden"] for entry in result["minimum_ensemble"]] == [4, 8]
+    for entry in result["minimum_ensemble"]:
+        assert entry["minimum_ensemble"] in (4, 5, 10, 20) and 0 <= entry["best_accuracy"] <= 1
+    assert (tmp_path / "ensemble-scaling-mnist.png").is_file()

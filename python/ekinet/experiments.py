@@ -43,6 +43,7 @@ class Settings:
     batch_size: int = 100
     train_size: int = None  # None: the whole training set
     passes: int = 1  # online experiments
+    widths: tuple = (16, 32, 64)  # ensemble-scaling experiments: the hidden widths h of 784-h-10
 
 
 @dataclasses.dataclass
@@ -165,19 +166,53 @@ def _heaviside(settings, options):
 
 
 def _ensemble_scaling(dataset):
+    """Accuracy against J for 784-h-10 ReLU networks, J from ensemble / 16 to ensemble, and for each width the
+    smallest J within SCALING_TOLERANCE of the best accuracy over J (the paper: this minimum ensemble size
+    grows about linearly with the parameter count)."""
     def run(settings, options):
         data = _classification_data(dataset, settings, data_dir=options.get("data_dir"))
         rows = []
-        for hidden in (options.get("hidden") or (16, 32, 64)):
+        for hidden in settings.widths:
             model = f"mlp:784-{hidden}-10"
             parameters = nn.from_string(model).parameter_count
-            for fraction in (0.25, 0.5, 1.0):
-                J = max(4, int(settings.ensemble * fraction))
+            for J in _ensemble_grid(settings.ensemble):
                 row = _train_eki(model, data, "eki-r", dataclasses.replace(settings, ensemble=J), options)
-                rows.append({**row, "parameters": parameters, "history": None})
-        return {"rows": rows}
+                rows.append({**row, "hidden": hidden, "parameters": parameters, "history": None})
+        minimum = _minimum_ensembles(rows)
+        _save_figure(options, f"{options['name']}.png", lambda ax: _plot_scaling(ax, rows, minimum))
+        return {"rows": rows, "minimum_ensemble": minimum}
 
     return run
+
+
+SCALING_TOLERANCE = 0.01  # accuracy within one point of the best over J counts as reached
+
+
+def _ensemble_grid(ensemble):
+    """J = ensemble / 16, / 8, / 4, / 2 and ensemble itself (at least 4 members each, no repeats)."""
+    return sorted({max(4, ensemble // 2 ** k) for k in range(5)})
+
+
+def _minimum_ensembles(rows):
+    summary = []
+    for hidden in dict.fromkeys(row["hidden"] for row in rows):
+        own = [row for row in rows if row["hidden"] == hidden]
+        best = max(row["accuracy_mean"] for row in own)
+        reached = min(row["ensemble"] for row in own if row["accuracy_mean"] >= best - SCALING_TOLERANCE)
+        summary.append({"hidden": hidden, "parameters": own[0]["parameters"], "best_accuracy": best,
+                        "minimum_ensemble": reached})
+    return summary
+
+
+def _plot_scaling(ax, rows, minimum):
+    for entry in minimum:
+        own = [row for row in rows if row["hidden"] == entry["hidden"]]
+        ax.plot([row["ensemble"] for row in own], [row["accuracy_mean"] for row in own], "o-",
+                label=f"784-{entry['hidden']}-10 (P = {entry['parameters']}): J_min = {entry['minimum_ensemble']}")
+    ax.set_xscale("log")
+    ax.set_xlabel("ensemble size J")
+    ax.set_ylabel("test accuracy (mean particle)")
+    ax.legend(fontsize=8)
 
 
 def _boston(loss):
@@ -269,9 +304,9 @@ def _registry():
         Settings(ensemble=100, epochs=1, train_size=10000), Settings(ensemble=10, epochs=1, train_size=300))
     for dataset, label in (("mnist", "MNIST"), ("fashion-mnist", "Fashion-MNIST")):
         add(f"ensemble-scaling-{dataset}", f"{label}: accuracy against ensemble size for 784-h-10 networks",
-            _ensemble_scaling(dataset), Settings(ensemble=2000, epochs=50),
-            Settings(ensemble=400, epochs=2, train_size=10000),
-            Settings(ensemble=20, epochs=1, train_size=500))
+            _ensemble_scaling(dataset), Settings(ensemble=2000, epochs=50, widths=(16, 32, 64, 128)),
+            Settings(ensemble=400, epochs=5, train_size=10000, widths=(4, 8, 16)),
+            Settings(ensemble=20, epochs=1, train_size=500, widths=(4, 8)))
     add("fashion-heaviside", "Fashion-MNIST 784-100-10 with Heaviside (non-differentiable) against ReLU, EKI(R)",
         _heaviside, Settings(ensemble=2000, epochs=10), Settings(ensemble=200, epochs=2), smoke,
         heaviside=0.85, relu=0.87)
