@@ -14,7 +14,7 @@ for name in "${@:-${all[@]}}"; do
   case "$name" in
     mnist-dnn3) run "$name" --methods eki-r,sgd ;;                      # DNN 3-4: EKI(R) and SGD only (time)
     mnist-dnn4) run "$name" --methods eki-r,sgd --train-size 20000 ;;
-    ensemble-scaling-mnist) run "$name" --ensemble 200 --epochs 1 ;;
+    ensemble-scaling-fashion-mnist) run "$name" --ensemble 400 --epochs 5 ;;  # J up to 400, 5 epochs (time)
     *) run "$name" ;;
   esac
 done
