@@ -213,6 +213,9 @@ def _plot_scaling(ax, rows, minimum):
                 label=f"784-{entry['hidden']}-10 (P = {entry['parameters']}): J_min "
                       f"{'=' if entry['saturated'] else '>='} {entry['minimum_ensemble']}")
     ax.set_xscale("log")
+    sizes = sorted({row["ensemble"] for row in rows})
+    ax.set_xticks(sizes, [str(J) for J in sizes])
+    ax.minorticks_off()
     ax.set_xlabel("ensemble size J")
     ax.set_ylabel("test accuracy (mean particle)")
     ax.legend(fontsize=8)
