@@ -42,7 +42,8 @@ void* Workspace::take_bytes(std::size_t bytes) {
     used_ += bytes;
     return pointer;
   }
-  spills_.reserve(spills_.size() + 1);  // before allocating, so that a full vector cannot leak the block
+  // Grow before allocating, so that push_back cannot throw and leak the block; doubling keeps it linear.
+  if (spills_.size() == spills_.capacity()) spills_.reserve(2 * spills_.size() + 8);
   void* pointer = allocator_.allocate(bytes);
   spills_.push_back(pointer);
   used_ += bytes;

@@ -43,7 +43,7 @@ class Settings:
     batch_size: int = 100
     train_size: int = None  # None: the whole training set
     passes: int = 1  # online experiments
-    widths: tuple = (16, 32, 64)  # ensemble-scaling experiments: the hidden widths h of 784-h-10
+    widths: tuple = None  # ensemble-scaling experiments only: the hidden widths h of 784-h-10
 
 
 @dataclasses.dataclass
