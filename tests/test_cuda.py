@@ -564,7 +564,7 @@ def test_cuda_more_than_2_31_elements(cp):
     # in place: a column block at a time through the bounded copy (64 MiB = 8192 columns here)
     V = U.copy()
     _core.kalman_update(context_for(cp), _native_view(V), _native_view(G), _native_view(y), "scalar", 0.5, None,
-                        None, None, 1.0, "ensemble", "redraw", 0, _native_view(V))
+                        None, None, 1.0, "ensemble", "redraw", 0, "ensemble", _native_view(V))
     np.testing.assert_allclose(_host(V[:, cp.asarray(cols)]).astype(np.float64), ensemble_cols, rtol=1e-4,
                                atol=1e-4 * np.max(np.abs(ensemble_cols)))
     del V

@@ -121,6 +121,40 @@ def test_randomize_bad_input(backend, rng):
     np.testing.assert_array_equal(U, U_copy)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_randomize_around_a_mean_draws_what_randomize_draws(backend, dtype, rng):
+    """randomize(U) is randomize_around(mean of U): the same counter-based draws for the same seed."""
+    U = rng.standard_normal((6, 5)).astype(dtype)
+    std = rng.uniform(0.1, 2.0, 5)
+    out = ekinet.randomize_around(U.mean(axis=0), 6, 0.4, prior_std=std, rng=9, backend=backend)
+    assert out.shape == (6, 5) and out.dtype == dtype
+    np.testing.assert_allclose(out, ekinet.randomize(U, 0.4, prior_std=std, rng=9, backend=backend),
+                               rtol=10 * np.finfo(dtype).eps, atol=10 * np.finfo(dtype).eps)
+    np.testing.assert_allclose(out, U.mean(axis=0) + 0.4 * std * counter_normals(9, 3, 6, 5),
+                               rtol=10 * np.finfo(dtype).eps, atol=10 * np.finfo(dtype).eps)
+    # more members than the mean came from: the first rows are the same draws
+    more = ekinet.randomize_around(U.mean(axis=0), 9, 0.4, prior_std=std, rng=9, backend=backend)
+    np.testing.assert_array_equal(more[:6], out)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_randomize_around_bad_input(backend):
+    mean = np.zeros(3)
+    with pytest.raises(ValueError, match=r"mean has shape \(1, 3\); one value per parameter"):
+        ekinet.randomize_around(mean[None], 4, 1.0, backend=backend)
+    with pytest.raises(ValueError, match=r"members = 0 must be at least 1"):
+        ekinet.randomize_around(mean, 0, 1.0, backend=backend)
+    with pytest.raises(ValueError, match=r"scale = -1"):
+        ekinet.randomize_around(mean, 4, -1.0, backend=backend)
+    with pytest.raises(ValueError, match=r"prior_std has 2 values"):
+        ekinet.randomize_around(mean, 4, 1.0, prior_std=[1.0, 2.0], backend=backend)
+    with pytest.raises(TypeError, match=r"mean has dtype int64"):
+        ekinet.randomize_around(np.zeros(3, np.int64), 4, 1.0, backend=backend)
+    with pytest.raises(ValueError, match=r"\bmean contains 1 NaN/Inf"):
+        ekinet.randomize_around(np.array([0.0, np.nan, 1.0]), 4, 1.0, backend=backend)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # EKI on a black-box problem: y(t) = a exp(-b t) + c from 30 noisy points, u = (log a, log b, c)
 # --------------------------------------------------------------------------------------------------------------
@@ -278,6 +312,30 @@ def test_randomization_keeps_the_ensemble_spread(decay_problem):
     before = opt.mean.copy()
     after = opt.randomize(scale=0.0)
     np.testing.assert_allclose(after, np.tile(before, (50, 1)), rtol=1e-13)
+
+
+@pytest.mark.parametrize("every", [1, 3])
+@pytest.mark.parametrize("method", ["kalman", "loss"])
+def test_randomized_updates_compute_only_the_mean_and_equal_the_full_update(method, every, decay_problem):
+    """EKI(R) asks the update for the mean only when every member is redrawn right after it; the result is the
+    full update followed by randomize(), with the same draws (the generator is consumed in the same order)."""
+    U0, y = decay_problem
+    spec = ekinet.Randomization(scale=0.05, every=every, decay=0.9, prior_std=[0.5, 1.0, 2.0])
+    scheduler = ekinet.ConstantStep(0.5) if method == "kalman" else ekinet.AdaptiveStep(0.5)
+    opt = ekinet.EKI(U0, noise_cov=NOISE_STD**2, method=method, scheduler=scheduler, randomization=spec, rng=4)
+    generator = np.random.default_rng(4)
+    U = U0.copy()
+    for n in range(1, 7):
+        G = decay(opt.ask())
+        np.testing.assert_allclose(opt.ask(), U, rtol=1e-12, atol=1e-13)
+        opt.tell(G, y)
+        if method == "kalman":
+            U = ekinet.kalman_update(U, G, y, NOISE_STD**2, rng=generator, step=0.5)
+        else:
+            U, _ = ekinet.loss_update(U, G, (G - y) / NOISE_STD**2, step=0.5, rng=generator)
+        if n % every == 0:
+            U = ekinet.randomize(U, spec.gamma(n), prior_std=spec.prior_std, rng=generator)
+    np.testing.assert_allclose(opt.ensemble, U, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("method", ["kalman", "loss"])

@@ -123,6 +123,51 @@ def test_formulations_agree_and_auto_reports_its_choice(J, P, M, noise_kind, per
     np.testing.assert_array_equal(results["auto"], results[chosen])
 
 
+@pytest.mark.parametrize("failures", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("backend", ["native", "reference"])
+@pytest.mark.parametrize("perturbation", PERTURBATIONS)
+@pytest.mark.parametrize("noise_kind", NOISE_KINDS)
+@pytest.mark.parametrize("formulation", ["auto", *FORMULATIONS])
+def test_mean_output_is_the_mean_of_the_updated_ensemble(formulation, noise_kind, perturbation, backend, dtype,
+                                                         failures, rng):
+    """output="mean" (what EKI(R) needs before redrawing every member) equals the mean of the full update, in
+    both formulations, with failed members re-drawn as the full update re-draws them."""
+    J, P, M = 12, 40, 7
+    U, G, y = make_problem(J, P, M, rng)
+    G = _with_failures(G) if failures else G
+    noise = make_noise(noise_kind, M, rng)
+    kwargs = perturbation_kwargs(perturbation, J, M, rng)
+    if dtype == np.float32:
+        U, G, y, noise = U.astype(dtype), G.astype(dtype), y.astype(dtype), _noise32(noise)
+        kwargs = {k: (v.astype(dtype) if isinstance(v, np.ndarray) else v) for k, v in kwargs.items()}
+    options = dict(step=0.8, formulation=formulation, backend=backend, return_info=True, **kwargs)
+    full, full_info = ekinet.kalman_update(U, G, y, noise, **options)
+    mean, info = ekinet.kalman_update(U, G, y, noise, output="mean", **options)
+    assert mean.shape == (P,) and mean.dtype == dtype
+    assert info["failed_members"] == full_info["failed_members"] == (2 if failures else 0)
+    if formulation != "auto":
+        assert info["formulation"] == formulation if not failures else info["formulation"] == "ensemble"
+    rtol = RTOL64 if dtype == np.float64 else C32 * EPS32 * 10
+    expected = full.astype(np.float64).mean(axis=0)
+    assert_update_close(mean, expected, U.astype(np.float64).mean(axis=0), rtol, "mean output vs full update")
+
+
+@pytest.mark.parametrize("J,P,M", [(2000, 79510, 1000), (2000, 100, 50), (50, 10**6, 20), (500, 10, 3000)])
+def test_mean_output_choice_ignores_the_parameter_count(J, P, M):
+    """With output="mean" neither formulation forms a P-sized product, so "auto" compares the J- and M-sized
+    work alone, and never refuses the observation form for the size of a P x M gain it does not form."""
+    for noise_kind in ("scalar", "full"):
+        chosen = _core.choose_formulation(J, P, M, noise_kind, 4, 2 << 30, "mean")
+        assert chosen == ekinet.reference.kalman.choose_formulation(J, P, M, noise_kind, 4, "mean")
+        assert chosen == _core.choose_formulation(J, 1, M, noise_kind, 4, 2 << 30, "mean")
+        flops = {f: _core.kalman_update_flops(f, J, P, M, noise_kind, "mean") for f in ("ensemble", "observation")}
+        assert chosen == min(flops, key=flops.get)
+        assert flops["ensemble"] < _core.kalman_update_flops("ensemble", J, P, M, noise_kind)
+    assert _core.choose_formulation(2000, 10**7, 100, "scalar", 4, 2 << 30, "mean") == "observation"
+    assert _core.choose_formulation(2000, 10**7, 100, "scalar", 4, 2 << 30) == "ensemble"  # a 4 GB gain
+
+
 @pytest.mark.parametrize("J,P,M,expected", [(4, 50, 120, "ensemble"), (3, 5, 400, "ensemble"),
                                             (60, 5, 3, "observation"), (200, 1000, 2, "observation")])
 def test_auto_picks_the_cheaper_formulation(J, P, M, expected, rng):
@@ -641,9 +686,10 @@ def test_unknown_backend(problem):
         ekinet.kalman_update(U, G, y, 1.0, backend="gpu")
 
 
-def _native_call(ctx, U, G, y, U_out, *, eta=None, formulation="auto", on_failure="redraw", step=1.0):
+def _native_call(ctx, U, G, y, U_out, *, eta=None, formulation="auto", on_failure="redraw", step=1.0,
+                 output="ensemble"):
     return _core.kalman_update(ctx, view(U), view(G), view(y), "scalar", 1.0, None,
-                               None if eta is None else view(eta), None, step, formulation, on_failure, 0,
+                               None if eta is None else view(eta), None, step, formulation, on_failure, 0, output,
                                view(U_out))
 
 
@@ -660,6 +706,12 @@ def test_native_layer_checks_its_arguments(cpu_context, problem):
         _native_call(cpu_context, U, G, np.ascontiguousarray(y[:2]), out)
     with pytest.raises(ValueError, match=r"U_out has shape"):
         _native_call(cpu_context, U, G, y, np.empty((5, 3)))
+    with pytest.raises(ValueError, match=r"U_out has shape \(5, 4\) but \(1, 4\) was expected \(one row for the mean"):
+        _native_call(cpu_context, U, G, y, out, output="mean")
+    with pytest.raises(ValueError, match=r"U_out must not be U"):
+        _native_call(cpu_context, U, G, y, U[:1], output="mean")
+    with pytest.raises(ValueError, match=r"output = 'x'"):
+        _native_call(cpu_context, U, G, y, out, output="x")
     with pytest.raises(ValueError, match=r"perturbation has shape"):
         _native_call(cpu_context, U, G, y, out, eta=np.zeros((5, 2)))
     with pytest.raises(TypeError, match=r"\bG has dtype float32 but the ensemble is float64"):
@@ -679,7 +731,7 @@ def test_native_layer_checks_its_arguments(cpu_context, problem):
     with pytest.raises(ValueError, match=r"noise_cov.*positive definite"):
         M = G.shape[1]
         _core.kalman_update(cpu_context, view(U), view(G), view(y), "full", 0.0, view(-np.eye(M)), None, None, 1.0,
-                            "auto", "redraw", 0, view(out))
+                            "auto", "redraw", 0, "ensemble", view(out))
 
 
 # --------------------------------------------------------------------------------------------------------------

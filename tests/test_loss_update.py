@@ -184,6 +184,28 @@ def test_failed_members_native_equals_reference_and_survivors_alone(adaptive, wh
     assert np.min(np.linalg.norm(native[failed] - U[failed], axis=1)) > 1e-6
 
 
+@pytest.mark.parametrize("failures", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_mean_output_is_the_mean_of_the_updated_ensemble(backend, dtype, failures, rng):
+    """output="mean" equals the mean of the full update (failed members re-drawn as the full update does)."""
+    J, P, M = 11, 30, 6
+    U, G, y = make_problem(J, P, M, rng, dtype=dtype)
+    grad = (G - y).astype(dtype)
+    if failures:
+        G[2, 0], grad[7, 3] = np.nan, np.inf
+    kw = dict(step=0.4, rng=3, backend=backend, return_info=True)
+    full, h_full, full_info = ekinet.loss_update(U, G, grad, **kw)
+    mean, h_mean, info = ekinet.loss_update(U, G, grad, output="mean", **kw)
+    assert mean.shape == (P,) and mean.dtype == dtype
+    assert h_mean == h_full and info["failed_members"] == full_info["failed_members"] == (2 if failures else 0)
+    rtol = RTOL64 if dtype == np.float64 else C32 * EPS32 * J
+    assert_update_close(mean, full.astype(np.float64).mean(axis=0), U.astype(np.float64).mean(axis=0), rtol,
+                        "mean output vs full update")
+    with pytest.raises(ValueError, match=r"output = 'x'"):
+        ekinet.loss_update(U, G, grad, step=0.4, output="x", backend=backend)
+
+
 @pytest.mark.parametrize("backend", ["native", "reference"])
 def test_failed_members_raise(backend, rng):
     U, G, y = make_problem(6, 3, 4, rng)

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "dispatch.hpp"
 #include "member_transform.hpp"
@@ -20,24 +21,30 @@ constexpr double kFlopsPerElementPass = 30.0;
 }  // namespace
 
 double kalman_update_flops(Formulation formulation, std::int64_t J, std::int64_t P, std::int64_t M,
-                           NoiseCovariance::Kind noise) {
+                           NoiseCovariance::Kind noise, UpdateOutput output) {
   const double j = static_cast<double>(J), p = static_cast<double>(P), m = static_cast<double>(M);
   const bool full = noise == NoiseCovariance::Kind::full;
+  const bool mean = output == UpdateOutput::mean;
   if (formulation == Formulation::observation) {
-    // C^ww (syrk), Cholesky, solve for J residuals, gain C^uw = dU^T dG / J, gain times solutions,
-    // plus the anomaly and mean passes over U.
-    return j * m * m + m * m * m / 3 + 2 * m * m * j + 4 * j * p * m + 3 * j * p * kFlopsPerElementPass;
+    // C^ww (syrk), Cholesky, solve for J residuals, then either the gain C^uw = dU^T dG / J, gain times
+    // solutions and the anomaly and mean passes over U, or for the mean one weighted sum of the members.
+    const double apply = mean ? 2 * j * p : 4 * j * p * m + 3 * j * p * kFlopsPerElementPass;
+    return j * m * m + m * m * m / 3 + 2 * m * m * j + apply;
   }
-  // whitening (full Gamma), K (syrk), Q (gemm), Cholesky and solve of J x J, the J x J by J x P transform.
-  return (full ? 2 * j * m * m : 0.0) + j * j * m + 2 * j * j * m + j * j * j / 3 + 2 * j * j * j + 2 * j * j * p;
+  // whitening (full Gamma), K (syrk), Q (gemm), Cholesky and solve of J x J, then the J x J by J x P transform,
+  // or for the mean a weighted sum of the members.
+  return (full ? 2 * j * m * m : 0.0) + j * j * m + 2 * j * j * m + j * j * j / 3 + 2 * j * j * j +
+         (mean ? 2 * j * p : 2 * j * j * p);
 }
 
 Formulation choose_formulation(std::int64_t J, std::int64_t P, std::int64_t M, NoiseCovariance::Kind noise,
-                               std::size_t element_bytes, std::size_t max_gain_bytes) {
+                               std::size_t element_bytes, std::size_t max_gain_bytes, UpdateOutput output) {
   const double gain_bytes = static_cast<double>(P) * static_cast<double>(M) * static_cast<double>(element_bytes);
-  if (gain_bytes > static_cast<double>(max_gain_bytes)) return Formulation::ensemble;
-  return kalman_update_flops(Formulation::observation, J, P, M, noise) <
-                 kalman_update_flops(Formulation::ensemble, J, P, M, noise)
+  if (output == UpdateOutput::ensemble && gain_bytes > static_cast<double>(max_gain_bytes)) {
+    return Formulation::ensemble;
+  }
+  return kalman_update_flops(Formulation::observation, J, P, M, noise, output) <
+                 kalman_update_flops(Formulation::ensemble, J, P, M, noise, output)
              ? Formulation::observation
              : Formulation::ensemble;
 }
@@ -55,7 +62,7 @@ struct Innovations {
 template <class T>
 void ensemble_space(Backend<T>& backend, const ArgumentChecker& check, const PreparedNoise<T>& noise, const Innovations<T>& in,
                     const Survivors& survivors, i64 M, double step, const ConstMatrixView& U, MatrixView& U_out,
-                    std::uint64_t redraw_seed, UpdateReport& report) {
+                    UpdateOutput output, std::uint64_t redraw_seed, UpdateReport& report) {
   const i64 Js = survivors.count();
   whiten_rows(backend, noise, Js, in.anomalies, M);
   whiten_rows(backend, noise, Js, in.residuals, M);
@@ -68,13 +75,35 @@ void ensemble_space(Backend<T>& backend, const ArgumentChecker& check, const Pre
   backend.gemm(Trans::yes, Trans::no, Js, Js, M, T{1}, in.anomalies, M, in.residuals, M, T{0}, w, Js);
   robust_spd_solve(backend, Js, k, Js, Js, w, Js, report);
   // Column-major W read row-major is W^T: U_new = U + W^T dU.
-  apply_member_transform(backend, check, w, survivors, U.as<T>(), U.row_stride, U.cols, U_out.as<T>(),
-                         U_out.row_stride, redraw_seed);
+  if (output == UpdateOutput::mean) {
+    apply_member_transform_mean(backend, check, w, survivors, U.as<T>(), U.row_stride, U.cols, U_out.as<T>(),
+                                redraw_seed);
+  } else {
+    apply_member_transform(backend, check, w, survivors, U.as<T>(), U.row_stride, U.cols, U_out.as<T>(),
+                           U_out.row_stride, redraw_seed);
+  }
+}
+
+// The mean of the updated ensemble: ubar + C^uw xbar with xbar the mean of the solutions X_j, which is
+// ubar + dU^T v = U^T (v + 1/J) with v = dG xbar / J (the rows of dG sum to zero).
+template <class T>
+void observation_space_mean(Backend<T>& backend, const ArgumentChecker& check, const Innovations<T>& in, i64 J,
+                            i64 M, const ConstMatrixView& U, MatrixView& U_out) {
+  Workspace& workspace = backend.workspace();
+  T* solution_mean = workspace.take<T>(M);
+  backend.column_mean(J, M, in.residuals, M, solution_mean);
+  const std::vector<T> uniform(static_cast<std::size_t>(J), static_cast<T>(1.0 / J));
+  T* weights = workspace.take<T>(J);
+  backend.copy_from_host(weights, uniform.data(), uniform.size() * sizeof(T));
+  backend.gemm(Trans::yes, Trans::no, J, 1, M, static_cast<T>(1.0 / J), in.anomalies, M, solution_mean, M, T{1},
+               weights, J);
+  weighted_member_sum(backend, check, weights, U.as<T>(), J, U.row_stride, U.cols, U_out.as<T>(), T{0});
 }
 
 template <class T>
-void observation_space(Backend<T>& backend, const PreparedNoise<T>& noise, const Innovations<T>& in, i64 J, i64 M,
-                       double step, const ConstMatrixView& U, MatrixView& U_out, UpdateReport& report) {
+void observation_space(Backend<T>& backend, const ArgumentChecker& check, const PreparedNoise<T>& noise,
+                       const Innovations<T>& in, i64 J, i64 M, double step, const ConstMatrixView& U,
+                       MatrixView& U_out, UpdateOutput output, UpdateReport& report) {
   const i64 P = U.cols;
   Workspace& workspace = backend.workspace();
   // C = C^ww + Gamma/h (M x M); X = C^{-1} R^T (row-major R is column-major M x J).
@@ -92,6 +121,10 @@ void observation_space(Backend<T>& backend, const PreparedNoise<T>& noise, const
       break;
   }
   robust_spd_solve(backend, M, c, M, J, in.residuals, M, report);
+  if (output == UpdateOutput::mean) {
+    observation_space_mean(backend, check, in, J, M, U, U_out);
+    return;
+  }
 
   // U_new = ubar + dU + C^uw X with C^uw = dU^T dG / J (P x M), dU held in U_out.
   T* mean = workspace.take<T>(P);
@@ -113,7 +146,7 @@ UpdateReport kalman_update_typed(Context& ctx, const ConstMatrixView& U, const C
   Workspace& workspace = backend.workspace();
   workspace.reset();
   const ArgumentChecker check("kalman_update", ctx, U.dtype);
-  check_ensemble_update(check, U, G, U_out, options.step);
+  check_ensemble_update(check, U, G, U_out, options.step, options.output);
   const i64 J = U.rows, P = U.cols, M = G.cols;
   check.shape(y, "y", 1, M, "the data, one value per column of G");
   if (perturbation.kind == Perturbation::Kind::given) {
@@ -131,7 +164,7 @@ UpdateReport kalman_update_typed(Context& ctx, const ConstMatrixView& U, const C
   report.failed_members = static_cast<i64>(survivors.failed.size());
   report.formulation = options.formulation != Formulation::automatic
                            ? options.formulation
-                           : choose_formulation(J, P, M, noise_cov.kind, sizeof(T), kMaxGainBytes);
+                           : choose_formulation(J, P, M, noise_cov.kind, sizeof(T), kMaxGainBytes, options.output);
   if (!survivors.all()) report.formulation = Formulation::ensemble;  // failed members are re-drawn in J x J
   // The ensemble form checks its output instead (in cache); the observation form writes U_out in passes.
   if (report.formulation == Formulation::observation || check_ensemble_first(U.data, U_out.data)) {
@@ -161,10 +194,10 @@ UpdateReport kalman_update_typed(Context& ctx, const ConstMatrixView& U, const C
   backend.residual(Js, M, y.as<T>(), eta_s, ld_eta_s, g_s, ld_g, innovations.residuals, M);
 
   if (report.formulation == Formulation::observation) {
-    observation_space(backend, noise, innovations, J, M, options.step, U, U_out, report);
+    observation_space(backend, check, noise, innovations, J, M, options.step, U, U_out, options.output, report);
   } else {
-    ensemble_space(backend, check, noise, innovations, survivors, M, options.step, U, U_out, options.redraw_seed,
-                   report);
+    ensemble_space(backend, check, noise, innovations, survivors, M, options.step, U, U_out, options.output,
+                   options.redraw_seed, report);
   }
   return report;
 }

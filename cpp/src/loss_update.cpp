@@ -19,7 +19,7 @@ UpdateReport loss_update_typed(Context& ctx, const ConstMatrixView& U, const Con
   Workspace& workspace = backend.workspace();
   workspace.reset();
   const ArgumentChecker check("loss_update", ctx, U.dtype);
-  check_ensemble_update(check, U, G, U_out, options.step);
+  check_ensemble_update(check, U, G, U_out, options.step, options.output);
   const i64 J = U.rows, P = U.cols, M = G.cols;
   check.shape(grad, "grad", J, M, "the loss gradient with respect to each member's outputs, like G");
   if (!(options.eps >= 0) || !std::isfinite(options.eps)) {
@@ -43,8 +43,13 @@ UpdateReport loss_update_typed(Context& ctx, const ConstMatrixView& U, const Con
                Js);
   T* step = workspace.take<T>(1);
   backend.scale_by_negative_step(Js, Js, d, Js, options.step, options.eps, options.adaptive, step);
-  apply_member_transform(backend, check, d, survivors, U.as<T>(), U.row_stride, P, U_out.as<T>(), U_out.row_stride,
-                         options.redraw_seed);
+  if (options.output == UpdateOutput::mean) {
+    apply_member_transform_mean(backend, check, d, survivors, U.as<T>(), U.row_stride, P, U_out.as<T>(),
+                                options.redraw_seed);
+  } else {
+    apply_member_transform(backend, check, d, survivors, U.as<T>(), U.row_stride, P, U_out.as<T>(),
+                           U_out.row_stride, options.redraw_seed);
+  }
 
   UpdateReport report;
   report.formulation = Formulation::ensemble;

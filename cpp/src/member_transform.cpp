@@ -104,21 +104,34 @@ const T* survivor_rows(Backend<T>& backend, const Survivors& survivors, i64 cols
   return rows;
 }
 
+namespace {
+
+template <class T>
+const T* full_transform(Backend<T>& backend, T* a, const Survivors& survivors, std::uint64_t redraw_seed) {
+  backend.fold_centering(survivors.count(), a, survivors.count(), a, survivors.count());
+  return survivors.all() ? a : embed_with_redraws(backend, a, survivors, redraw_seed);
+}
+
+template <class T>
+[[noreturn]] void report_nonfinite_update(Backend<T>& backend, const ArgumentChecker& check, const T* u, i64 J,
+                                          i64 ldu, i64 P) {
+  check.finite(backend, ConstMatrixView{u, dtype_of<T>(), backend.device(), J, P, ldu}, "U");
+  throw NumericalError(std::string(check.operation()) +
+                       ": the updated ensemble overflowed to Inf/NaN; reduce the step or rescale the problem");
+}
+
+}  // namespace
+
 template <class T>
 void apply_member_transform(Backend<T>& backend, const ArgumentChecker& check, T* a, const Survivors& survivors,
                             const T* u, i64 ldu, i64 P, T* u_out, i64 ld_out, std::uint64_t redraw_seed) {
-  const i64 J = survivors.total, Js = survivors.count();
-  backend.fold_centering(Js, a, Js, a, Js);
-  const T* transform = survivors.all() ? a : embed_with_redraws(backend, a, survivors, redraw_seed);
+  const i64 J = survivors.total;
+  const T* transform = full_transform(backend, a, survivors, redraw_seed);
 
   // Row-major U_out (J x P) = T U is column-major U_out^T = U^T T^T: gemm(N, N, P, J, J) on the same buffers.
   if (u_out != u) {
     backend.gemm(Trans::no, Trans::no, P, J, J, T{1}, u, ldu, transform, J, T{0}, u_out, ld_out);
-    if (backend.count_nonfinite(J, P, u_out, ld_out) > 0) {
-      check.finite(backend, ConstMatrixView{u, dtype_of<T>(), backend.device(), J, P, ldu}, "U");
-      throw NumericalError(std::string(check.operation()) +
-                           ": the updated ensemble overflowed to Inf/NaN; reduce the step or rescale the problem");
-    }
+    if (backend.count_nonfinite(J, P, u_out, ld_out) > 0) report_nonfinite_update(backend, check, u, J, ldu, P);
     return;
   }
   // In place: a column block of U at a time through a bounded copy, never a second J x P buffer.
@@ -131,12 +144,34 @@ void apply_member_transform(Backend<T>& backend, const ArgumentChecker& check, T
   }
 }
 
+template <class T>
+void weighted_member_sum(Backend<T>& backend, const ArgumentChecker& check, const T* weights, const T* u, i64 J,
+                         i64 ldu, i64 P, T* mean_out, T beta) {
+  // Row-major U (J x P) is column-major U^T (P x J): mean_out = U^T weights + beta mean_out.
+  backend.gemm(Trans::no, Trans::no, P, 1, J, T{1}, u, ldu, weights, J, beta, mean_out, P);
+  if (backend.count_nonfinite(1, P, mean_out, P) > 0) report_nonfinite_update(backend, check, u, J, ldu, P);
+}
+
+template <class T>
+void apply_member_transform_mean(Backend<T>& backend, const ArgumentChecker& check, T* a, const Survivors& survivors,
+                                 const T* u, i64 ldu, i64 P, T* mean_out, std::uint64_t redraw_seed) {
+  const i64 J = survivors.total;
+  const T* transform = full_transform(backend, a, survivors, redraw_seed);
+  // The mean of the rows of T U is t^T U with t_k = (1/J) sum_i T_ik.
+  T* weights = backend.workspace().template take<T>(J);
+  backend.column_mean(J, J, transform, J, weights);
+  weighted_member_sum(backend, check, weights, u, J, ldu, P, mean_out, T{0});
+}
+
 #define EKINET_INSTANTIATE(T)                                                                                     \
   template Survivors find_survivors(Backend<T>&, const ArgumentChecker&, i64, i64, const T*, i64, const T*, i64,  \
                                     FailurePolicy);                                                               \
   template const T* survivor_rows(Backend<T>&, const Survivors&, i64, const T*, i64, i64&);                       \
   template void apply_member_transform(Backend<T>&, const ArgumentChecker&, T*, const Survivors&, const T*, i64,  \
-                                       i64, T*, i64, std::uint64_t);
+                                       i64, T*, i64, std::uint64_t);                                              \
+  template void apply_member_transform_mean(Backend<T>&, const ArgumentChecker&, T*, const Survivors&, const T*,  \
+                                            i64, i64, T*, std::uint64_t);                                         \
+  template void weighted_member_sum(Backend<T>&, const ArgumentChecker&, const T*, const T*, i64, i64, i64, T*, T);
 EKINET_INSTANTIATE(float)
 EKINET_INSTANTIATE(double)
 #undef EKINET_INSTANTIATE

@@ -46,4 +46,15 @@ template <class T>
 void apply_member_transform(Backend<T>& backend, const ArgumentChecker& check, T* a, const Survivors& survivors,
                             const T* u, i64 ldu, i64 P, T* u_out, i64 ld_out, std::uint64_t redraw_seed);
 
+// mean_out (1 x P) = the mean of T U, the updated ensemble, as U^T t with t the column means of T: one pass
+// over U instead of the J x J by J x P product. Same checks and errors as apply_member_transform.
+template <class T>
+void apply_member_transform_mean(Backend<T>& backend, const ArgumentChecker& check, T* a, const Survivors& survivors,
+                                 const T* u, i64 ldu, i64 P, T* mean_out, std::uint64_t redraw_seed);
+
+// mean_out (1 x P) = U^T weights (weights: J values): a weighted sum of the members, checked like the updates.
+template <class T>
+void weighted_member_sum(Backend<T>& backend, const ArgumentChecker& check, const T* weights, const T* u, i64 J,
+                         i64 ldu, i64 P, T* mean_out, T beta);
+
 }  // namespace ekinet::detail

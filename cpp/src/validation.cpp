@@ -38,13 +38,18 @@ void ArgumentChecker::shape(const ConstMatrixView& view, const char* name, i64 r
 }
 
 void check_ensemble_update(const ArgumentChecker& check, const ConstMatrixView& U, const ConstMatrixView& G,
-                           const ConstMatrixView& U_out, double step) {
+                           const ConstMatrixView& U_out, double step, UpdateOutput output) {
   check.array(U, "U");
   const i64 J = U.rows;
   if (J < 2) check.fail("U has " + std::to_string(J) + " member(s) (rows); an ensemble needs at least 2");
   check.shape(G, "G", J, G.cols, "one row of forward-model outputs per member of U");
   if (G.cols < 1) check.fail("G has no columns; the forward model must give at least one output");
-  check.shape(U_out, "U_out", J, U.cols, "the shape of U");
+  if (output == UpdateOutput::mean) {
+    check.shape(U_out, "U_out", 1, U.cols, "one row for the mean of the updated ensemble");
+    if (U_out.data == U.data) check.fail("U_out must not be U when the output is the mean of the updated ensemble");
+  } else {
+    check.shape(U_out, "U_out", J, U.cols, "the shape of U");
+  }
   if (!(step > 0) || !std::isfinite(step)) {
     check.fail("step = " + std::to_string(step) + " must be a positive finite number");
   }

@@ -6,6 +6,7 @@
 
 #include "backend.hpp"
 #include "ekinet/context.hpp"
+#include "ekinet/report.hpp"
 
 namespace ekinet::detail {
 
@@ -41,8 +42,8 @@ class ArgumentChecker {
 std::string shape_string(i64 rows, i64 cols);
 
 // The checks every ensemble update shares: U holds J >= 2 members, G one row of M >= 1 outputs per member,
-// U_out the shape of U, and the step is positive and finite.
+// U_out the shape of U (or 1 x P, apart from U, for the mean output), and the step is positive and finite.
 void check_ensemble_update(const ArgumentChecker& check, const ConstMatrixView& U, const ConstMatrixView& G,
-                           const ConstMatrixView& U_out, double step);
+                           const ConstMatrixView& U_out, double step, UpdateOutput output);
 
 }  // namespace ekinet::detail

@@ -27,7 +27,7 @@ from . import datasets, experiments, losses, nn, online, reference, train  # noq
 from ._core import BackendUnavailable, NumericalError  # noqa: E402
 from ._inputs import NumericalWarning  # noqa: E402
 from .eki import EKI, MinimizeResult, Randomization, minimize  # noqa: E402
-from .ensemble import ensemble_mean, ensemble_spread, randomize  # noqa: E402
+from .ensemble import ensemble_mean, ensemble_spread, randomize, randomize_around  # noqa: E402
 from .schedulers import AdaptiveStep, ConstantStep, DataMisfitController  # noqa: E402
 from .train import RandomizationSchedule, Trainer  # noqa: E402
 from .updates import kalman_update, loss_update, nesterov_extrapolate  # noqa: E402
@@ -70,5 +70,6 @@ __all__ = [
     "nn",
     "online",
     "randomize",
+    "randomize_around",
     "reference",
 ]

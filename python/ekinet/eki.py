@@ -7,7 +7,7 @@ import numpy as np
 from . import losses
 from ._arrays import namespace_of
 from ._inputs import ensemble, seed_from
-from .ensemble import ensemble_mean, ensemble_spread, randomize
+from .ensemble import ensemble_mean, ensemble_spread, randomize, randomize_around
 from .schedulers import AdaptiveStep, ConstantStep, DataMisfitController
 from .updates import kalman_update, loss_update, nesterov_extrapolate
 
@@ -105,6 +105,8 @@ class EKI:
         V = self._V
         xp = namespace_of(V)
         G = xp.asarray(G)
+        # When every member is redrawn around the mean right after this update, only the mean is computed.
+        output = "mean" if self._redraws_after_update() and not self.momentum else "ensemble"
         if y is not None:
             misfits, grad_squared = self._least_squares(G, xp.asarray(y, dtype=G.dtype))
         if self.method == "kalman":
@@ -113,7 +115,8 @@ class EKI:
             step = self.scheduler.next_step(_host(misfits), G.shape[1])
             U_new, info = kalman_update(
                 V, G, y, self.noise_cov, rng=self._rng if self.perturb else None, step=step,
-                formulation=self.formulation, backend=self.backend, on_failure=self.on_failure, return_info=True)
+                formulation=self.formulation, backend=self.backend, on_failure=self.on_failure, output=output,
+                return_info=True)
         else:
             if grad is None:
                 if y is None:
@@ -124,7 +127,8 @@ class EKI:
             step = self.scheduler.next_step(None if loss_values is None else _host(loss_values), G.shape[1])
             U_new, _, info = loss_update(V, G, grad, step=step, adaptive=self.scheduler.adaptive,
                                          eps=getattr(self.scheduler, "eps", 1e-8), backend=self.backend,
-                                         on_failure=self.on_failure, rng=self._rng, return_info=True)
+                                         on_failure=self.on_failure, rng=self._rng, output=output,
+                                         return_info=True)
         member_loss = _host(misfits) if y is not None else (None if loss_values is None else _host(loss_values))
         self._record(V, G, member_loss, info)
         if mean_output is not None and y is not None:
@@ -157,11 +161,20 @@ class EKI:
         self._V = self._U
         return self._U
 
-    def _advance(self, U_new):
-        self.iteration += 1
-        U_old, self._U = self._U, U_new
+    def _redraws_after_update(self):
         spec = self.randomization
-        randomized = spec is not None and spec.every and self.iteration % spec.every == 0
+        return bool(spec is not None and spec.every and (self.iteration + 1) % spec.every == 0)
+
+    def _advance(self, U_new):
+        """U_new: the updated ensemble, or its mean (P,) when the randomisation redraws every member now."""
+        randomized = self._redraws_after_update()
+        self.iteration += 1
+        if U_new.ndim == 1:
+            spec = self.randomization
+            self._U = self._V = randomize_around(U_new, self._U.shape[0], spec.gamma(self.iteration),
+                                                 prior_std=spec.prior_std, rng=self._rng, backend=self.backend)
+            return
+        U_old, self._U = self._U, U_new
         if randomized:
             self.randomize()
         if self.momentum:

@@ -1,7 +1,7 @@
 """Ensemble statistics and EKI(R) randomisation (eki-math sections 3 and 4)."""
 
 from . import _core, reference
-from ._arrays import like_input, to_array
+from ._arrays import floating, like_input, namespace_of, to_array
 from ._backend import resolve
 from ._inputs import ensemble, member_matrix, require_finite, seed_from
 from ._native import context_for, view
@@ -35,11 +35,7 @@ def randomize(U, scale, *, prior_std=1.0, rng=0, xi=None, backend="auto"):
     """
     original = U
     xp, U = ensemble(U)
-    if not scale >= 0:
-        raise ValueError(f"scale = {scale} must be non-negative")
-    std = xp.asarray(to_array(prior_std, "prior_std"), dtype=U.dtype).reshape(1, -1)
-    if std.shape[1] not in (1, U.shape[1]):
-        raise ValueError(f"prior_std has {std.shape[1]} values; pass one, or one per parameter ({U.shape[1]})")
+    std = _prior_std(xp, scale, prior_std, U.dtype, U.shape[1])
     if xi is not None:
         xi = member_matrix(xi, "xi", xp, U, U.shape[1], "one prior sample per member, like U")
     seed = seed_from(rng)
@@ -53,3 +49,37 @@ def randomize(U, scale, *, prior_std=1.0, rng=0, xi=None, backend="auto"):
     else:
         _core.randomize_with(context_for(xp), view(U), float(scale), view(xi), view(out))
     return like_input(out, original)
+
+
+def randomize_around(mean, members, scale, *, prior_std=1.0, rng=0, backend="auto"):
+    """EKI(R) around a given mean: `members` rows mean + scale * xi_j, with the draws of randomize()
+    (randomize(U, ...) equals randomize_around(U.mean(axis=0), len(U), ...)). For the mean that
+    kalman_update(..., output="mean") or loss_update(..., output="mean") returns. Returns a new ensemble."""
+    original = mean
+    mean = floating(to_array(mean, "mean"), "mean")
+    xp = namespace_of(mean)
+    if mean.ndim != 1:
+        raise ValueError(f"mean has shape {tuple(mean.shape)}; one value per parameter, (P,), was expected")
+    mean = xp.ascontiguousarray(mean)
+    members = int(members)
+    if members < 1:
+        raise ValueError(f"members = {members} must be at least 1")
+    std = _prior_std(xp, scale, prior_std, mean.dtype, mean.shape[0])
+    seed = seed_from(rng)
+    if resolve(backend, xp) == "reference":
+        require_finite(xp, mean, "mean")
+        return like_input(reference.randomize_around(mean, members, scale, prior_std=std.reshape(-1), seed=seed),
+                          original)
+    out = xp.empty((members, mean.shape[0]), dtype=mean.dtype)
+    _core.randomize_around(context_for(xp), view(mean.reshape(1, -1)), float(scale), view(xp.ascontiguousarray(std)),
+                           seed, view(out))
+    return like_input(out, original)
+
+
+def _prior_std(xp, scale, prior_std, dtype, P):
+    if not scale >= 0:
+        raise ValueError(f"scale = {scale} must be non-negative")
+    std = xp.asarray(to_array(prior_std, "prior_std"), dtype=dtype).reshape(1, -1)
+    if std.shape[1] not in (1, P):
+        raise ValueError(f"prior_std has {std.shape[1]} values; pass one, or one per parameter ({P})")
+    return std

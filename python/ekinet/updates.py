@@ -9,10 +9,11 @@ from ._native import context_for, view
 
 FORMULATIONS = ("auto", "ensemble", "observation")
 FAILURE_POLICIES = ("redraw", "raise")
+OUTPUTS = ("ensemble", "mean")
 
 
 def kalman_update(U, G, y, noise_cov, *, perturbation=None, rng=None, step=1.0, formulation="auto",
-                  backend="auto", on_failure="redraw", return_info=False):
+                  backend="auto", on_failure="redraw", output="ensemble", return_info=False):
     """One EKI update: u_j <- u_j + C^uw (C^ww + Gamma/h)^{-1} (y + eta_j - G(u_j)), covariances with 1/J.
 
     Parameters
@@ -27,9 +28,11 @@ def kalman_update(U, G, y, noise_cov, *, perturbation=None, rng=None, step=1.0, 
     formulation : "auto" (cheaper by a flop model), "ensemble" (J x J system) or "observation" (M x M).
     backend : "auto" (native CPU for NumPy, native CUDA for CuPy when built), "native" or "reference".
     on_failure : "redraw" failed members around the survivors, or "raise" ValueError.
+    output : "ensemble" (the updated ensemble) or "mean" (only its mean, shape (P,): all EKI(R) needs before it
+        redraws the members, at O(J P) instead of the J x J by J x P product).
     return_info : also return a dict (formulation used, failed members, factorisation rescues, step).
 
-    Returns the new ensemble (a new array; U is not modified), and the info dict if asked.
+    Returns the new ensemble (a new array; U is not modified) or its mean, and the info dict if asked.
     """
     original = U
     xp, U = ensemble(U)
@@ -39,6 +42,7 @@ def kalman_update(U, G, y, noise_cov, *, perturbation=None, rng=None, step=1.0, 
     noise = noise_covariance(noise_cov, xp, U.dtype, M)
     choice(formulation, "formulation", FORMULATIONS)
     choice(on_failure, "on_failure", FAILURE_POLICIES)
+    choice(output, "output", OUTPUTS)
     if perturbation is not None and rng is not None:
         raise ValueError("pass either perturbation (the eta to use) or rng (to draw eta), not both")
     eta = None if perturbation is None else member_matrix(perturbation, "perturbation", xp, U, M)
@@ -50,46 +54,55 @@ def kalman_update(U, G, y, noise_cov, *, perturbation=None, rng=None, step=1.0, 
             require_finite(xp, array, name)
         U_new, report = reference.kalman_update(U, G, y, noise_value(*noise), perturbation=eta, seed=seed,
                                                 step=step, formulation=formulation, on_failure=on_failure,
-                                                redraw_seed=redraw_seed)
+                                                redraw_seed=redraw_seed, output=output)
     else:
-        U_new = xp.empty_like(U, order="C")
+        U_new = _update_output(xp, U, output)
         report = _core.kalman_update(context_for(xp), view(U), view(G), view(y), noise[0], noise[1],
                                      None if noise[2] is None else view(noise[2]),
                                      None if eta is None else view(eta), seed, float(step), formulation,
-                                     on_failure, redraw_seed, view(U_new))
+                                     on_failure, redraw_seed, output, view(U_new))
+        U_new = U_new.reshape(-1) if output == "mean" else U_new
     warn_rescues(report, "kalman_update")
     U_new = like_input(U_new, original)
     return (U_new, report) if return_info else U_new
 
 
 def loss_update(U, G, grad, *, step, adaptive=True, eps=1e-8, backend="auto", on_failure="redraw", rng=None,
-                return_info=False):
+                output="ensemble", return_info=False):
     """One step of the general-loss scheme: u_j <- u_j - h_n sum_k D^{jk} u_k, D^{jk} = <G_k - Gbar, g_j> / J.
 
     grad : (J, M), row j the gradient of the loss with respect to member j's outputs (see ekinet.losses).
     step : h; with adaptive=True the step used is h_n = h / (||D||_F + eps).
     rng : seed for re-drawing failed members (rows of G or grad with NaN/Inf).
+    output : "ensemble" or "mean" (only the updated ensemble's mean, shape (P,); see kalman_update).
 
-    Returns (new U, step used), plus the info dict when return_info=True.
+    Returns (new U or its mean, step used), plus the info dict when return_info=True.
     """
     original = U
     xp, U = ensemble(U)
     G = member_matrix(G, "G", xp, U, meaning="one row of forward-model outputs per member of U")
     grad = member_matrix(grad, "grad", xp, U, G.shape[1], "the loss gradient for each member's outputs, like G")
     choice(on_failure, "on_failure", FAILURE_POLICIES)
+    choice(output, "output", OUTPUTS)
     seed = seed_from(rng)
     redraw_seed = 0 if seed is None else seed
 
     if resolve(backend, xp) == "reference":
         require_finite(xp, U, "U")
         U_new, report = reference.loss_update(U, G, grad, step=step, adaptive=adaptive, eps=eps,
-                                              on_failure=on_failure, redraw_seed=redraw_seed)
+                                              on_failure=on_failure, redraw_seed=redraw_seed, output=output)
     else:
-        U_new = xp.empty_like(U, order="C")
+        U_new = _update_output(xp, U, output)
         report = _core.loss_update(context_for(xp), view(U), view(G), view(grad), float(step), bool(adaptive),
-                                   float(eps), on_failure, redraw_seed, view(U_new))
+                                   float(eps), on_failure, redraw_seed, output, view(U_new))
+        U_new = U_new.reshape(-1) if output == "mean" else U_new
     U_new = like_input(U_new, original)
     return (U_new, report["step"], report) if return_info else (U_new, report["step"])
+
+
+def _update_output(xp, U, output):
+    """The native updates' U_out: the shape of U, or one row for the mean."""
+    return xp.empty((1, U.shape[1]) if output == "mean" else U.shape, dtype=U.dtype)
 
 
 def nesterov_extrapolate(U_new, U_old, coefficient, *, backend="auto"):

@@ -56,6 +56,10 @@ FailurePolicy parse_failure(const std::string& value) {
                                      {{"redraw", FailurePolicy::redraw}, {"raise", FailurePolicy::raise}});
 }
 
+UpdateOutput parse_output(const std::string& value) {
+  return parse_choice<UpdateOutput>(value, "output", {{"ensemble", UpdateOutput::ensemble}, {"mean", UpdateOutput::mean}});
+}
+
 Loss parse_loss(const std::string& value) {
   return parse_choice<Loss>(value, "loss",
                             {{"squared", Loss::squared},
@@ -160,12 +164,13 @@ PYBIND11_MODULE(_core, m) {
       [](Context& ctx, const View& U, const View& G, const View& y, const std::string& noise_kind, double noise_scalar,
          const std::optional<View>& noise_matrix, const std::optional<View>& eta, std::optional<std::uint64_t> seed,
          double step, const std::string& formulation, const std::string& on_failure, std::uint64_t redraw_seed,
-         const View& U_out) {
+         const std::string& output, const View& U_out) {
         const NoiseCovariance noise = make_noise(noise_kind, noise_scalar, noise_matrix);
         const Perturbation perturbation = eta    ? Perturbation::given(eta->const_view())
                                           : seed ? Perturbation::seeded(*seed)
                                                  : Perturbation::none();
-        const KalmanOptions options{step, parse_formulation(formulation), parse_failure(on_failure), redraw_seed};
+        const KalmanOptions options{step, parse_formulation(formulation), parse_failure(on_failure), redraw_seed,
+                                    parse_output(output)};
         UpdateReport report;
         {
           py::gil_scoped_release release;
@@ -176,13 +181,14 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("ctx"), py::arg("U"), py::arg("G"), py::arg("y"), py::arg("noise_kind"), py::arg("noise_scalar"),
       py::arg("noise_matrix"), py::arg("eta"), py::arg("seed"), py::arg("step"), py::arg("formulation"),
-      py::arg("on_failure"), py::arg("redraw_seed"), py::arg("U_out"));
+      py::arg("on_failure"), py::arg("redraw_seed"), py::arg("output"), py::arg("U_out"));
 
   m.def(
       "loss_update",
       [](Context& ctx, const View& U, const View& G, const View& grad, double step, bool adaptive, double eps,
-         const std::string& on_failure, std::uint64_t redraw_seed, const View& U_out) {
-        const LossUpdateOptions options{step, adaptive, eps, parse_failure(on_failure), redraw_seed};
+         const std::string& on_failure, std::uint64_t redraw_seed, const std::string& output, const View& U_out) {
+        const LossUpdateOptions options{step, adaptive, eps, parse_failure(on_failure), redraw_seed,
+                                        parse_output(output)};
         UpdateReport report;
         {
           py::gil_scoped_release release;
@@ -191,7 +197,7 @@ PYBIND11_MODULE(_core, m) {
         return report_dict(report);
       },
       py::arg("ctx"), py::arg("U"), py::arg("G"), py::arg("grad"), py::arg("step"), py::arg("adaptive"),
-      py::arg("eps"), py::arg("on_failure"), py::arg("redraw_seed"), py::arg("U_out"));
+      py::arg("eps"), py::arg("on_failure"), py::arg("redraw_seed"), py::arg("output"), py::arg("U_out"));
 
   m.def("nesterov_extrapolate", [](Context& ctx, const View& U_new, const View& U_old, double c, const View& out) {
     py::gil_scoped_release release;
@@ -229,24 +235,37 @@ PYBIND11_MODULE(_core, m) {
     py::gil_scoped_release release;
     randomize(ctx, U.const_view(), scale, prior_std.const_view(), seed, out.mutable_view());
   });
+  m.def("randomize_around", [](Context& ctx, const View& mean, double scale, const View& prior_std,
+                               std::uint64_t seed, const View& out) {
+    py::gil_scoped_release release;
+    randomize_around(ctx, mean.const_view(), scale, prior_std.const_view(), seed, out.mutable_view());
+  });
   m.def("randomize_with", [](Context& ctx, const View& U, double scale, const View& xi, const View& out) {
     py::gil_scoped_release release;
     randomize_with(ctx, U.const_view(), scale, xi.const_view(), out.mutable_view());
   });
 
-  m.def("choose_formulation", [](std::int64_t J, std::int64_t P, std::int64_t M, const std::string& noise_kind,
-                                 std::size_t element_bytes, std::size_t max_gain_bytes) {
-    const NoiseCovariance::Kind kind = noise_kind == "full"       ? NoiseCovariance::Kind::full
-                                       : noise_kind == "diagonal" ? NoiseCovariance::Kind::diagonal
-                                                                  : NoiseCovariance::Kind::scalar;
-    return to_string(choose_formulation(J, P, M, kind, element_bytes, max_gain_bytes));
-  });
-  m.def("kalman_update_flops", [](const std::string& formulation, std::int64_t J, std::int64_t P, std::int64_t M,
-                                  const std::string& noise_kind) {
-    const NoiseCovariance::Kind kind =
-        noise_kind == "full" ? NoiseCovariance::Kind::full : NoiseCovariance::Kind::scalar;
-    return kalman_update_flops(parse_formulation(formulation), J, P, M, kind);
-  });
+  m.def(
+      "choose_formulation",
+      [](std::int64_t J, std::int64_t P, std::int64_t M, const std::string& noise_kind, std::size_t element_bytes,
+         std::size_t max_gain_bytes, const std::string& output) {
+        const NoiseCovariance::Kind kind = noise_kind == "full"       ? NoiseCovariance::Kind::full
+                                           : noise_kind == "diagonal" ? NoiseCovariance::Kind::diagonal
+                                                                      : NoiseCovariance::Kind::scalar;
+        return to_string(choose_formulation(J, P, M, kind, element_bytes, max_gain_bytes, parse_output(output)));
+      },
+      py::arg("J"), py::arg("P"), py::arg("M"), py::arg("noise_kind"), py::arg("element_bytes"),
+      py::arg("max_gain_bytes"), py::arg("output") = "ensemble");
+  m.def(
+      "kalman_update_flops",
+      [](const std::string& formulation, std::int64_t J, std::int64_t P, std::int64_t M,
+         const std::string& noise_kind, const std::string& output) {
+        const NoiseCovariance::Kind kind =
+            noise_kind == "full" ? NoiseCovariance::Kind::full : NoiseCovariance::Kind::scalar;
+        return kalman_update_flops(parse_formulation(formulation), J, P, M, kind, parse_output(output));
+      },
+      py::arg("formulation"), py::arg("J"), py::arg("P"), py::arg("M"), py::arg("noise_kind"),
+      py::arg("output") = "ensemble");
   m.def("standard_normal", [](std::uint64_t seed, std::uint64_t stream, std::uint64_t index) {
     return standard_normal(stream_key(seed, static_cast<RandomStream>(stream)), index);
   });

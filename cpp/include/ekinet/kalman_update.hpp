@@ -26,20 +26,24 @@ struct KalmanOptions {
   Formulation formulation = Formulation::automatic;
   FailurePolicy on_failure = FailurePolicy::redraw;
   std::uint64_t redraw_seed = 0;  // draws that re-place failed members
+  UpdateOutput output = UpdateOutput::ensemble;
 };
 
-// U: J x P, G: J x M, y: 1 x M, U_out: J x P (may be U itself). All on the context's device, one dtype.
+// U: J x P, G: J x M, y: 1 x M, U_out: J x P (may be U itself), or 1 x P (not U) for UpdateOutput::mean.
+// All on the context's device, one dtype.
 UpdateReport kalman_update(Context& ctx, ConstMatrixView U, ConstMatrixView G, ConstMatrixView y,
                            const NoiseCovariance& noise, const Perturbation& perturbation,
                            const KalmanOptions& options, MatrixView U_out);
 
 // The cheaper formulation by the flop model of eki-math section 1 (observation space needs a P x M buffer of
 // element_bytes each; it is not chosen when that buffer would exceed max_gain_bytes).
+// For UpdateOutput::mean neither forms a P-sized product, so only J and M decide.
 Formulation choose_formulation(std::int64_t J, std::int64_t P, std::int64_t M, NoiseCovariance::Kind noise,
-                               std::size_t element_bytes, std::size_t max_gain_bytes);
+                               std::size_t element_bytes, std::size_t max_gain_bytes,
+                               UpdateOutput output = UpdateOutput::ensemble);
 
 // Estimated floating-point operations of one update in the given formulation (for benchmarks).
 double kalman_update_flops(Formulation formulation, std::int64_t J, std::int64_t P, std::int64_t M,
-                           NoiseCovariance::Kind noise);
+                           NoiseCovariance::Kind noise, UpdateOutput output = UpdateOutput::ensemble);
 
 }  // namespace ekinet

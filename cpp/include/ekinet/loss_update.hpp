@@ -16,9 +16,11 @@ struct LossUpdateOptions {
   double eps = 1e-8;
   FailurePolicy on_failure = FailurePolicy::redraw;
   std::uint64_t redraw_seed = 0;
+  UpdateOutput output = UpdateOutput::ensemble;
 };
 
 // U: J x P, G: J x M, grad: J x M (row j = gradient of the loss with respect to member j's outputs).
+// U_out: J x P (may be U), or 1 x P (not U) for UpdateOutput::mean.
 // report.step is the h_n used.
 UpdateReport loss_update(Context& ctx, ConstMatrixView U, ConstMatrixView G, ConstMatrixView grad,
                          const LossUpdateOptions& options, MatrixView U_out);

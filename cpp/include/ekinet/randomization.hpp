@@ -11,6 +11,10 @@ namespace ekinet {
 // (stream randomization, index j * P + p). U_out may be U.
 void randomize(Context& ctx, ConstMatrixView U, double scale, ConstMatrixView prior_std, std::uint64_t seed,
                MatrixView U_out);
+// u_j = mean + scale * xi_j for the J rows of U_out, with the draws of randomize(): randomize(U) equals
+// randomize_around(mean of U). For EKI(R) after an update that gave only the new mean (UpdateOutput::mean).
+void randomize_around(Context& ctx, ConstMatrixView mean, double scale, ConstMatrixView prior_std, std::uint64_t seed,
+                      MatrixView U_out);
 // The same with caller-drawn prior samples xi (J x P).
 void randomize_with(Context& ctx, ConstMatrixView U, double scale, ConstMatrixView xi, MatrixView U_out);
 

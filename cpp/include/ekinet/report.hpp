@@ -8,6 +8,11 @@ namespace ekinet {
 enum class Formulation { automatic, ensemble, observation };
 std::string to_string(Formulation formulation);
 
+// What an update writes to U_out: the updated ensemble (J x P), or only its mean (1 x P). EKI(R) redraws every
+// member around the mean right after the update, so the mean is all it needs, and it costs O(J P) where the
+// ensemble costs a J x J by J x P product (or a P x M gain).
+enum class UpdateOutput { ensemble, mean };
+
 // What to do with members whose outputs (or loss gradients) contain NaN or Inf (eki-math section 5).
 enum class FailurePolicy {
   redraw,  // drop them from the statistics and the update, then re-draw them around the updated survivors

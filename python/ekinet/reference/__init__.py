@@ -9,7 +9,7 @@ from .forward import forward
 from .kalman import kalman_update
 from .loss_scheme import loss_update, nesterov_extrapolate
 from .losses import loss_and_gradient
-from .randomization import randomize
+from .randomization import randomize, randomize_around
 from .rng import standard_normal
 from .statistics import ensemble_anomalies, ensemble_mean, ensemble_spread
 
@@ -23,5 +23,6 @@ __all__ = [
     "loss_update",
     "nesterov_extrapolate",
     "randomize",
+    "randomize_around",
     "standard_normal",
 ]

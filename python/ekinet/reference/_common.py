@@ -155,3 +155,10 @@ def redraw_failed(xp, U_new, failed, redraw_seed):
         z = (z - z.mean()).astype(U_new.dtype)
         U_new[f] = mean + anomalies.T @ z / np.sqrt(survivors.size)
     return U_new
+
+
+def select_output(U_new, output):
+    """The updated ensemble, or its mean for output="mean"."""
+    if output not in ("ensemble", "mean"):
+        raise ValueError(f"output = {output!r} is not one of 'ensemble', 'mean'")
+    return U_new.mean(axis=0) if output == "mean" else U_new

@@ -2,32 +2,38 @@
 
 import numpy as np
 
-from ._common import Noise, check_survivors, failed_members, namespace, new_report, redraw_failed, robust_spd_solve
+from ._common import (Noise, check_survivors, failed_members, namespace, new_report, redraw_failed, robust_spd_solve,
+                      select_output)
 from .rng import STREAM_PERTURBATION, normal_matrix
 
 _MAX_GAIN_BYTES = 2 << 30
 _FLOPS_PER_ELEMENT_PASS = 30.0
 
 
-def kalman_update_flops(formulation, J, P, M, noise_kind="scalar"):
-    """The flop model behind formulation="auto" (the same as the native core's)."""
+def kalman_update_flops(formulation, J, P, M, noise_kind="scalar", output="ensemble"):
+    """The flop model behind formulation="auto" (the same as the native core's). For output="mean" neither
+    formulation forms a P-sized product: a weighted sum of the members replaces it."""
     j, p, m = float(J), float(P), float(M)
+    mean = output == "mean"
     if formulation == "observation":
-        return j * m * m + m**3 / 3 + 2 * m * m * j + 4 * j * p * m + 3 * j * p * _FLOPS_PER_ELEMENT_PASS
+        apply = 2 * j * p if mean else 4 * j * p * m + 3 * j * p * _FLOPS_PER_ELEMENT_PASS
+        return j * m * m + m**3 / 3 + 2 * m * m * j + apply
     whitening = 2 * j * m * m if noise_kind == "full" else 0.0
-    return whitening + j * j * m + 2 * j * j * m + j**3 / 3 + 2 * j**3 + 2 * j * j * p
+    return whitening + j * j * m + 2 * j * j * m + j**3 / 3 + 2 * j**3 + (2 * j * p if mean else 2 * j * j * p)
 
 
-def choose_formulation(J, P, M, noise_kind, element_bytes):
-    if P * M * element_bytes > _MAX_GAIN_BYTES:
+def choose_formulation(J, P, M, noise_kind, element_bytes, output="ensemble"):
+    if output == "ensemble" and P * M * element_bytes > _MAX_GAIN_BYTES:
         return "ensemble"
-    observation = kalman_update_flops("observation", J, P, M, noise_kind)
-    return "observation" if observation < kalman_update_flops("ensemble", J, P, M, noise_kind) else "ensemble"
+    observation = kalman_update_flops("observation", J, P, M, noise_kind, output)
+    ensemble = kalman_update_flops("ensemble", J, P, M, noise_kind, output)
+    return "observation" if observation < ensemble else "ensemble"
 
 
 def kalman_update(U, G, y, noise_cov, *, perturbation=None, seed=None, step=1.0, formulation="auto",
-                  on_failure="redraw", redraw_seed=0):
-    """u_j <- u_j + C^uw (C^ww + Gamma/h)^{-1} (y + eta_j - G(u_j)); returns (U_new, report).
+                  on_failure="redraw", redraw_seed=0, output="ensemble"):
+    """u_j <- u_j + C^uw (C^ww + Gamma/h)^{-1} (y + eta_j - G(u_j)); returns (U_new, report), or
+    (U_new.mean(axis=0), report) for output="mean".
 
     perturbation: J x M array of eta, or None; seed (with perturbation None): eta_j ~ N(0, Gamma/h) from the
     counter-based generator; neither: no perturbation.
@@ -39,7 +45,7 @@ def kalman_update(U, G, y, noise_cov, *, perturbation=None, seed=None, step=1.0,
         raise ValueError(f"kalman_update: step = {step} must be a positive finite number")
     noise = Noise(xp, noise_cov, M, U.dtype)
     if formulation == "auto":
-        formulation = choose_formulation(J, P, M, noise.kind, U.dtype.itemsize)
+        formulation = choose_formulation(J, P, M, noise.kind, U.dtype.itemsize, output)
     if formulation not in ("ensemble", "observation"):
         raise ValueError(f"formulation = {formulation!r} is not one of 'auto', 'ensemble', 'observation'")
 
@@ -59,7 +65,7 @@ def kalman_update(U, G, y, noise_cov, *, perturbation=None, seed=None, step=1.0,
 
     U_new = U.copy()
     U_new[survivors] = update(U[survivors], G[survivors], residuals[survivors], noise, step, report)
-    return redraw_failed(xp, U_new, failed, redraw_seed), report
+    return select_output(redraw_failed(xp, U_new, failed, redraw_seed), output), report
 
 
 def _ensemble_space(U, G, R, noise, step, report):

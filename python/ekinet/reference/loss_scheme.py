@@ -2,13 +2,14 @@
 
 import numpy as np
 
-from ._common import check_survivors, failed_members, namespace, new_report, redraw_failed
+from ._common import check_survivors, failed_members, namespace, new_report, redraw_failed, select_output
 
 
-def loss_update(U, G, grad, *, step, adaptive=True, eps=1e-8, on_failure="redraw", redraw_seed=0):
+def loss_update(U, G, grad, *, step, adaptive=True, eps=1e-8, on_failure="redraw", redraw_seed=0,
+                output="ensemble"):
     """u_{n+1} = u_n - h_n D u_n, D^{jk} = (1/J) <G_k - Gbar, g_j>, h_n = h / (||D||_F + eps) when adaptive.
 
-    Returns (U_new, report) with report["step"] = h_n.
+    Returns (U_new, report) with report["step"] = h_n; U_new.mean(axis=0) instead for output="mean".
     """
     xp = namespace(U, G, grad)
     if not step > 0 or not np.isfinite(step):
@@ -27,7 +28,7 @@ def loss_update(U, G, grad, *, step, adaptive=True, eps=1e-8, on_failure="redraw
     U_new[survivors] = Us - h * (D @ (Us - Us.mean(axis=0)))  # D u = D (u - ubar): rows of D-bar sum to 0
     report = new_report("ensemble", h)
     report["failed_members"] = int(failed.sum())
-    return redraw_failed(xp, U_new, failed, redraw_seed), report
+    return select_output(redraw_failed(xp, U_new, failed, redraw_seed), output), report
 
 
 def nesterov_extrapolate(U_new, U_old, coefficient):
