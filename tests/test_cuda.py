@@ -215,6 +215,32 @@ def test_statistics_and_randomize_cuda(dtype, cp, rng):
 
 @pytest.mark.cuda
 @cuda
+@pytest.mark.parametrize("failures", [False, True])
+@pytest.mark.parametrize("formulation", ["ensemble", "observation"])
+def test_mean_output_and_randomize_around_cuda(formulation, failures, cp, rng):
+    """output="mean" on the GPU equals the mean of the reference's full update; randomize_around draws the
+    reference's numbers."""
+    U, G, y = make_problem(12, 40, 6, rng)
+    if failures:
+        G[3, 1] = np.nan
+    grad = G - y
+    expected = ekinet.kalman_update(U, G, y, 0.3, rng=4, formulation=formulation, backend="reference")
+    got = ekinet.kalman_update(cp.asarray(U), cp.asarray(G), cp.asarray(y), 0.3, rng=4, formulation=formulation,
+                               backend="native", output="mean")
+    assert isinstance(got, cp.ndarray) and got.shape == (40,)
+    assert_update_close(_host(got), expected.mean(axis=0), U.mean(axis=0), KALMAN_RTOL64, "CUDA Kalman mean")
+    expected, _ = ekinet.loss_update(U, G, grad, step=0.5, rng=2, backend="reference")
+    got, _ = ekinet.loss_update(cp.asarray(U), cp.asarray(G), cp.asarray(grad), step=0.5, rng=2, backend="native",
+                                output="mean")
+    assert_update_close(_host(got), expected.mean(axis=0), U.mean(axis=0), KALMAN_RTOL64, "CUDA loss mean")
+    std = rng.uniform(0.1, 2.0, 40)
+    around = ekinet.randomize_around(got, 12, 0.3, prior_std=cp.asarray(std), rng=7, backend="native")
+    np.testing.assert_allclose(_host(around), ekinet.randomize_around(_host(got), 12, 0.3, prior_std=std, rng=7,
+                                                                      backend="reference"), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.cuda
+@cuda
 def test_eki_runs_on_the_gpu(cp, rng):
     """The ask/tell optimiser keeps CuPy ensembles on the device and converges on a linear problem."""
     A = rng.standard_normal((12, 3))

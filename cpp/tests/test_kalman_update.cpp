@@ -161,6 +161,46 @@ TEST_P(OnDevice, InPlaceEqualsOutOfPlace) {
   EXPECT_LT(max_abs_difference(harness.download(out), harness.download(u)), 1e-12);
 }
 
+Matrix member_mean(const Matrix& U, std::int64_t J, std::int64_t P) {
+  Matrix mean(P, 0.0);
+  for (std::int64_t j = 0; j < J; ++j)
+    for (std::int64_t p = 0; p < P; ++p) mean[p] += U[j * P + p] / J;
+  return mean;
+}
+
+// UpdateOutput::mean writes the mean of the ensemble the full update gives, in both formulations, also when
+// failed members are re-drawn; it never writes into U.
+TEST_P(OnDevice, MeanOutputIsTheMeanOfTheUpdatedEnsemble) {
+  const std::int64_t J = 8, P = 21, M = 5;
+  for (bool failures : {false, true}) {
+    Problem p(J, P, M, 31);
+    if (failures) p.G[3 * M + 2] = std::nan("");
+    for (Formulation formulation : {Formulation::ensemble, Formulation::observation, Formulation::automatic}) {
+      Harness harness(GetParam());
+      const MatrixView u = harness.upload(p.U, J, P), g = harness.upload(p.G, J, M), y = harness.upload(p.y, 1, M);
+      KalmanOptions options;
+      options.formulation = formulation;
+      options.step = 0.6;
+      const MatrixView full = harness.zeros(J, P), mean = harness.zeros(1, P);
+      const UpdateReport full_report =
+          kalman_update(harness.context(), u, g, y, NoiseCovariance::isotropic(0.5), Perturbation::seeded(3), options, full);
+      options.output = UpdateOutput::mean;
+      const UpdateReport report =
+          kalman_update(harness.context(), u, g, y, NoiseCovariance::isotropic(0.5), Perturbation::seeded(3), options, mean);
+      EXPECT_EQ(report.failed_members, failures ? 1 : 0);
+      EXPECT_EQ(report.failed_members, full_report.failed_members);
+      const Matrix expected = member_mean(harness.download(full), J, P);
+      EXPECT_LT(max_abs_difference(harness.download(mean), expected), 1e-12 * (1 + max_abs(expected)))
+          << to_string(formulation) << (failures ? " with a failed member" : "");
+      EXPECT_THROW(kalman_update(harness.context(), u, g, y, NoiseCovariance::isotropic(0.5), {}, options, full),
+                   InvalidArgument);  // J x P is not the mean's shape
+      EXPECT_THROW(kalman_update(harness.context(), u, g, y, NoiseCovariance::isotropic(0.5), {}, options,
+                                 MatrixView{u.data, u.dtype, u.device, 1, P, P}),
+                   InvalidArgument);  // the mean must not overwrite U
+    }
+  }
+}
+
 TEST_P(OnDevice, MembersStayInTheInitialAffineSubspace) {
   const std::int64_t J = 5, P = 40, M = 12;
   const Problem p(J, P, M, 19);

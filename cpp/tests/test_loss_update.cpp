@@ -64,6 +64,31 @@ TEST_P(LossUpdate, NaNRowsOfTheGradientAreFailedMembers) {
                InvalidArgument);
 }
 
+TEST_P(LossUpdate, MeanOutputIsTheMeanOfTheUpdatedEnsemble) {
+  const std::int64_t J = 9, P = 14, M = 6;
+  const Matrix U = random_matrix(J, P, 11), G = random_matrix(J, M, 12);
+  Matrix grad = random_matrix(J, M, 13);
+  for (bool failures : {false, true}) {
+    if (failures) grad[4 * M + 1] = INFINITY;
+    Harness harness(GetParam());
+    const MatrixView u = harness.upload(U, J, P), g = harness.upload(G, J, M), d = harness.upload(grad, J, M);
+    LossUpdateOptions options;
+    options.step = 0.4;
+    const MatrixView full = harness.zeros(J, P), mean = harness.zeros(1, P);
+    const UpdateReport full_report = loss_update(harness.context(), u, g, d, options, full);
+    options.output = UpdateOutput::mean;
+    const UpdateReport report = loss_update(harness.context(), u, g, d, options, mean);
+    EXPECT_EQ(report.failed_members, failures ? 1 : 0);
+    EXPECT_DOUBLE_EQ(report.step, full_report.step);
+    const Matrix updated = harness.download(full);
+    Matrix expected(P, 0.0);
+    for (std::int64_t j = 0; j < J; ++j)
+      for (std::int64_t p = 0; p < P; ++p) expected[p] += updated[j * P + p] / J;
+    EXPECT_LT(max_abs_difference(harness.download(mean), expected), 1e-12 * (1 + max_abs(expected)));
+    EXPECT_THROW(loss_update(harness.context(), u, g, d, options, full), InvalidArgument);
+  }
+}
+
 TEST_P(LossUpdate, NesterovExtrapolation) {
   const Matrix a = random_matrix(3, 4, 7), b = random_matrix(3, 4, 8);
   Harness harness(GetParam());

@@ -48,6 +48,29 @@ TEST_P(Randomization, RedrawsAroundTheMeanWithThePriorScale) {
   EXPECT_NEAR(ensemble_spread(harness.context(), out), variance[0] + variance[1] + variance[2], 1e-9);
 }
 
+// randomize(U) is randomize_around(mean of U): the same draws; the mean is checked like any input.
+TEST_P(Randomization, AroundAGivenMeanDrawsWhatRandomizeDraws) {
+  const std::int64_t J = 7, P = 5;
+  const Matrix U = random_matrix(J, P, 21);
+  Matrix mean(P, 0.0);
+  for (std::int64_t j = 0; j < J; ++j)
+    for (std::int64_t p = 0; p < P; ++p) mean[p] += U[j * P + p] / J;
+  Harness harness(GetParam());
+  const MatrixView prior_std = harness.upload({0.5, 1.0, 2.0, 0.1, 3.0}, 1, P);
+  const MatrixView from_ensemble = harness.zeros(J, P), around = harness.zeros(J, P);
+  randomize(harness.context(), harness.upload(U, J, P), 0.3, prior_std, 4, from_ensemble);
+  randomize_around(harness.context(), harness.upload(mean, 1, P), 0.3, prior_std, 4, around);
+  EXPECT_LT(max_abs_difference(harness.download(around), harness.download(from_ensemble)), 1e-13);
+  EXPECT_THROW(randomize_around(harness.context(), harness.upload(mean, 1, P - 1), 0.3, prior_std, 4, around),
+               InvalidArgument);
+  EXPECT_THROW(randomize_around(harness.context(), harness.upload(mean, 1, P), -1.0, prior_std, 4, around),
+               InvalidArgument);
+  Matrix bad = mean;
+  bad[2] = std::nan("");
+  EXPECT_THROW(randomize_around(harness.context(), harness.upload(bad, 1, P), 0.3, prior_std, 4, around),
+               InvalidArgument);
+}
+
 // The backends' vectorised draws are the scalar generator's numbers (to an ulp or two of a double), including
 // the rows' tails past the vector width and the largest |z| (u1 near 2^-32) a long run meets.
 TEST_P(Randomization, DrawsTheGeneratorsNumbers) {
