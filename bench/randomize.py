@@ -1,4 +1,5 @@
-"""Benchmark of the EKI(R) randomisation step and the ensemble spread, which EKI(R) runs after every update.
+"""Benchmark of the EKI(R) randomisation step and the ensemble spread, which EKI(R) runs after every update,
+and of the whole EKI(R) step (loss update, then redraw around the new mean).
 
 randomize draws J x P counter-based normals around the ensemble mean (u_j <- ubar + gamma sigma xi_j), as many
 numbers as the ensemble holds: on the CPU it cost more than the update itself before the draws were vectorised.
@@ -7,6 +8,9 @@ Compared in the same run with
   - NumPy's own generator: ubar + gamma * sigma * rng.standard_normal((J, P)) (different numbers, the floor a
     NumPy user would write),
 and ensemble_spread with the NumPy expression ((U - U.mean(0)) ** 2).sum() / J.
+The whole step as the EKI optimiser takes it (loss_update(output="mean") + randomize_around: only the mean of
+the update is formed) against the full update followed by randomize (the J x J by J x P product that the
+redraw then discards), for a batch of 100 examples with 10 outputs (M = 1000).
 On a GPU (CuPy present and the CUDA core built) the same against the CuPy reference and cupy.random.
 
 Usage: python bench/randomize.py [--device cpu|cuda] [--out bench/results]
@@ -25,6 +29,7 @@ from ekinet import nn
 # (J, the network whose Glorot prior sets sigma): DNN 2 at the CPU result size and the paper's, and DNN 4.
 CASES = ((200, "mlp:784-100-10"), (2000, "mlp:784-100-10"), (200, "mlp:784-500-300-100-10"))
 GAMMA = 0.3
+OUTPUTS = 1000  # a batch of 100 examples, 10 classes
 
 
 def bench(xp, J, model, dtype, synchronize):
@@ -51,6 +56,21 @@ def bench(xp, J, model, dtype, synchronize):
     row["native_spread_s"] = timed(lambda: ekinet.ensemble_spread(U, backend="native"), synchronize)
     row["numpy_spread_s"] = timed(numpy_spread, synchronize)
     row["draws_per_s"] = J * P / row["native_randomize_s"]
+
+    rng = np.random.default_rng(2)
+    G = xp.asarray(rng.standard_normal((J, OUTPUTS)), dtype=dtype)
+    grad = xp.asarray(rng.standard_normal((J, OUTPUTS)), dtype=dtype)
+
+    def full_step():
+        U_new, _ = ekinet.loss_update(U, G, grad, step=3.0, backend="native")
+        return ekinet.randomize(U_new, GAMMA, prior_std=sigma, rng=1, backend="native")
+
+    def mean_step():
+        mean, _ = ekinet.loss_update(U, G, grad, step=3.0, backend="native", output="mean")
+        return ekinet.randomize_around(mean, J, GAMMA, prior_std=sigma, rng=1, backend="native")
+
+    row["step_full_s"] = timed(full_step, synchronize)
+    row["step_mean_s"] = timed(mean_step, synchronize)
     return row
 
 
@@ -61,10 +81,12 @@ def markdown(results):
              f"Command: `{env['command']}` on {env['date']}; ekinet {env['ekinet']['version']}, "
              f"numpy {env['numpy']}, {env['cores']} cores.", "",
              "Times in milliseconds (best of at least 3 runs and 1 s). Ratios: the other / native (> 1: native "
-             f"faster). gamma = {GAMMA}, sigma the network's Glorot prior.", "",
+             f"faster). gamma = {GAMMA}, sigma the network's Glorot prior. EKI(R) step: loss update with "
+             f"M = {OUTPUTS} outputs, then the redraw.", "",
              "| J | model | P | native randomize | reference | generator | reference/native | generator/native "
-             "| native spread | numpy spread | numpy/native | native draws/s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| native spread | numpy spread | numpy/native | native draws/s | EKI(R) step, full update | "
+             "mean only | full/mean |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
         lines.append(
             f"| {r['J']} | {r['model']} | {r['P']} | {1e3 * r['native_randomize_s']:.1f} | "
@@ -72,7 +94,8 @@ def markdown(results):
             f"{r['reference_randomize_s'] / r['native_randomize_s']:.2f} | "
             f"{r['generator_randomize_s'] / r['native_randomize_s']:.2f} | {1e3 * r['native_spread_s']:.1f} | "
             f"{1e3 * r['numpy_spread_s']:.1f} | {r['numpy_spread_s'] / r['native_spread_s']:.2f} | "
-            f"{r['draws_per_s']:.3g} |")
+            f"{r['draws_per_s']:.3g} | {1e3 * r['step_full_s']:.1f} | {1e3 * r['step_mean_s']:.1f} | "
+            f"{r['step_full_s'] / r['step_mean_s']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
