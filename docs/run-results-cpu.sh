@@ -26,3 +26,6 @@ done
 # Plain EKI on DNN 3 and DNN 4 (docs/results/eki-dnn34):
 #   python -m ekinet experiment mnist-dnn3 --size cpu --methods eki --out docs/results/eki-dnn34 --no-progress
 #   python -m ekinet experiment mnist-dnn4 --size cpu --methods eki --train-size 20000 --out docs/results/eki-dnn34 --no-progress
+# DNN 2 EKI(R) at the paper's settings (J = 2000, 10 epochs) on the CPU, with the mean-only EKI(R) update
+# (docs/results/paper-cpu, about 2 hours):
+#   python -m ekinet experiment mnist-dnn2 --size paper --methods eki-r --out docs/results/paper-cpu

@@ -42,7 +42,8 @@ class EKI:
     scheduler : ConstantStep(h), AdaptiveStep(h) (loss scheme) or DataMisfitController() (Kalman); default
         ConstantStep(1) for "kalman" and AdaptiveStep(1) for "loss".
     momentum : Nesterov acceleration (MEKI), v_{n+1} = u_{n+1} + n/(n+3) (u_{n+1} - u_n).
-    randomization : a Randomization for EKI(R), or None.
+    randomization : a Randomization for EKI(R), or None. An update after which every member is redrawn computes
+        only the mean of the updated ensemble (output="mean"; without momentum), which is all the redraw uses.
     perturb : "kalman" only: draw perturbed observations eta_j ~ N(0, Gamma/h) (True) or not.
     """
 
