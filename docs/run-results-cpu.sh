@@ -29,3 +29,8 @@ done
 # DNN 2 EKI(R) at the paper's settings (J = 2000, 10 epochs) on the CPU, with the mean-only EKI(R) update
 # (docs/results/paper-cpu, about 2 hours):
 #   python -m ekinet experiment mnist-dnn2 --size paper --methods eki-r --out docs/results/paper-cpu
+# Heaviside 784-100-10 on Fashion-MNIST at J = 2000, 2 epochs (docs/results/heaviside-j2000, 24 minutes):
+#   python -c "import numpy as np; from ekinet import datasets; from ekinet.train import Trainer; \
+#     train, test = datasets.load_fashion_mnist('train'), datasets.load_fashion_mnist('test'); \
+#     t = Trainer('mlp:784-100-10:heaviside', train.subset(np.arange(55000)), test=test, ensemble=2000, epochs=2); \
+#     print(t.fit()[-1])"
