@@ -22,6 +22,7 @@ def test_the_registry_holds_the_papers_experiments():
     assert set(REQUIRED) <= set(experiments.EXPERIMENTS)
     dnn2 = experiments.get("mnist-dnn2")
     assert dnn2.paper.ensemble == 2000 and dnn2.paper_numbers["eki-r"] == (0.9721, 0.9695)
+    assert dnn2.paper.step == 12.0 and dnn2.cpu.step is None  # h measured at J = 2000; the default elsewhere
     with pytest.raises(ValueError, match="unknown experiment 'mnist-dnn9'; known: quickstart"):
         experiments.get("mnist-dnn9")
 
@@ -60,6 +61,17 @@ def test_unknown_method_is_named():
         experiments.run("mnist-dnn1", size="smoke", methods=["adam"], out=None, progress=False)
 
 
+def test_step_override_reaches_the_trainer_and_the_online_driver(tmp_path):
+    default = experiments.run("quickstart", size="smoke", out=None, progress=False)
+    stepped = experiments.run("quickstart", size="smoke", step=7.5, out=tmp_path, progress=False)
+    assert default["rows"][0]["step"] == 3.0 and stepped["rows"][0]["step"] == 7.5
+    assert json.loads((tmp_path / "quickstart.json").read_text())["settings"]["step"] == 7.5
+    assert stepped["rows"][0]["history"][-1]["train_loss"] != default["rows"][0]["history"][-1]["train_loss"]
+    online = [experiments.run("sunspots-rnn", size="smoke", step=h, out=None, progress=False)["rows"][0]
+              for h in (1.0, 0.25)]
+    assert online[0]["final"] != online[1]["final"]
+
+
 def test_cli_train_writes_history_checkpoint_and_resumes(tmp_path, capsys):
     arguments = ["train", "--data", "mnist-small", "--model", "mlp:784-16-10", "--train-size", "600",
                  "--ensemble", "20", "--no-progress", "--history", str(tmp_path / "h.csv"),
@@ -92,7 +104,8 @@ def test_cli_errors_are_clear(arguments, message, capsys):
 
 
 @pytest.mark.parametrize("arguments", [["train", "--ensemble", "0"], ["train", "--step", "-1"],
-                                       ["train", "--method", "adam"], ["experiment", "x", "--size", "huge"]])
+                                       ["train", "--method", "adam"], ["experiment", "x", "--size", "huge"],
+                                       ["experiment", "quickstart", "--step", "0"]])
 def test_cli_rejects_bad_values(arguments):
     with pytest.raises(SystemExit) as raised:
         cli.main(arguments)
