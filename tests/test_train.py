@@ -110,18 +110,43 @@ def test_gaussian_nll_learns_a_larger_sigma_where_the_noise_is_larger():
     assert sigma[test.x[:, 0] > 0.2].mean() > 1.3 * sigma[test.x[:, 0] < -0.2].mean()
 
 
-def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(digits, tmp_path):
-    whole = small_trainer(digits, method="meki-r", epochs=3)
+@pytest.mark.parametrize("step_decay", [1.0, 0.5])
+def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(digits, tmp_path, step_decay):
+    whole = small_trainer(digits, method="meki-r", epochs=3, step_decay=step_decay)
     whole.fit()
     path = tmp_path / "run.npz"
-    first = small_trainer(digits, method="meki-r", epochs=1, checkpoint=path)
+    first = small_trainer(digits, method="meki-r", epochs=1, checkpoint=path, step_decay=step_decay)
     first.fit()
     assert path.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".checkpoint-")]
-    resumed = small_trainer(digits, method="meki-r", epochs=3, checkpoint=path, resume=True)
+    resumed = small_trainer(digits, method="meki-r", epochs=3, checkpoint=path, resume=True, step_decay=step_decay)
     assert resumed.epoch == 1
     resumed.fit()
     np.testing.assert_array_equal(resumed.optimizer.ensemble, whole.optimizer.ensemble)
     assert [r["test_accuracy_mean"] for r in resumed.history] == [r["test_accuracy_mean"] for r in whole.history]
+
+
+def test_step_decay_scales_the_step_of_each_epoch(digits):
+    trainer = small_trainer(digits, epochs=3, step=2.0, step_decay=0.5)
+    scheduler, steps = trainer.optimizer.scheduler, []
+    next_step = scheduler.next_step
+    scheduler.next_step = lambda *args: steps.append(next_step(*args)) or steps[-1]
+    trainer.fit()
+    updates = -(-len(digits[0]) // trainer.batch_size)
+    assert steps == [2.0] * updates + [1.0] * updates + [0.5] * updates
+
+
+def test_checkpoint_from_before_step_decay_resumes_with_a_constant_step(digits, tmp_path):
+    path = tmp_path / "run.npz"
+    small_trainer(digits, epochs=1, checkpoint=path).fit()
+    with np.load(path) as archive:
+        arrays = dict(archive)
+    state = json.loads(arrays["state"].tobytes().decode())
+    del state["config"]["step_decay"]
+    arrays["state"] = np.frombuffer(json.dumps(state).encode(), dtype=np.uint8)
+    np.savez(path, **arrays)
+    assert small_trainer(digits, checkpoint=path, resume=True).epoch == 1
+    with pytest.raises(ValueError, match="step_decay: checkpoint 1.0, now 0.5"):
+        small_trainer(digits, checkpoint=path, resume=True, step_decay=0.5)
 
 
 def test_checkpoint_of_another_configuration_is_refused(digits, tmp_path):
@@ -183,6 +208,7 @@ def test_evaluate_on_a_dataset_and_by_name(digits):
     (dict(ensemble=1), "ensemble"),
     (dict(epochs=0), "epochs"),
     (dict(step=-1.0), "step"),
+    (dict(step_decay=0.0), "step_decay = 0.0 must be a positive number"),
     (dict(tikhonov=-0.1), "tikhonov"),
     (dict(bias_std=-1.0), "bias_std"),
     (dict(loss="squared"), "does not fit a classification"),

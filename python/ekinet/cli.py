@@ -36,6 +36,8 @@ def build_parser():
     train.add_argument("--batch-size", type=_positive_int, default=100)
     train.add_argument("--step", type=_positive_float, default=3.0,
                        help="step h (the adaptive step's numerator for --update loss)")
+    train.add_argument("--step-decay", type=_positive_float, default=1.0,
+                       help="the step of epoch e is step * step_decay^e (default 1: constant)")
     train.add_argument("--noise", type=_positive_float, default=1e-2, help="Kalman noise variance gamma")
     train.add_argument("--randomization-scale", type=_nonnegative_float, default=0.3,
                        help="EKI(R): gamma, in units of the Glorot prior")
@@ -119,9 +121,9 @@ def _train(args):
                                               when=args.randomize_every)
     trainer = Trainer(args.model, train, validation=validation, test=test, method=args.method, update=args.update,
                       loss=args.loss, ensemble=args.ensemble, batch_size=args.batch_size, epochs=args.epochs,
-                      step=args.step, noise=args.noise, randomization=randomization, tikhonov=args.tikhonov,
-                      patience=args.patience, checkpoint=args.checkpoint, resume=args.resume, rng=args.seed,
-                      progress=not args.no_progress, device=args.device, dtype=args.dtype)
+                      step=args.step, step_decay=args.step_decay, noise=args.noise, randomization=randomization,
+                      tikhonov=args.tikhonov, patience=args.patience, checkpoint=args.checkpoint, resume=args.resume,
+                      rng=args.seed, progress=not args.no_progress, device=args.device, dtype=args.dtype)
     trainer.fit()
     final = {k: v for k, v in trainer.history[-1].items() if k.startswith(("test_", "validation_"))}
     print(json.dumps({"epochs": trainer.epoch, **final}, indent=2))

@@ -33,6 +33,8 @@ METHODS = {
 UPDATES = ("loss", "kalman")
 LOSSES = {"classification": ("cross-entropy",), "regression": ("squared", "gaussian-nll")}
 CHECKPOINT_VERSION = 1
+# Settings added after checkpoints of this version were written, with the value that reproduces those runs.
+CONFIG_ADDED_SINCE_VERSION = {"step_decay": 1.0}
 
 
 @dataclasses.dataclass
@@ -73,6 +75,8 @@ class Trainer:
     loss : "cross-entropy" (classification, on logits), "squared" or "gaussian-nll" (regression; the network
         outputs [mu, s] per target and sigma = softplus(s)). Default: cross-entropy or squared.
     ensemble : J. step : h (the adaptive step's numerator for "loss", the Kalman step for "kalman").
+    step_decay : the step of epoch e (0 first) is step * step_decay**e; below 1 it anneals the noise of the
+        ensemble's gradient estimate late in training, as a learning-rate decay does for SGD.
     noise : Kalman observation noise variance gamma (Gamma = gamma I).
     randomization : a RandomizationSchedule for the "-r" methods (default RandomizationSchedule()).
     tikhonov : lambda of the regulariser lambda |u|^2, applied by augmenting the outputs with the parameters.
@@ -86,7 +90,7 @@ class Trainer:
     """
 
     def __init__(self, model, train, *, validation=None, test=None, method="eki-r", update="loss", loss=None,
-                 ensemble=500, batch_size=100, epochs=10, step=3.0, noise=1e-2, randomization=None,
+                 ensemble=500, batch_size=100, epochs=10, step=3.0, step_decay=1.0, noise=1e-2, randomization=None,
                  tikhonov=0.0, bias_std=0.1, patience=None, ensemble_eval="final", checkpoint=None, resume=False, rng=0,
                  progress=True, device="cpu", dtype="float32", backend="auto"):
         self.network = nn.from_string(model) if isinstance(model, str) else model
@@ -116,14 +120,15 @@ class Trainer:
         self.ensemble_size = _positive_int(ensemble, "ensemble", 2)
         self.batch_size = _positive_int(batch_size, "batch_size", 1)
         self.epochs = _positive_int(epochs, "epochs", 1)
-        for name, value in (("step", step), ("noise", noise)):
+        for name, value in (("step", step), ("step_decay", step_decay), ("noise", noise)):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} = {value!r} must be a positive number")
         if not (isinstance(tikhonov, (int, float)) and math.isfinite(tikhonov) and tikhonov >= 0):
             raise ValueError(f"tikhonov = {tikhonov!r} must be a non-negative number")
         if not (isinstance(bias_std, (int, float)) and math.isfinite(bias_std) and bias_std >= 0):
             raise ValueError(f"bias_std = {bias_std!r} must be a non-negative number")
-        self.step, self.noise, self.tikhonov = float(step), float(noise), float(tikhonov)
+        self.step, self.step_decay = float(step), float(step_decay)
+        self.noise, self.tikhonov = float(noise), float(tikhonov)
         self.bias_std = float(bias_std)
         self.randomization = None
         if METHODS[method]["randomize"]:
@@ -274,6 +279,7 @@ class Trainer:
         while self.epoch < self.epochs and not self.stopped_early:
             start = time.perf_counter()
             losses_seen, failed = [], 0
+            self.optimizer.scheduler.step = self.step * self.step_decay**self.epoch
             for index in batches(N, self.batch_size, rng=self._batch_rng):
                 index = self.xp.asarray(index)
                 losses_seen.append(self._update(X[index], y[index]))
@@ -427,8 +433,8 @@ class Trainer:
     def _config(self):
         return {"model": self.model_name, "parameters": self.network.parameter_count, "method": self.method,
                 "update": self.update, "loss": self.loss, "ensemble": self.ensemble_size,
-                "batch_size": self.batch_size, "step": self.step, "noise": self.noise, "tikhonov": self.tikhonov,
-                "bias_std": self.bias_std,
+                "batch_size": self.batch_size, "step": self.step, "step_decay": self.step_decay, "noise": self.noise,
+                "tikhonov": self.tikhonov, "bias_std": self.bias_std,
                 "randomization": None if self.randomization is None else dataclasses.asdict(self.randomization),
                 "dtype": self.dtype.name, "rng": self.seed, "train_size": len(self.train_set)}
 
@@ -467,8 +473,8 @@ class Trainer:
             raise ValueError(f"{path} is not a readable ekinet checkpoint: {error}") from error
         if state.get("version") != CHECKPOINT_VERSION:
             raise ValueError(f"{path}: checkpoint version {state.get('version')} is not {CHECKPOINT_VERSION}")
-        differences = {k: (v, state["config"].get(k)) for k, v in self._config().items()
-                       if state["config"].get(k) != v}
+        saved = {**CONFIG_ADDED_SINCE_VERSION, **state["config"]}
+        differences = {k: (v, saved.get(k)) for k, v in self._config().items() if saved.get(k) != v}
         if differences:
             text = "; ".join(f"{k}: checkpoint {old!r}, now {new!r}" for k, (new, old) in differences.items())
             raise ValueError(f"{path} was written with another configuration ({text}); resume with the same "
