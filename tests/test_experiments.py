@@ -67,6 +67,11 @@ def test_step_override_reaches_the_trainer_and_the_online_driver(tmp_path):
     assert default["rows"][0]["step"] == 3.0 and stepped["rows"][0]["step"] == 7.5
     assert json.loads((tmp_path / "quickstart.json").read_text())["settings"]["step"] == 7.5
     assert stepped["rows"][0]["history"][-1]["train_loss"] != default["rows"][0]["history"][-1]["train_loss"]
+    decayed = experiments.run("quickstart", size="smoke", step=7.5, step_decay=0.5, out=None, progress=False)
+    assert decayed["rows"][0]["step_decay"] == 0.5 and default["rows"][0]["step_decay"] == 1.0
+    assert decayed["rows"][0]["history"][-1]["train_loss"] != stepped["rows"][0]["history"][-1]["train_loss"]
+    with pytest.raises(ValueError, match="step_decay applies to the epochs of the training experiments"):
+        experiments.run("sunspots-rnn", size="smoke", step_decay=0.5, out=None, progress=False)
     online = [experiments.run("sunspots-rnn", size="smoke", step=h, out=None, progress=False)["rows"][0]
               for h in (1.0, 0.25)]
     assert online[0]["final"] != online[1]["final"]
@@ -105,7 +110,8 @@ def test_cli_errors_are_clear(arguments, message, capsys):
 
 @pytest.mark.parametrize("arguments", [["train", "--ensemble", "0"], ["train", "--step", "-1"],
                                        ["train", "--method", "adam"], ["experiment", "x", "--size", "huge"],
-                                       ["experiment", "quickstart", "--step", "0"]])
+                                       ["experiment", "quickstart", "--step", "0"],
+                                       ["train", "--step-decay", "-0.5"]])
 def test_cli_rejects_bad_values(arguments):
     with pytest.raises(SystemExit) as raised:
         cli.main(arguments)

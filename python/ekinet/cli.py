@@ -68,6 +68,8 @@ def build_parser():
     experiment.add_argument("--step", type=_positive_float,
                             help="EKI step h of the EKI methods (default: the experiment's setting, else the "
                                  "Trainer's or the online driver's)")
+    experiment.add_argument("--step-decay", type=_positive_float,
+                            help="the step of epoch e is step * step_decay^e (training experiments)")
     experiment.add_argument("--methods", help="comma-separated subset, e.g. eki,eki-r,sgd")
     experiment.add_argument("--out", default="results", help="results directory (default results/)")
     experiment.add_argument("--data-dir")
@@ -148,7 +150,8 @@ def _experiment(args):
         return
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     result = experiments.run(args.name, size="smoke" if args.smoke else args.size, ensemble=args.ensemble,
-                             epochs=args.epochs, train_size=args.train_size, step=args.step, out=args.out,
+                             epochs=args.epochs, train_size=args.train_size, step=args.step,
+                             step_decay=args.step_decay, out=args.out,
                              progress=not args.no_progress, device=args.device, seed=args.seed,
                              data_dir=args.data_dir, methods=methods)
     print(experiments.report(args.out) if args.out else json.dumps(result.get("rows"), default=str)[:2000])

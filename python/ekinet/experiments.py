@@ -51,6 +51,7 @@ class Settings:
     passes: int = 1  # online experiments
     widths: tuple = None  # ensemble-scaling experiments only: the hidden widths h of 784-h-10
     step: float = None  # the EKI step h; None: the default of the Trainer (chosen at J = 200) or of the online driver
+    step_decay: float = None  # the Trainer's step_decay (None: its default, a constant step); not for online runs
 
 
 @dataclasses.dataclass
@@ -122,7 +123,8 @@ def _train_eki(model, data, method, settings, options, **kw):
     trainer = Trainer(model, train, validation=validation, test=test, method=method, ensemble=settings.ensemble,
                       epochs=settings.epochs, batch_size=settings.batch_size, rng=options.get("seed", 0),
                       progress=options.get("progress", True), device=options.get("device", "cpu"),
-                      **({} if settings.step is None else {"step": settings.step}), **kw)
+                      **{k: v for k, v in (("step", settings.step), ("step_decay", settings.step_decay))
+                         if v is not None}, **kw)
     trainer.fit()
     if trainer.task == "regression":
         _save_figure(options, f"{options['name']}.png", lambda ax: (trainer.plot_predictions("test", ax=ax),
@@ -130,7 +132,8 @@ def _train_eki(model, data, method, settings, options, **kw):
     final = trainer.history[-1]
     metrics = {k[len("test_"):]: v for k, v in final.items() if k.startswith("test_")}
     return {"method": method, "model": model, "ensemble": settings.ensemble, "epochs": trainer.epoch,
-            "step": trainer.step, "seconds": time.perf_counter() - start, "history": trainer.history, **metrics}
+            "step": trainer.step, "step_decay": trainer.step_decay, "seconds": time.perf_counter() - start,
+            "history": trainer.history, **metrics}
 
 
 def _train_gradient(model, data, method, settings, options):
@@ -264,6 +267,9 @@ def _online(series_name, models, window=1):
     def run(settings, options):
         from . import online
 
+        if settings.step_decay is not None:
+            raise ValueError("step_decay applies to the epochs of the training experiments; an online experiment "
+                             "makes one update per observation (use step)")
         series = datasets.load_series(series_name, data_dir=options.get("data_dir"))
         rows = []
         for model in models:
@@ -351,8 +357,8 @@ def get(name):
     return EXPERIMENTS[name]
 
 
-def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, step=None, out="results",
-        progress=True, device="cpu", seed=0, data_dir=None, methods=None):
+def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, step=None, step_decay=None,
+        out="results", progress=True, device="cpu", seed=0, data_dir=None, methods=None):
     """Run an experiment at size "paper", "cpu" (reduced, labelled as such), "smoke" or "auto" (paper on a GPU,
     cpu otherwise), with optional overrides; writes out/NAME.json and returns the result dict."""
     experiment = get(name)
@@ -362,7 +368,7 @@ def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, step=
         raise ValueError(f"size = {size!r} must be 'paper', 'cpu', 'smoke' or 'auto'")
     settings = getattr(experiment, size)
     overrides = {k: v for k, v in (("ensemble", ensemble), ("epochs", epochs), ("train_size", train_size),
-                                   ("step", step)) if v is not None}
+                                   ("step", step), ("step_decay", step_decay)) if v is not None}
     settings = dataclasses.replace(settings, **overrides)
     if methods:
         unknown = [m for m in methods if m not in EKI_METHODS + GRADIENT_METHODS]
