@@ -315,11 +315,11 @@ __attribute__((always_inline)) inline void standard_normal_row_impl(std::uint64_
 
 }  // namespace
 
-// Float rows are compiled for baseline x86-64 (SSE2) and the x86-64-v3 ISA level (AVX2 + FMA: the products
-// need the FMA) and picked at load time by CPU features, whatever the vendor (perf shows the v3 clone running
-// on the Intel Xeon of bench/results); a named CPU (arch=haswell) would be picked by model instead.
+// Float rows are compiled for baseline x86-64 (SSE2) and the x86-64-v3 (AVX2 + FMA: the products need the FMA)
+// and x86-64-v4 (AVX-512: native 64-bit multiplies for the generator's hash) ISA levels, and picked at load
+// time by CPU features, whatever the vendor; a named CPU (arch=haswell) would be picked by model instead.
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__ELF__)
-#define EKINET_VECTOR_CLONES __attribute__((target_clones("default", "arch=x86-64-v3")))
+#define EKINET_VECTOR_CLONES __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
 #else
 #define EKINET_VECTOR_CLONES
 #endif
