@@ -27,12 +27,17 @@ done
 #   python -m ekinet experiment mnist-dnn3 --size cpu --methods eki --out docs/results/eki-dnn34 --no-progress
 #   python -m ekinet experiment mnist-dnn4 --size cpu --methods eki --train-size 20000 --out docs/results/eki-dnn34 --no-progress
 # DNN 2 EKI(R) at the paper's settings (J = 2000, 10 epochs) on the CPU, with the mean-only EKI(R) update,
-# about 2 hours each: the default step h = 3 (docs/results/paper-cpu), and h = 12 (docs/results/paper-cpu-h12),
+# about 2 hours each: the default step h = 3 (docs/results/paper-cpu), h = 12 (docs/results/paper-cpu-h12) and
+# h = 12 decaying by 0.75 an epoch (docs/results/paper-cpu-decay); h = 12 was
 # the best of 200 updates at h = 3, 6, 12, 24 (docs/results/step-j2000):
 #   python -m ekinet experiment mnist-dnn2 --size paper --methods eki-r --out docs/results/paper-cpu
 #   python -m ekinet experiment mnist-dnn2 --size paper --methods eki-r --step 12 --out docs/results/paper-cpu-h12
+#   python -m ekinet experiment mnist-dnn2 --size paper --methods eki-r --step 12 --step-decay 0.75 \
+#     --out docs/results/paper-cpu-decay
 #   for h in 3 6 12 24; do python -m ekinet train --model mlp:784-100-10 --data mnist --ensemble 2000 --epochs 1 \
 #     --train-size 20000 --validation 0 --step $h --no-progress; done
+# The noise of one EKI(R) update's direction (docs/results/gradient-estimate.json, a few minutes):
+#   python docs/gradient_estimate.py --ensemble 2000 --out docs/results/gradient-estimate.json
 # Heaviside 784-100-10 on Fashion-MNIST at J = 2000, 2 epochs (docs/results/heaviside-j2000, 24 minutes):
 #   python -c "import numpy as np; from ekinet import datasets; from ekinet.train import Trainer; \
 #     train, test = datasets.load_fashion_mnist('train'), datasets.load_fashion_mnist('test'); \
