@@ -76,6 +76,31 @@ def test_step_override_reaches_the_trainer_and_the_online_driver(tmp_path):
     assert online[0]["final"] != online[1]["final"]
 
 
+def test_experiment_checkpoints_resume_an_interrupted_run_exactly(tmp_path):
+    whole = experiments.run("quickstart", size="smoke", out=None, progress=False)["rows"][0]
+    first = experiments.run("quickstart", size="smoke", epochs=1, out=None, progress=False,
+                            checkpoints=tmp_path)["rows"][0]  # stopped after one of the two epochs
+    files = list(tmp_path.glob("*.npz"))
+    assert [f.name for f in files] == ["quickstart-eki-r-mlp_784-100-10-J40.npz"] and first["resumed_at_epoch"] == 0
+    rest = experiments.run("quickstart", size="smoke", out=None, progress=False, checkpoints=tmp_path)["rows"][0]
+    assert rest["resumed_at_epoch"] == 1 and rest["checkpoint"] == str(files[0])
+    assert [h["test_accuracy_mean"] for h in rest["history"]] == [h["test_accuracy_mean"] for h in whole["history"]]
+    assert rest["history"][-1]["train_loss"] == whole["history"][-1]["train_loss"]
+    again = experiments.run("quickstart", size="smoke", out=None, progress=False, checkpoints=tmp_path)["rows"][0]
+    assert again["resumed_at_epoch"] == 2 and again["accuracy_mean"] == whole["accuracy_mean"]
+    with pytest.raises(ValueError, match="another configuration.*step"):
+        experiments.run("quickstart", size="smoke", step=7.5, out=None, progress=False, checkpoints=tmp_path)
+
+
+def test_cli_experiment_checkpoints(tmp_path, capsys):
+    arguments = ["experiment", "quickstart", "--smoke", "--out", str(tmp_path / "out"), "--no-progress",
+                 "--checkpoints", str(tmp_path / "ckpt")]
+    assert cli.main(arguments) == 0
+    result = json.loads((tmp_path / "out" / "quickstart.json").read_text())
+    assert result["rows"][0]["checkpoint"].startswith(str(tmp_path / "ckpt"))
+    assert len(list((tmp_path / "ckpt").glob("*.npz"))) == 1
+
+
 def test_cli_train_writes_history_checkpoint_and_resumes(tmp_path, capsys):
     arguments = ["train", "--data", "mnist-small", "--model", "mlp:784-16-10", "--train-size", "600",
                  "--ensemble", "20", "--no-progress", "--history", str(tmp_path / "h.csv"),

@@ -72,6 +72,9 @@ def build_parser():
                             help="the step of epoch e is step * step_decay^e (training experiments)")
     experiment.add_argument("--methods", help="comma-separated subset, e.g. eki,eki-r,sgd")
     experiment.add_argument("--out", default="results", help="results directory (default results/)")
+    experiment.add_argument("--checkpoints", metavar="DIR",
+                            help="write each EKI run's checkpoint into DIR after every epoch and resume from it "
+                                 "(an interrupted run continues where it stopped; the file keeps the ensemble)")
     experiment.add_argument("--data-dir")
     experiment.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     experiment.add_argument("--seed", type=int, default=0)
@@ -153,7 +156,7 @@ def _experiment(args):
                              epochs=args.epochs, train_size=args.train_size, step=args.step,
                              step_decay=args.step_decay, out=args.out,
                              progress=not args.no_progress, device=args.device, seed=args.seed,
-                             data_dir=args.data_dir, methods=methods)
+                             data_dir=args.data_dir, methods=methods, checkpoints=args.checkpoints)
     print(experiments.report(args.out) if args.out else json.dumps(result.get("rows"), default=str)[:2000])
 
 

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import time
 
 import numpy as np
@@ -113,14 +114,25 @@ def _classification_data(name, settings, *, flatten=True, data_dir=None):
     return train, validation, test
 
 
+def _checkpoint_path(options, model, method, ensemble, kw):
+    # One file per EKI run of an experiment, named by what tells its runs apart.
+    if not options.get("checkpoints"):
+        return None
+    parts = [options["name"], method, model, f"J{ensemble}"] + [f"{k}={v}" for k, v in sorted(kw.items())]
+    return os.path.join(options["checkpoints"], re.sub(r"[^A-Za-z0-9=.+-]", "_", "-".join(parts)) + ".npz")
+
+
 def _train_eki(model, data, method, settings, options, **kw):
     train, validation, test = data
     start = time.perf_counter()
+    checkpoint = _checkpoint_path(options, model, method, settings.ensemble, kw)
     trainer = Trainer(model, train, validation=validation, test=test, method=method, ensemble=settings.ensemble,
                       epochs=settings.epochs, batch_size=settings.batch_size, rng=options.get("seed", 0),
                       progress=options.get("progress", True), device=options.get("device", "cpu"),
+                      checkpoint=checkpoint, resume=checkpoint is not None,
                       **{k: v for k, v in (("step", settings.step), ("step_decay", settings.step_decay))
                          if v is not None}, **kw)
+    resumed_at = trainer.epoch
     trainer.fit()
     if trainer.task == "regression":
         _save_figure(options, f"{options['name']}.png", lambda ax: (trainer.plot_predictions("test", ax=ax),
@@ -129,6 +141,7 @@ def _train_eki(model, data, method, settings, options, **kw):
     metrics = {k[len("test_"):]: v for k, v in final.items() if k.startswith("test_")}
     return {"method": method, "model": model, "ensemble": settings.ensemble, "epochs": trainer.epoch,
             "step": trainer.step, "step_decay": trainer.step_decay, "seconds": time.perf_counter() - start,
+            **({"checkpoint": checkpoint, "resumed_at_epoch": resumed_at} if checkpoint else {}),
             "history": trainer.history, **metrics}
 
 
@@ -354,9 +367,14 @@ def get(name):
 
 
 def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, step=None, step_decay=None,
-        out="results", progress=True, device="cpu", seed=0, data_dir=None, methods=None):
+        out="results", progress=True, device="cpu", seed=0, data_dir=None, methods=None, checkpoints=None):
     """Run an experiment at size "paper", "cpu" (reduced, labelled as such), "smoke" or "auto" (paper on a GPU,
-    cpu otherwise), with optional overrides; writes out/NAME.json and returns the result dict."""
+    cpu otherwise), with optional overrides; writes out/NAME.json and returns the result dict.
+
+    checkpoints: a directory where every EKI training run of the experiment writes its Trainer checkpoint after
+    each epoch and resumes from it when it is there: an interrupted run continues where it stopped (and a run
+    given more epochs continues from the last), and the final file holds the trained ensemble. A row's
+    `seconds` counts only the part run this time; `resumed_at_epoch` says where it started."""
     experiment = get(name)
     if size == "auto":
         size = "paper" if device == "cuda" else "cpu"
@@ -374,7 +392,7 @@ def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, step=
     if out:
         os.makedirs(out, exist_ok=True)
     options = {"progress": progress, "device": device, "seed": seed, "data_dir": data_dir, "methods": methods,
-               "out": out, "name": name}
+               "out": out, "name": name, "checkpoints": checkpoints}
     start = time.perf_counter()
     result = experiment.run(settings, options)
     result.update(experiment=name, description=experiment.description, size=size,
