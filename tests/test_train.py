@@ -4,6 +4,7 @@ the history files, and bad input."""
 
 import json
 import os
+import stat
 
 import numpy as np
 import pytest
@@ -118,6 +119,7 @@ def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(digits, tmp_path,
     first = small_trainer(digits, method="meki-r", epochs=1, checkpoint=path, step_decay=step_decay)
     first.fit()
     assert path.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".checkpoint-")]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # an ordinary file, not the temporary file's 0600
     resumed = small_trainer(digits, method="meki-r", epochs=3, checkpoint=path, resume=True, step_decay=step_decay)
     assert resumed.epoch == 1
     resumed.fit()

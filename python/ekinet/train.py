@@ -458,6 +458,7 @@ class Trainer:
         try:
             with os.fdopen(handle, "wb") as f:
                 np.savez(f, state=np.frombuffer(json.dumps(state).encode(), dtype=np.uint8), **arrays)
+            os.chmod(temporary, 0o644)  # mkstemp's 0600 would leave the checkpoint unreadable to the group
             os.replace(temporary, path)
         except BaseException:
             os.unlink(temporary)
