@@ -19,35 +19,16 @@ import torch
 
 import ekinet
 from ekinet import datasets, losses, nn
-
-
-def flat(module, net, attribute):
-    """A torch module's parameters (attribute "data") or their gradients ("grad") as one row of net's layout."""
-    named = dict(module.named_parameters())
-    row = np.empty(net.parameter_count)
-    for name, (offset, shape) in net.parameters.items():
-        row[offset:offset + int(np.prod(shape))] = getattr(named[name], attribute).detach().numpy().ravel()
-    return row
-
-
-def sgd_point(net, x, y, steps, seed):
-    u = net.prior(1, rng=seed)[0]
-    module = net.to_torch(u)
-    optimizer = torch.optim.SGD(module.parameters(), lr=0.1, momentum=0.9)
-    rng = np.random.default_rng(seed)
-    for _ in range(steps):
-        idx = rng.integers(0, len(x), 100)
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(module(torch.from_numpy(x[idx])), torch.from_numpy(y[idx])).backward()
-        optimizer.step()
-    return flat(module, net, "data").astype(np.float32)
+from ekinet.baselines import _flat_parameters, sgd_train
 
 
 def exact_direction(net, u, xb, yb):
     module = net.to_torch(u)
     loss = torch.nn.functional.cross_entropy(module(torch.from_numpy(xb)), torch.from_numpy(yb), reduction="sum")
     loss.backward()
-    return net.prior_std("float64") ** 2 * flat(module, net, "grad")
+    for parameter in module.parameters():
+        parameter.data = parameter.grad  # so that the parameter row of baselines reads the gradient
+    return net.prior_std("float64") ** 2 * _flat_parameters(net, module).astype(np.float64)
 
 
 def estimated_direction(net, u, xb, yb, J, gamma, antithetic, seed):
@@ -68,7 +49,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ensemble", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--sgd-steps", type=int, default=3000)
+    parser.add_argument("--sgd-epochs", type=int, default=1)
     parser.add_argument("--out", default="gradient-estimate.json")
     args = parser.parse_args()
     net = nn.from_string("mlp:784-100-10")
@@ -78,7 +59,9 @@ def main():
     idx = np.random.default_rng(2).integers(0, len(x), 100)
     xb, yb = x[idx], y[idx]
     rows = []
-    for point, u in (("glorot", net.prior(1, rng=1)[0]), (f"sgd-{args.sgd_steps}", sgd_point(net, x, y, args.sgd_steps, 1))):
+    sgd = sgd_train(net, train, datasets.load_mnist("test"), epochs=args.sgd_epochs, momentum=0.9, rng=1,
+                    progress=False)["u"]
+    for point, u in (("glorot", net.prior(1, rng=1)[0]), (f"momentum-sgd-{args.sgd_epochs}-epochs", sgd)):
         accuracy = float((net.forward(u[None], x[:10000])[0].argmax(axis=1) == y[:10000]).mean())
         target = exact_direction(net, u, xb, yb)
         for gamma, antithetic in ((0.01, False), (0.03, False), (0.1, False), (0.3, False), (0.1, True)):
