@@ -10,20 +10,19 @@ namespace ekinet::detail {
 
 namespace {
 
-// Some LAPACKs let NaN or overflow through potrf; a solution that is not finite is never returned.
 template <class T>
-void require_finite_solution(Backend<T>& backend, i64 n, i64 nrhs, const T* b, i64 ldb) {
-  if (backend.count_nonfinite(nrhs, n, b, ldb) > 0) {
-    throw NumericalError("the " + std::to_string(n) + " x " + std::to_string(n) +
-                         " system of the Kalman gain gave a non-finite solution: the ensemble outputs or the noise "
-                         "covariance hold values too large (overflow) or not finite");
-  }
+bool solution_is_finite(Backend<T>& backend, i64 n, i64 nrhs, const T* x, i64 ldx) {
+  return backend.count_nonfinite(nrhs, n, x, ldx) == 0;
 }
 
+// A factor with a tiny positive pivot passes potrf yet overflows the solve (and some LAPACKs let NaN through
+// potrf): a Cholesky solve counts only when its solution is finite, otherwise the next rescue is tried.
 template <class T>
-void cholesky_solve(Backend<T>& backend, i64 n, const T* factor, i64 lda, i64 nrhs, T* b, i64 ldb) {
-  backend.potrs_lower(n, nrhs, factor, lda, b, ldb);
-  require_finite_solution(backend, n, nrhs, b, ldb);
+bool cholesky_solves(Backend<T>& backend, i64 n, T* a, i64 lda, i64 nrhs, const T* b, i64 ldb, T* x) {
+  if (backend.potrf_lower(n, a, lda) != 0) return false;
+  backend.axpby(nrhs, n, T{1}, b, ldb, T{0}, b, ldb, x, ldb);
+  backend.potrs_lower(n, nrhs, a, lda, x, ldb);
+  return solution_is_finite(backend, n, nrhs, x, ldb);
 }
 
 }  // namespace
@@ -41,18 +40,16 @@ void robust_spd_solve(Backend<T>& backend, i64 n, T* a, i64 lda, i64 nrhs, T* b,
   }
   T* original = workspace.take<T>(n * n);
   backend.axpby(n, n, T{1}, a, lda, T{0}, a, lda, original, n);
-  if (backend.potrf_lower(n, a, lda) == 0) {
-    cholesky_solve(backend, n, a, lda, nrhs, b, ldb);
-    return;
-  }
+  T* right_hand_sides = workspace.take<T>(n * nrhs);
+  backend.axpby(nrhs, n, T{1}, b, ldb, T{0}, b, ldb, right_hand_sides, n);
+  if (cholesky_solves(backend, n, a, lda, nrhs, right_hand_sides, n, b)) return;
 
   const double eps = std::numeric_limits<T>::epsilon();
   const double jitter = std::sqrt(eps) * std::max(std::abs(mean_diagonal), double(std::numeric_limits<T>::min()));
   backend.axpby(n, n, T{1}, original, n, T{0}, original, n, a, lda);
   backend.add_diagonal(n, a, lda, static_cast<T>(jitter), nullptr);
-  if (backend.potrf_lower(n, a, lda) == 0) {
+  if (cholesky_solves(backend, n, a, lda, nrhs, right_hand_sides, n, b)) {
     ++report.cholesky_jitter_retries;
-    cholesky_solve(backend, n, a, lda, nrhs, b, ldb);
     return;
   }
 
@@ -70,10 +67,14 @@ void robust_spd_solve(Backend<T>& backend, i64 n, T* a, i64 lda, i64 nrhs, T* b,
   const T floor = static_cast<T>(std::max(largest, double(std::numeric_limits<T>::min())) * n * eps);
   // X = V diag(1 / max(w, floor)) V^T B
   T* projected = workspace.take<T>(n * nrhs);
-  backend.gemm(Trans::yes, Trans::no, n, nrhs, n, T{1}, a, lda, b, ldb, T{0}, projected, n);
+  backend.gemm(Trans::yes, Trans::no, n, nrhs, n, T{1}, a, lda, right_hand_sides, n, T{0}, projected, n);
   backend.divide_rows_clamped(n, nrhs, eigenvalues, floor, projected, n);
   backend.gemm(Trans::no, Trans::no, n, nrhs, n, T{1}, a, lda, projected, n, T{0}, b, ldb);
-  require_finite_solution(backend, n, nrhs, b, ldb);
+  if (!solution_is_finite(backend, n, nrhs, b, ldb)) {
+    throw NumericalError("the " + std::to_string(n) + " x " + std::to_string(n) +
+                         " system of the Kalman gain gave a non-finite solution: the ensemble outputs or the noise "
+                         "covariance hold values too large (overflow) or not finite");
+  }
 }
 
 template void robust_spd_solve(Backend<float>&, i64, float*, i64, i64, float*, i64, UpdateReport&);

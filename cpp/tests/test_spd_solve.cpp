@@ -1,4 +1,6 @@
 // The rescue path of the gain solve (jittered Cholesky, then eigen-decomposition) on matrices built to need it.
+#include <limits>
+
 #include "spd_solve.hpp"
 #include "test_support.hpp"
 
@@ -31,6 +33,21 @@ TEST(RobustSpdSolve, SingularMatrixIsRescuedByJitterAndCounted) {
   detail::robust_spd_solve(backend, 2, a.data(), 2, 1, b.data(), 2, report);
   EXPECT_EQ(report.cholesky_jitter_retries + report.eigen_fallbacks, 1);
   EXPECT_TRUE(std::isfinite(b[0]) && std::isfinite(b[1]));
+}
+
+TEST(RobustSpdSolve, CholeskyWhoseSolveOverflowsIsRescuedByJitter) {
+  auto context = make_cpu_context();
+  auto& backend = context->backend(float{});
+  backend.workspace().reset();
+  // potrf accepts the pivot sqrt(1e-30), but 1e10 / 1e-30 overflows float32: the jittered system answers instead.
+  std::vector<float> a = {1, 0, 0, 1e-30f};
+  std::vector<float> b = {1, 1e10f};
+  UpdateReport report;
+  detail::robust_spd_solve(backend, 2, a.data(), 2, 1, b.data(), 2, report);
+  EXPECT_EQ(report.cholesky_jitter_retries, 1);
+  const double jitter = std::sqrt(std::numeric_limits<float>::epsilon()) * 0.5;
+  EXPECT_NEAR(b[0], 1 / (1 + jitter), 1e-6);
+  EXPECT_NEAR(b[1] / (1e10 / jitter), 1.0, 1e-4);
 }
 
 TEST(RobustSpdSolve, IndefiniteMatrixFallsBackToTheEigenDecomposition) {
