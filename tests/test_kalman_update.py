@@ -811,6 +811,18 @@ def test_tiny_noise_rank_deficient_observation_space(backend, rng):
     assert np.all(np.abs(out - U) < 1e3 * (1 + np.abs(U)))
 
 
+def test_reference_cholesky_whose_solve_overflows_is_rescued_by_jitter():
+    """As in the native solve (C++ RobustSpdSolve.CholeskyWhoseSolveOverflowsIsRescuedByJitter): Cholesky accepts
+    the pivot sqrt(1e-30) of diag(1, 1e-30), but 1e10 / 1e-30 overflows float32, so the jittered system answers."""
+    from ekinet.reference._common import new_report, robust_spd_solve
+
+    report = new_report("observation", 1.0)
+    x = robust_spd_solve(np.diag(np.float32([1, 1e-30])), np.float32([[1], [1e10]]), report)
+    jitter = np.sqrt(np.finfo(np.float32).eps) * 0.5
+    assert report["cholesky_jitter_retries"] == 1 and report["eigen_fallbacks"] == 0
+    np.testing.assert_allclose(x[:, 0], [1 / (1 + jitter), 1e10 / jitter], rtol=1e-4)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("formulation", FORMULATIONS)
 @pytest.mark.parametrize("dtype,noise,g_scale", [

@@ -81,7 +81,8 @@ def _cholesky_or_none(xp, a):
 
 def robust_spd_solve(a, b, report):
     """Solve a x = b for symmetric positive (semi-)definite a: Cholesky, then once with a jitter of
-    sqrt(eps) times the mean diagonal, then the eigen-decomposition with eigenvalues clamped at n eps max."""
+    sqrt(eps) times the mean diagonal, then the eigen-decomposition with eigenvalues clamped at n eps max.
+    A Cholesky counts only when its solution is finite (a tiny positive pivot can overflow the solve)."""
     xp = namespace(a, b)
     n = a.shape[0]
     eps = float(np.finfo(a.dtype).eps)
@@ -89,24 +90,32 @@ def robust_spd_solve(a, b, report):
     mean_diagonal = float(xp.trace(a)) / n
     if not np.isfinite(mean_diagonal):
         raise FloatingPointError("the Kalman gain system overflowed (its diagonal is not finite)")
-    factor = _cholesky_or_none(xp, a)
-    if factor is None:
-        jitter = np.sqrt(eps) * max(abs(mean_diagonal), tiny)
-        factor = _cholesky_or_none(xp, a + jitter * xp.eye(n, dtype=a.dtype))
-        if factor is not None:
-            report["cholesky_jitter_retries"] += 1
-    if factor is not None:
-        return _cholesky_solve(xp, factor, b)
+    x = _finite_cholesky_solution(xp, a, b)
+    if x is not None:
+        return x
+    jitter = np.sqrt(eps) * max(abs(mean_diagonal), tiny)
+    x = _finite_cholesky_solution(xp, a + jitter * xp.eye(n, dtype=a.dtype), b)
+    if x is not None:
+        report["cholesky_jitter_retries"] += 1
+        return x
     if not bool(xp.all(xp.isfinite(a))):
         raise FloatingPointError("the Kalman gain system holds NaN/Inf values and cannot be solved")
     report["eigen_fallbacks"] += 1
     w, v = xp.linalg.eigh(a)
     floor = max(float(w[-1]), tiny) * n * eps
-    return v @ ((v.T @ b) / xp.maximum(w, floor)[:, None])
+    x = v @ ((v.T @ b) / xp.maximum(w, floor)[:, None])
+    if not bool(xp.all(xp.isfinite(x))):
+        raise FloatingPointError("the Kalman gain system gave a non-finite solution (overflow)")
+    return x
 
 
-def _cholesky_solve(xp, factor, b):
-    return xp.linalg.solve(factor.T, xp.linalg.solve(factor, b))
+def _finite_cholesky_solution(xp, a, b):
+    factor = _cholesky_or_none(xp, a)
+    if factor is None:
+        return None
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = xp.linalg.solve(factor.T, xp.linalg.solve(factor, b))
+    return x if bool(xp.all(xp.isfinite(x))) else None
 
 
 def new_report(formulation, step):
