@@ -60,6 +60,19 @@ def test_unknown_method_is_named():
         experiments.run("mnist-dnn1", size="smoke", methods=["adam"], out=None, progress=False)
 
 
+def test_methods_of_an_experiment_that_always_runs_the_same_ones_are_refused():
+    with pytest.raises(ValueError, match="fashion-heaviside always runs eki-r, so --methods sgd cannot apply; "
+                                         "methods are chosen in quickstart, mnist-dnn1"):
+        experiments.run("fashion-heaviside", size="smoke", methods=["sgd"], out=None, progress=False)
+    with pytest.raises(ValueError, match="melbourne-rnn always runs eki, ogd"):
+        experiments.run("melbourne-rnn", size="smoke", methods=["eki"], out=None, progress=False)
+
+
+def test_online_experiments_refuse_a_device_they_would_not_use():
+    with pytest.raises(ValueError, match="online driver runs on the CPU"):
+        experiments.run("sunspots-rnn", size="smoke", device="cuda", out=None, progress=False)
+
+
 def test_step_override_reaches_the_trainer_and_the_online_driver(tmp_path):
     default = experiments.run("quickstart", size="smoke", out=None, progress=False)
     stepped = experiments.run("quickstart", size="smoke", step=7.5, out=tmp_path, progress=False)
@@ -124,7 +137,7 @@ def test_cli_experiment_and_report(tmp_path, capsys):
 @pytest.mark.parametrize("arguments, message", [
     (["experiment", "nope"], "unknown experiment 'nope'"),
     (["train", "--model", "mlp:100-10", "--ensemble", "4", "--epochs", "1", "--no-progress"], "784 features"),
-    (["train", "--data", "cifar", "--no-progress"], "cifar"),
+    (["train", "--validation", "0", "--patience", "2", "--ensemble", "4", "--no-progress"], "patience"),
     (["report", "--out", "/nonexistent/results"], "no results directory"),
 ])
 def test_cli_errors_are_clear(arguments, message, capsys):
@@ -135,7 +148,9 @@ def test_cli_errors_are_clear(arguments, message, capsys):
 @pytest.mark.parametrize("arguments", [["train", "--ensemble", "0"], ["train", "--step", "-1"],
                                        ["train", "--method", "adam"], ["experiment", "x", "--size", "huge"],
                                        ["experiment", "quickstart", "--step", "0"],
-                                       ["train", "--step-decay", "-0.5"]])
+                                       ["train", "--step-decay", "-0.5"], ["train", "--data", "cifar"],
+                                       ["train", "--data", "boston"], ["train", "--validation", "-0.5"],
+                                       ["train", "--validation", "1"]])
 def test_cli_rejects_bad_values(arguments):
     with pytest.raises(SystemExit) as raised:
         cli.main(arguments)

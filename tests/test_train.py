@@ -77,6 +77,19 @@ def test_per_update_randomization_uses_the_prior_scale(digits):
     assert 0.5 * 0.25 * prior_spread < trainer.history[-1]["spread"] < 2 * 0.25 * prior_spread
 
 
+def test_per_epoch_randomization_redraws_once_an_epoch_with_the_decayed_scale(digits, monkeypatch):
+    trainer = small_trainer(digits, method="eki-r", epochs=2,
+                            randomization=RandomizationSchedule(scale=0.5, decay=0.5, when="epoch"))
+    assert trainer.optimizer.randomization.every == 0  # no redraw after the updates themselves
+    scales = []
+    randomize = trainer.optimizer.randomize
+    monkeypatch.setattr(trainer.optimizer, "randomize", lambda scale: scales.append(scale) or randomize(scale))
+    trainer.fit()
+    assert scales == [0.5, 0.25]
+    prior_spread = float(np.sum(trainer.network.prior_std() ** 2))
+    assert 0.5 * 0.25**2 * prior_spread < trainer.history[-1]["spread"] < 2 * 0.25**2 * prior_spread
+
+
 @pytest.mark.parametrize("update", ["loss", "kalman"])
 def test_tikhonov_shrinks_the_parameters(digits, update):
     norms = []
@@ -85,6 +98,26 @@ def test_tikhonov_shrinks_the_parameters(digits, update):
         trainer.fit()
         norms.append(float(np.linalg.norm(ekinet.ensemble_mean(trainer.optimizer.ensemble))))
     assert norms[1] < 0.9 * norms[0]
+
+
+def test_plots_draw_the_history_and_the_first_predictions_against_their_truth():
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train, test = sine_data(200, 0), sine_data(300, 1)
+    trainer = Trainer("mlp:1-8-1:tanh", train, test=test, ensemble=20, epochs=2, batch_size=50, progress=False)
+    trainer.fit()
+    fig, (left, right) = plt.subplots(1, 2)
+    trainer.plot_history(ax=left)
+    np.testing.assert_allclose(left.lines[0].get_ydata(), [r["train_loss"] for r in trainer.history])
+    twin = [ax for ax in fig.axes if ax not in (left, right)][0]
+    np.testing.assert_allclose(twin.lines[0].get_ydata(), [r["test_rmse_mean"] for r in trainer.history])
+    trainer.plot_predictions(ax=right, limit=120)
+    truth, mean = right.lines[0].get_ydata(), right.lines[1].get_ydata()
+    np.testing.assert_array_equal(truth, test.y[:120, 0])
+    np.testing.assert_allclose(mean, trainer.predict(test.x[:120], which="ensemble")[0][:, 0], rtol=1e-5)
+    plt.close(fig)
 
 
 def test_regression_beats_the_naive_predictor():
@@ -218,10 +251,17 @@ def test_evaluate_on_a_dataset_and_by_name(digits):
     (dict(model="mlp:784-16-3"), "10 classes"),
     (dict(method="eki", randomization=RandomizationSchedule()), "randomization"),
     (dict(ensemble_eval="sometimes"), "ensemble_eval"),
+    (dict(patience=2, validation=None), "patience .* pass validation="),
 ])
 def test_bad_settings_are_named(digits, kw, match):
     with pytest.raises(ValueError, match=match):
         small_trainer(digits, **kw)
+
+
+@pytest.mark.parametrize("rng", [np.random.default_rng(0), None, 1.5, True])
+def test_rng_must_be_an_integer_seed(digits, rng):
+    with pytest.raises(TypeError, match="rng must be an integer seed"):
+        small_trainer(digits, rng=rng)
 
 
 def test_bad_datasets_are_named(digits):

@@ -25,7 +25,8 @@ def build_parser():
     train = commands.add_parser("train", help="train a network on a data set by EKI")
     train.add_argument("--model", default="mlp:784-100-10",
                        help="network string form: mlp:784-100-10, dnn:2, cnn-mnist, rnn-mnist, mlp:13-32-1:tanh ...")
-    train.add_argument("--data", default="mnist-small", help="mnist, fashion-mnist, mnist-small or boston")
+    train.add_argument("--data", default="mnist-small", choices=("mnist", "fashion-mnist", "mnist-small"),
+                       help="the data set (Boston housing: `ekinet experiment boston`, which standardises it)")
     train.add_argument("--data-dir", help="where the data files are (default $EKINET_DATA or ~/.cache/ekinet)")
     train.add_argument("--method", default="eki-r", choices=("eki", "meki", "eki-r", "meki-r"))
     train.add_argument("--update", default="loss", choices=("loss", "kalman"),
@@ -44,7 +45,8 @@ def build_parser():
     train.add_argument("--randomization-decay", type=_positive_float, default=1.0)
     train.add_argument("--randomize-every", choices=("epoch", "update"), default="update")
     train.add_argument("--tikhonov", type=_nonnegative_float, default=0.0)
-    train.add_argument("--validation", type=float, default=0.1, help="fraction of train held out (0: none)")
+    train.add_argument("--validation", type=_fraction, default=0.1,
+                       help="fraction of train held out, in [0, 1) (0: none)")
     train.add_argument("--patience", type=_positive_int, help="early stopping patience in epochs")
     train.add_argument("--train-size", type=_positive_int, help="use the first N training examples")
     train.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -92,6 +94,13 @@ def _positive_float(text):
     return value
 
 
+def _fraction(text):
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction in [0, 1)")
+    return value
+
+
 def _nonnegative_float(text):
     value = float(text)
     if not value >= 0:
@@ -107,9 +116,6 @@ def _train(args):
 
     if args.data_dir:
         datasets.data_dir(args.data_dir)  # fails early on a bad path
-    if args.data == "boston":
-        raise SystemExit("ekinet train: use `ekinet experiment boston` for Boston housing (it standardises "
-                         "features and targets); --data takes mnist, fashion-mnist or mnist-small")
     flatten = not args.model.startswith("cnn")
     train = datasets.load(args.data, split="train", flatten=flatten,
                           **({} if args.data == "mnist-small" else {"data_dir": args.data_dir}))

@@ -60,6 +60,7 @@ class Experiment:
     cpu: Settings
     smoke: Settings
     paper_numbers: dict = dataclasses.field(default_factory=dict)
+    fixed_methods: tuple = None  # what it always runs; None: --methods chooses among all methods
 
 
 def _save_figure(options, filename, draw):
@@ -153,7 +154,8 @@ def _train_gradient(model, data, method, settings, options):
     try:
         result = baselines.sgd_train(model, train, test, epochs=settings.epochs, batch_size=settings.batch_size,
                                      momentum=0.9 if method == "momentum-sgd" else 0.0, validation=validation,
-                                     rng=options.get("seed", 0), progress=options.get("progress", True))
+                                     rng=options.get("seed", 0), progress=options.get("progress", True),
+                                     device=options.get("device", "cpu"))
     except ImportError as error:
         return {"method": method, "model": model, "skipped": str(error)}
     kept = {k: v for k, v in result.items() if k not in ("u", "module", "seconds")}  # JSON-able fields
@@ -276,6 +278,10 @@ def _online(series_name, models, window=1):
     def run(settings, options):
         from . import online
 
+        if options.get("device", "cpu") != "cpu":
+            raise ValueError("the online driver runs on the CPU (NumPy arrays; its recurrent ensemble is small): "
+                             "run the online experiments with --device cpu (and --size paper for the paper's "
+                             "settings)")
         if settings.step_decay is not None:
             raise ValueError("step_decay applies to the epochs of the training experiments; an online experiment "
                              "makes one update per observation (use step)")
@@ -308,8 +314,8 @@ def _online(series_name, models, window=1):
 def _registry():
     experiments = {}
 
-    def add(name, description, run, paper, cpu, smoke, **numbers):
-        experiments[name] = Experiment(name, description, run, paper, cpu, smoke, numbers)
+    def add(name, description, run, paper, cpu, smoke, fixed_methods=None, **numbers):
+        experiments[name] = Experiment(name, description, run, paper, cpu, smoke, numbers, fixed_methods)
 
     smoke = Settings(ensemble=20, epochs=1, train_size=1000)
     # The quickstart's smoke size is the smallest that learns robustly (0.62-0.66 over seeds 0-2; 20 members
@@ -336,24 +342,27 @@ def _registry():
         add(f"ensemble-scaling-{dataset}", f"{label}: accuracy against ensemble size for 784-h-10 networks",
             _ensemble_scaling(dataset), Settings(ensemble=2000, epochs=50, widths=(16, 32, 64, 128)),
             Settings(ensemble=800, epochs=20, train_size=10000, widths=(4, 8, 16)),
-            Settings(ensemble=20, epochs=1, train_size=500, widths=(4, 8)))
+            Settings(ensemble=20, epochs=1, train_size=500, widths=(4, 8)), fixed_methods=("eki-r",))
     add("fashion-heaviside", "Fashion-MNIST 784-100-10 with Heaviside (non-differentiable) against ReLU, EKI(R)",
         _heaviside, Settings(ensemble=2000, epochs=10), Settings(ensemble=200, epochs=2), smoke,
-        heaviside=0.85, relu=0.87)
+        fixed_methods=("eki-r",), heaviside=0.85, relu=0.87)
     for series, numbers in PAPER_ONLINE.items():
         add(f"{series}-rnn", f"Online recurrent regression (LSTM(32) and Elman RNN(32)) on the {series} series, "
             "one update per observation", _online(series, ("lstm:1-32-1", "rnn:1-32-1")), Settings(ensemble=2000, epochs=1, passes=3),
             Settings(ensemble=200, epochs=1, passes=3), Settings(ensemble=20, epochs=1, passes=1),
-            **{m: {"first": v[0], "final": v[1]} for m, v in numbers.items()})
+            fixed_methods=("eki", "ogd"), **{m: {"first": v[0], "final": v[1]} for m, v in numbers.items()})
     add("lstm-batched-online", "LSTM(32) regression on the sunspots by batched online updates (windows of 10)",
         _online("sunspots", ("lstm:1-32-1",), window=10), Settings(ensemble=2000, epochs=1, passes=3),
-        Settings(ensemble=200, epochs=1, passes=3), Settings(ensemble=20, epochs=1, passes=1))
+        Settings(ensemble=200, epochs=1, passes=3), Settings(ensemble=20, epochs=1, passes=1),
+        fixed_methods=("eki", "ogd"))
     add("boston", "Boston housing regression (13-32-32-1, tanh), EKI(R) on the squared loss",
         _boston("squared"), Settings(ensemble=1000, epochs=100, batch_size=50),
-        Settings(ensemble=200, epochs=60, batch_size=50), Settings(ensemble=20, epochs=2, batch_size=50))
+        Settings(ensemble=200, epochs=60, batch_size=50), Settings(ensemble=20, epochs=2, batch_size=50),
+        fixed_methods=("eki-r",))
     add("gaussian-nll", "Boston housing with a Gaussian-NLL network (outputs mean and std, confidence band)",
         _boston("gaussian-nll"), Settings(ensemble=1000, epochs=100, batch_size=50),
-        Settings(ensemble=200, epochs=60, batch_size=50), Settings(ensemble=20, epochs=2, batch_size=50))
+        Settings(ensemble=200, epochs=60, batch_size=50), Settings(ensemble=20, epochs=2, batch_size=50),
+        fixed_methods=("eki-r",))
     return experiments
 
 
@@ -385,10 +394,7 @@ def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, step=
                                    ("step", step), ("step_decay", step_decay)) if v is not None}
     settings = dataclasses.replace(settings, **overrides)
     if methods:
-        unknown = [m for m in methods if m not in EKI_METHODS + GRADIENT_METHODS]
-        if unknown:
-            raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: "
-                             f"{', '.join(EKI_METHODS + GRADIENT_METHODS)}")
+        _check_methods(experiment, methods)
     if out:
         os.makedirs(out, exist_ok=True)
     options = {"progress": progress, "device": device, "seed": seed, "data_dir": data_dir, "methods": methods,
@@ -403,6 +409,18 @@ def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, step=
         with open(os.path.join(out, f"{name}.json"), "w") as f:
             json.dump(result, f, indent=1, default=_json_default)
     return result
+
+
+def _check_methods(experiment, methods):
+    if experiment.fixed_methods is not None:
+        if set(methods) != set(experiment.fixed_methods):
+            choosers = ", ".join(e.name for e in EXPERIMENTS.values() if e.fixed_methods is None)
+            raise ValueError(f"{experiment.name} always runs {', '.join(experiment.fixed_methods)}, so --methods "
+                             f"{','.join(methods)} cannot apply; methods are chosen in {choosers}")
+        return
+    unknown = [m for m in methods if m not in EKI_METHODS + GRADIENT_METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(EKI_METHODS + GRADIENT_METHODS)}")
 
 
 def _environment(device):

@@ -82,11 +82,12 @@ class Trainer:
     tikhonov : lambda of the regulariser lambda |u|^2, applied by augmenting the outputs with the parameters.
     bias_std : prior standard deviation of the biases (the weights are Glorot): nonzero, so biases can learn.
     patience : stop when the validation metric of the mean particle has not improved for this many epochs (and
-        restore the ensemble of the best epoch); None trains all epochs.
+        restore the ensemble of the best epoch); needs validation. None trains all epochs.
     ensemble_eval : "final" (ensemble-averaged prediction at the end only), "epoch" (every epoch) or "never":
         the ensemble average costs a forward pass of all J members over the evaluation set.
     checkpoint : a path written atomically after every epoch; resume=True continues from it if it exists.
     device : "cpu" (NumPy) or "cuda" (CuPy arrays; the CUDA core, or the CuPy reference without it).
+    rng : integer seed of the prior draw, the updates' noise and the batch order.
     """
 
     def __init__(self, model, train, *, validation=None, test=None, method="eki-r", update="loss", loss=None,
@@ -136,12 +137,18 @@ class Trainer:
         elif randomization is not None:
             raise ValueError(f"randomization applies to the '-r' methods, not to method={method!r}")
         self.patience = None if patience is None else _positive_int(patience, "patience", 1)
+        if self.patience is not None and self.validation_set is None:
+            raise ValueError("patience (early stopping) watches the validation metric: pass validation=... "
+                             "(for example train.split(0.1))")
         self.ensemble_eval = ensemble_eval
         self.checkpoint_path = None if checkpoint is None else os.fspath(checkpoint)
         self.progress, self.device, self.backend = progress, device, backend
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype = {dtype!r} must be float32 or float64")
+        if isinstance(rng, bool) or not isinstance(rng, (int, np.integer)):
+            raise TypeError(f"rng must be an integer seed (checkpoints record it for an exact resume), "
+                            f"got {type(rng).__name__}")
         self.seed = int(rng)
         self.xp = _namespace(device)
 
@@ -540,7 +547,7 @@ class Trainer:
         x, y = self._device_data(data) if isinstance(data, str) else (data.x, data.y)
         mean, spread = self.predict(x[:limit], which="ensemble")
         mean, spread = _host(mean), _host(spread)
-        y = _host(y).reshape(len(mean), -1)[:, 0]
+        y = _host(y[:limit]).reshape(len(mean), -1)[:, 0]
         band, label = spread[:, 0], "+-2 ensemble std"
         if self.loss == "gaussian-nll":  # the network's own sigma (averaged over members) and the ensemble spread
             k = self._outputs_per_example()
