@@ -347,7 +347,8 @@ def _cuda_networks():
             nets[f"edge-{case}-J{J}-B{B}"] = (lambda dtype, factory=factory: factory(), J, B)
     nets["cnn-mnist"] = (lambda dtype: nn.from_string("cnn-mnist"), 3, 2)
     nets["rnn-mnist"] = (lambda dtype: nn.from_string("rnn-mnist"), 2, 3)
-    nets["dnn-2"] = (lambda dtype: nn.dnn(2), 3, 5)
+    for k in (1, 2, 3, 4):
+        nets[f"dnn-{k}"] = (lambda dtype, k=k: nn.dnn(k), 3, 5)
     nets["lstm-regressor"] = (lambda dtype: nn.from_string("lstm:1-32-1", steps=20), 4, 6)
     # the online shape: many members, one example, one step (batched GEMMs of 2000 tiny products)
     nets["online-lstm-J2000"] = (lambda dtype: nn.Sequential([nn.LSTM(16), nn.Dense(1)], (1, 3)), 2000, 1)
@@ -446,6 +447,66 @@ def test_forward_cuda_chunked_members_and_a_failed_member(cp, rng):
     out = _host(net.forward(cp.asarray(U), cp.asarray(X), backend="native"))
     assert np.all(np.isnan(out[2]))
     assert np.all(np.isfinite(np.delete(out, 2, axis=0)))
+
+
+@pytest.mark.cuda
+@cuda
+def test_forward_cuda_bad_input(cp, rng):
+    """The checks of test_nn.test_forward_bad_input on device arrays (NaN counted on the GPU), and a host array
+    mixed with device ones."""
+    from test_nn import inputs
+
+    from ekinet import nn
+
+    net = nn.Sequential([nn.Conv2d(2, 3, activation="relu"), nn.Flatten(), nn.Dense(3)], (1, 5, 5))
+    U, X = (cp.asarray(a) for a in inputs(net, 3, 4, rng, "float32"))
+    P = net.parameter_count
+    with pytest.raises(ValueError, match=r"X has shape \(4, 24\)"):
+        net.forward(U, X.reshape(4, 25)[:, :24], backend="native")
+    with pytest.raises(ValueError, match=rf"U has {P - 1} parameters per member"):
+        net.forward(U[:, 1:], X, backend="native")
+    bad = X.copy()
+    bad[1, 0, 2, 2] = cp.nan
+    bad[3, 0, 0, 0] = cp.inf
+    with pytest.raises(ValueError, match=r"X contains 2 NaN/Inf value"):
+        net.forward(U, bad, backend="native")
+    with pytest.raises(TypeError, match=r"X has dtype float64 but U is float32"):
+        net.forward(U, X.astype(cp.float64), backend="native")
+    with pytest.raises(ValueError, match=r"X is not a CuPy \(GPU\) array like U; pass all arrays on one device"):
+        net.forward(U, _host(X), backend="native")
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("name", ["dnn-2", "cnn-mnist", "rnn-mnist", "lstm-regressor", "dense-per-step-softmax"])
+def test_reference_forward_on_cupy_equals_numpy(name, cp, rng):
+    """The array-namespace reference runs on CuPy arrays (the fallback without the CUDA core) and gives the NumPy
+    reference's numbers."""
+    from test_nn import RTOL64, assert_close, inputs
+
+    factory, J, B = CUDA_NETWORKS[name]
+    net = factory("float64")
+    U, X = inputs(net, J, B, rng)
+    got = net.forward(cp.asarray(U), cp.asarray(X), backend="reference")
+    assert isinstance(got, cp.ndarray)
+    assert_close(_host(got), net.forward(U, X, backend="reference"), RTOL64, name)
+
+
+@pytest.mark.cuda
+@cuda
+def test_trainer_on_the_gpu_learns(cp):
+    """Trainer(device="cuda"): data, ensemble and updates on the device; it learns as on the CPU (test_train's
+    floor for EKI(R)) and its predictions come back as CuPy arrays."""
+    from ekinet import datasets
+    from ekinet.train import Trainer
+
+    train, test = datasets.load_mnist_small("train"), datasets.load_mnist_small("test")
+    trainer = Trainer("mlp:784-16-10", train.subset(np.arange(1500)), test=test.subset(np.arange(500)),
+                      ensemble=40, epochs=2, progress=False, device="cuda")
+    assert isinstance(trainer.optimizer.ensemble, cp.ndarray)
+    final = trainer.fit()[-1]
+    assert final["test_accuracy_mean"] > 0.45 and final["test_accuracy_ensemble"] > 0.45
+    assert isinstance(trainer.predict(test.x[:10]), cp.ndarray)
 
 
 def _native_view(a):

@@ -604,6 +604,24 @@ def test_forward_stays_within_the_predicted_workspace(model, J, B):
     assert 0 < context.workspace_bytes <= net.workspace_bytes(J, B)
 
 
+@pytest.mark.parametrize("model", ["mlp:784-100-10", "cnn-mnist", "lstm:3-8-2"])
+def test_forward_reuses_its_workspace_across_calls(model):
+    """A training loop's forward passes stop allocating after the first: its buffers are folded into one block at
+    the second call's start (the workspace's high-water mark), which the later calls reuse without growing."""
+    from ekinet._native import view
+
+    net = nn.from_string(model)
+    U = net.prior(4, rng=0)
+    X = np.random.default_rng(1).standard_normal((6, net.input_size)).astype(np.float32)
+    G = np.empty((4, 6 * net.output_size), dtype=np.float32)
+    context = _core.make_cpu_context()
+    sizes = []
+    for _ in range(5):
+        _core.forward(context, net._network, view(U), view(X), view(G), None, None)
+        sizes.append(context.workspace_bytes)
+    assert sizes[1] > 0 and sizes[1:] == sizes[1:2] * 4
+
+
 # --------------------------------------------------------------------------------------------------------------
 # bad input
 # --------------------------------------------------------------------------------------------------------------
