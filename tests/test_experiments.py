@@ -125,6 +125,38 @@ def test_cli_train_writes_history_checkpoint_and_resumes(tmp_path, capsys):
     assert (tmp_path / "h.csv").read_text().count("\n") == 3  # header and two epochs
 
 
+def test_cli_train_passes_every_option_to_the_trainer(tmp_path, capsys, monkeypatch):
+    from ekinet import train
+
+    seen = {}
+
+    class Recording(train.Trainer):
+        def __init__(self, *args, **kwargs):
+            seen.update(kwargs)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(train, "Trainer", Recording)
+    arguments = ["train", "--model", "mlp:784-8-10", "--train-size", "300", "--ensemble", "6", "--epochs", "2",
+                 "--no-progress", "--update", "kalman", "--loss", "squared", "--tikhonov", "0.5", "--bias-std", "0.2",
+                 "--ensemble-eval", "epoch", "--randomize-every", "epoch", "--randomization-scale", "0.2",
+                 "--randomization-decay", "0.5", "--dtype", "float64", "--step", "2", "--step-decay", "0.5",
+                 "--noise", "0.3", "--batch-size", "50", "--validation", "0.2", "--patience", "3", "--seed", "4",
+                 "--plot", str(tmp_path / "curves.png")]
+    assert cli.main(arguments) == 2  # a squared loss on labels
+    assert "does not fit a classification task" in capsys.readouterr().err
+    arguments[arguments.index("squared")] = "cross-entropy"
+    assert cli.main(arguments) == 0
+    assert json.loads(capsys.readouterr().out)["epochs"] == 2
+    schedule = seen.pop("randomization")
+    assert (schedule.when, schedule.scale, schedule.decay) == ("epoch", 0.2, 0.5)
+    assert {k: seen[k] for k in ("update", "loss", "tikhonov", "bias_std", "ensemble_eval", "dtype", "step",
+                                 "step_decay", "noise", "batch_size", "patience", "rng", "ensemble", "epochs")} == {
+        "update": "kalman", "loss": "cross-entropy", "tikhonov": 0.5, "bias_std": 0.2, "ensemble_eval": "epoch",
+        "dtype": "float64", "step": 2.0, "step_decay": 0.5, "noise": 0.3, "batch_size": 50, "patience": 3,
+        "rng": 4, "ensemble": 6, "epochs": 2}
+    assert len(seen["validation"]) == 60 and (tmp_path / "curves.png").stat().st_size > 0
+
+
 def test_cli_experiment_and_report(tmp_path, capsys):
     assert cli.main(["experiment", "--list"]) == 0
     assert "mnist-dnn2" in capsys.readouterr().out

@@ -45,6 +45,10 @@ def build_parser():
     train.add_argument("--randomization-decay", type=_positive_float, default=1.0)
     train.add_argument("--randomize-every", choices=("epoch", "update"), default="update")
     train.add_argument("--tikhonov", type=_nonnegative_float, default=0.0)
+    train.add_argument("--bias-std", type=_nonnegative_float, default=0.1,
+                       help="prior standard deviation of the biases (the weights are Glorot)")
+    train.add_argument("--ensemble-eval", choices=("final", "epoch", "never"), default="final",
+                       help="when to evaluate the ensemble-averaged prediction (a forward pass of all members)")
     train.add_argument("--validation", type=_fraction, default=0.1,
                        help="fraction of train held out, in [0, 1) (0: none)")
     train.add_argument("--patience", type=_positive_int, help="early stopping patience in epochs")
@@ -133,7 +137,8 @@ def _train(args):
     trainer = Trainer(args.model, train, validation=validation, test=test, method=args.method, update=args.update,
                       loss=args.loss, ensemble=args.ensemble, batch_size=args.batch_size, epochs=args.epochs,
                       step=args.step, step_decay=args.step_decay, noise=args.noise, randomization=randomization,
-                      tikhonov=args.tikhonov, patience=args.patience, checkpoint=args.checkpoint, resume=args.resume,
+                      tikhonov=args.tikhonov, bias_std=args.bias_std, ensemble_eval=args.ensemble_eval,
+                      patience=args.patience, checkpoint=args.checkpoint, resume=args.resume,
                       rng=args.seed, progress=not args.no_progress, device=args.device, dtype=args.dtype)
     trainer.fit()
     final = {k: v for k, v in trainer.history[-1].items() if k.startswith(("test_", "validation_"))}

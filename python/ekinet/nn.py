@@ -454,7 +454,9 @@ class Sequential:
 
     def workspace_bytes(self, J, B, dtype="float32"):
         """Bytes of workspace the native forward pass takes for J members and B examples (members are evaluated
-        in chunks within a fixed budget, so this stops growing with J once a chunk is full)."""
+        in chunks within a fixed budget, so this stops growing with J once a chunk is full). It is all the pass
+        allocates besides its results: G (J * B * output_size values) and, when asked for, the returned state
+        (J * B * state_size values)."""
         return int(self._network.forward_workspace_bytes(_integer(J, "J", 1), _integer(B, "B", 1),
                                                          _dtype_name(dtype)))
 
