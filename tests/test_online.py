@@ -6,6 +6,7 @@ persistence forecast), and the real Melbourne series gives a sane error. Small e
 module within a few seconds on two cores.
 """
 
+import dataclasses
 import json
 import sys
 
@@ -144,6 +145,13 @@ def test_plot(sine_result):
     matplotlib.use("Agg")
     ax = sine_result.plot(pass_index=0)
     assert len(ax.lines) == 2 and "pass 1" in ax.get_legend_handles_labels()[1][1]
+    baseline = dataclasses.replace(sine_result, predictions=sine_result.predictions[::-1], method="OGD")
+    ax = sine_result.plot(pass_index=0, ax=matplotlib.pyplot.figure().gca(), baseline=baseline)
+    np.testing.assert_array_equal(ax.lines[2].get_ydata(), sine_result.predictions[-1])
+    assert ax.get_legend_handles_labels()[1][-1] == f"OGD (MSE {sine_result.errors[0]:.3e})"
+    other = dataclasses.replace(sine_result, targets=sine_result.targets[1:])
+    with pytest.raises(ValueError, match="baseline .* was not run on this series"):
+        sine_result.plot(baseline=other)
 
 
 @pytest.mark.parametrize("kwargs, error, words", [

@@ -293,10 +293,7 @@ def _online(series_name, models, window=1):
                                               **({} if settings.step is None else {"step": settings.step}),
                                               rng=options.get("seed", 0), progress=options.get("progress", True))
             rows.append({**result.to_dict(), "method": "eki", "model": model, "window": window})
-            if model == models[0]:
-                _save_figure(options, f"{options['name']}.png", lambda ax: (
-                    result.plot(ax=ax),
-                    ax.set_title(f"online EKI, {model}, {series_name}, last pass (J={settings.ensemble})")))
+            ogd = None
             try:
                 from . import baselines
 
@@ -306,6 +303,11 @@ def _online(series_name, models, window=1):
                 rows.append({**ogd.to_dict(), "method": "ogd", "model": model, "window": window})
             except ImportError as error:
                 rows.append({"method": "ogd", "model": model, "skipped": str(error)})
+            if model == models[0]:
+                _save_figure(options, f"{options['name']}.png", lambda ax: (
+                    result.plot(ax=ax, baseline=ogd),
+                    ax.set_title(f"online EKI against OGD, {model}, {series_name}, last pass "
+                                 f"(J={settings.ensemble})")))
         return {"rows": rows}
 
     return run

@@ -82,11 +82,16 @@ class OnlineResult:
             "settings": dict(self.settings),
         }
 
-    def plot(self, ax=None, pass_index=-1):
+    def plot(self, ax=None, pass_index=-1, *, baseline=None):
         """Truth against the online prediction of pass `pass_index`, with a +-2 spread band (needs matplotlib);
-        returns the axes."""
+        baseline: another OnlineResult on the same series (the OGD baseline), drawn for the same pass. Returns
+        the axes."""
         import matplotlib.pyplot as plt
 
+        if baseline is not None and not np.array_equal(baseline.targets, self.targets):
+            raise ValueError(f"baseline ({baseline.method}, {baseline.targets.shape[0]} points of "
+                             f"{baseline.name}) was not run on this series ({self.targets.shape[0]} points of "
+                             f"{self.name})")
         ax = ax or plt.gca()
         prediction, spread = self.predictions[pass_index], self.spread[pass_index]
         x = np.arange(1, self.targets.shape[0] + 1) if self.times is None else self.times
@@ -96,6 +101,9 @@ class OnlineResult:
         if np.any(spread > 0):
             ax.fill_between(x, prediction - 2 * spread, prediction + 2 * spread, color="C0", alpha=0.25, lw=0,
                             label="+-2 spread")
+        if baseline is not None:
+            ax.plot(x, baseline.predictions[pass_index], color="C1", lw=0.8,
+                    label=f"{baseline.method} (MSE {baseline.errors[pass_index]:.3e})")
         ax.set_xlabel("time" if self.times is not None else "step")
         ax.set_ylabel(f"{self.name} (scaled)" if (self.lo, self.hi) != (0.0, 1.0) else self.name)
         ax.set_title(f"{self.name}: MSE {self.errors[pass_index]:.3e} "
