@@ -18,11 +18,11 @@ bool solution_is_finite(Backend<T>& backend, i64 n, i64 nrhs, const T* x, i64 ld
 // A factor with a tiny positive pivot passes potrf yet overflows the solve (and some LAPACKs let NaN through
 // potrf): a Cholesky solve counts only when its solution is finite, otherwise the next rescue is tried.
 template <class T>
-bool cholesky_solves(Backend<T>& backend, i64 n, T* a, i64 lda, i64 nrhs, const T* b, i64 ldb, T* x) {
+bool cholesky_solves(Backend<T>& backend, i64 n, T* a, i64 lda, i64 nrhs, const T* b, i64 ldb, T* x, i64 ldx) {
   if (backend.potrf_lower(n, a, lda) != 0) return false;
-  backend.axpby(nrhs, n, T{1}, b, ldb, T{0}, b, ldb, x, ldb);
-  backend.potrs_lower(n, nrhs, a, lda, x, ldb);
-  return solution_is_finite(backend, n, nrhs, x, ldb);
+  backend.axpby(nrhs, n, T{1}, b, ldb, T{0}, b, ldb, x, ldx);
+  backend.potrs_lower(n, nrhs, a, lda, x, ldx);
+  return solution_is_finite(backend, n, nrhs, x, ldx);
 }
 
 }  // namespace
@@ -42,13 +42,13 @@ void robust_spd_solve(Backend<T>& backend, i64 n, T* a, i64 lda, i64 nrhs, T* b,
   backend.axpby(n, n, T{1}, a, lda, T{0}, a, lda, original, n);
   T* right_hand_sides = workspace.take<T>(n * nrhs);
   backend.axpby(nrhs, n, T{1}, b, ldb, T{0}, b, ldb, right_hand_sides, n);
-  if (cholesky_solves(backend, n, a, lda, nrhs, right_hand_sides, n, b)) return;
+  if (cholesky_solves(backend, n, a, lda, nrhs, right_hand_sides, n, b, ldb)) return;
 
   const double eps = std::numeric_limits<T>::epsilon();
   const double jitter = std::sqrt(eps) * std::max(std::abs(mean_diagonal), double(std::numeric_limits<T>::min()));
   backend.axpby(n, n, T{1}, original, n, T{0}, original, n, a, lda);
   backend.add_diagonal(n, a, lda, static_cast<T>(jitter), nullptr);
-  if (cholesky_solves(backend, n, a, lda, nrhs, right_hand_sides, n, b)) {
+  if (cholesky_solves(backend, n, a, lda, nrhs, right_hand_sides, n, b, ldb)) {
     ++report.cholesky_jitter_retries;
     return;
   }

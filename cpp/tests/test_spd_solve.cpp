@@ -41,13 +41,16 @@ TEST(RobustSpdSolve, CholeskyWhoseSolveOverflowsIsRescuedByJitter) {
   backend.workspace().reset();
   // potrf accepts the pivot sqrt(1e-30), but 1e10 / 1e-30 overflows float32: the jittered system answers instead.
   std::vector<float> a = {1, 0, 0, 1e-30f};
-  std::vector<float> b = {1, 1e10f};
+  std::vector<float> b = {1, 1e10f, -7, 2, 2e10f, -7};  // two right-hand sides, ldb = 3 (-7: padding)
   UpdateReport report;
-  detail::robust_spd_solve(backend, 2, a.data(), 2, 1, b.data(), 2, report);
+  detail::robust_spd_solve(backend, 2, a.data(), 2, 2, b.data(), 3, report);
   EXPECT_EQ(report.cholesky_jitter_retries, 1);
   const double jitter = std::sqrt(std::numeric_limits<float>::epsilon()) * 0.5;
-  EXPECT_NEAR(b[0], 1 / (1 + jitter), 1e-6);
-  EXPECT_NEAR(b[1] / (1e10 / jitter), 1.0, 1e-4);
+  for (int c = 0; c < 2; ++c) {
+    EXPECT_NEAR(b[3 * c] / (c + 1), 1 / (1 + jitter), 1e-6);
+    EXPECT_NEAR(b[3 * c + 1] / ((c + 1) * 1e10 / jitter), 1.0, 1e-4);
+    EXPECT_EQ(b[3 * c + 2], -7);
+  }
 }
 
 TEST(RobustSpdSolve, IndefiniteMatrixFallsBackToTheEigenDecomposition) {
