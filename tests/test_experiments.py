@@ -145,6 +145,9 @@ def test_cli_train_passes_every_option_to_the_trainer(tmp_path, capsys, monkeypa
     assert cli.main(arguments) == 2  # a squared loss on labels
     assert "does not fit a classification task" in capsys.readouterr().err
     arguments[arguments.index("squared")] = "cross-entropy"
+    import matplotlib.pyplot as plt
+
+    figures = plt.get_fignums()
     assert cli.main(arguments) == 0
     assert json.loads(capsys.readouterr().out)["epochs"] == 2
     schedule = seen.pop("randomization")
@@ -155,6 +158,7 @@ def test_cli_train_passes_every_option_to_the_trainer(tmp_path, capsys, monkeypa
         "dtype": "float64", "step": 2.0, "step_decay": 0.5, "noise": 0.3, "batch_size": 50, "patience": 3,
         "rng": 4, "ensemble": 6, "epochs": 2}
     assert len(seen["validation"]) == 60 and (tmp_path / "curves.png").stat().st_size > 0
+    assert plt.get_fignums() == figures  # the figure was closed after saving
 
 
 def test_cli_experiment_and_report(tmp_path, capsys):

@@ -143,15 +143,18 @@ def test_time_series_input_and_summary(sine_result):
 def test_plot(sine_result):
     matplotlib = pytest.importorskip("matplotlib")
     matplotlib.use("Agg")
-    ax = sine_result.plot(pass_index=0)
+    import matplotlib.pyplot as plt
+
+    ax = sine_result.plot(pass_index=0, ax=plt.figure().gca())
     assert len(ax.lines) == 2 and "pass 1" in ax.get_legend_handles_labels()[1][1]
     baseline = dataclasses.replace(sine_result, predictions=sine_result.predictions[::-1], method="OGD")
-    ax = sine_result.plot(pass_index=0, ax=matplotlib.pyplot.figure().gca(), baseline=baseline)
+    ax = sine_result.plot(pass_index=0, ax=plt.figure().gca(), baseline=baseline)
     np.testing.assert_array_equal(ax.lines[2].get_ydata(), sine_result.predictions[-1])
     assert ax.get_legend_handles_labels()[1][-1] == f"OGD (MSE {sine_result.errors[0]:.3e})"
     other = dataclasses.replace(sine_result, targets=sine_result.targets[1:])
     with pytest.raises(ValueError, match="baseline .* was not run on this series"):
         sine_result.plot(baseline=other)
+    plt.close("all")
 
 
 @pytest.mark.parametrize("kwargs, error, words", [

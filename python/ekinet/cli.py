@@ -151,8 +151,10 @@ def _train(args):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        trainer.plot_history()
-        plt.savefig(args.plot, dpi=120, bbox_inches="tight")
+        figure, ax = plt.subplots()
+        trainer.plot_history(ax=ax)
+        figure.savefig(args.plot, dpi=120, bbox_inches="tight")
+        plt.close(figure)
 
 
 def _experiment(args):
