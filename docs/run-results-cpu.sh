@@ -23,6 +23,9 @@ done
 #   python -m ekinet experiment fashion-heaviside --size cpu --epochs 10 --out docs/results/epochs10 --no-progress
 # DNN 2 at the paper's J = 2000 for 2 epochs (docs/results/j2000, 85 minutes):
 #   python -m ekinet experiment mnist-dnn2 --size cpu --ensemble 2000 --epochs 2 --methods eki-r --out docs/results/j2000 --no-progress
+# Momentum SGD on DNN 3 and DNN 4 (docs/results/momentum-sgd-dnn34):
+#   python -m ekinet experiment mnist-dnn3 --size cpu --methods momentum-sgd --out docs/results/momentum-sgd-dnn34 --no-progress
+#   python -m ekinet experiment mnist-dnn4 --size cpu --methods momentum-sgd --train-size 20000 --out docs/results/momentum-sgd-dnn34 --no-progress
 # Plain EKI on DNN 3 and DNN 4 (docs/results/eki-dnn34):
 #   python -m ekinet experiment mnist-dnn3 --size cpu --methods eki --out docs/results/eki-dnn34 --no-progress
 #   python -m ekinet experiment mnist-dnn4 --size cpu --methods eki --train-size 20000 --out docs/results/eki-dnn34 --no-progress
