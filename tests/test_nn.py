@@ -583,15 +583,14 @@ def test_workspace_bytes_grows_with_members_and_examples():
         nn.dnn(1).workspace_bytes(2, 0)
 
 
-@pytest.mark.parametrize("model", ["mlp:784-100-10", "cnn-mnist", "rnn-mnist", "lstm:3-8-2"])
-@pytest.mark.parametrize("J, B", [(1, 1), (1, 5), (3, 2), (5, 7)])
-def test_forward_stays_within_the_predicted_workspace(model, J, B):
-    """A fresh context's workspace after forward passes (it grows to the high-water mark at each reset) is at most
-    workspace_bytes(J, B): the prediction is an upper bound, on every path (the CPU's recurrent scratch per core
-    included)."""
+POOL_FIRST = nn.Sequential([nn.MaxPool2d(2), nn.Flatten(), nn.Dense(5, "relu"), nn.Dense(2)], (3, 12, 12))
+POOL_THEN_CONV = nn.Sequential([nn.MaxPool2d(2, stride=1), nn.Conv2d(2, 3), nn.Flatten(), nn.Dense(2)], (2, 9, 9))
+
+
+def _workspace_after_forward(net, J, B):
+    """The bytes a fresh CPU context holds after two forward passes of J members on B examples."""
     from ekinet._native import view
 
-    net = nn.from_string(model)
     U = net.prior(J, rng=0)
     X = np.random.default_rng(1).standard_normal((B, net.input_size)).astype(np.float32)
     G = np.empty((J, B * net.output_size), dtype=np.float32)
@@ -601,7 +600,32 @@ def test_forward_stays_within_the_predicted_workspace(model, J, B):
     for _ in range(2):
         _core.forward(context, net._network, view(U), view(X), view(G), None if state is None else view(state),
                       None if state is None else view(state_out))
-    assert 0 < context.workspace_bytes <= net.workspace_bytes(J, B)
+    return context.workspace_bytes
+
+
+@pytest.mark.parametrize("model", ["mlp:784-100-10", "cnn-mnist", "rnn-mnist", "lstm:3-8-2", POOL_FIRST,
+                                   POOL_THEN_CONV], ids=["mlp", "cnn-mnist", "rnn-mnist", "lstm", "pool-first",
+                                                         "pool-then-conv"])
+@pytest.mark.parametrize("J, B", [(1, 1), (1, 5), (3, 2), (5, 7)])
+def test_forward_stays_within_the_predicted_workspace(model, J, B):
+    """A fresh context's workspace after forward passes (it grows to the high-water mark at each reset) is at most
+    workspace_bytes(J, B): the prediction is an upper bound, on every path (the CPU's recurrent scratch per core
+    included)."""
+    net = nn.from_string(model) if isinstance(model, str) else model
+    assert 0 < _workspace_after_forward(net, J, B) <= net.workspace_bytes(J, B)
+
+
+@pytest.mark.parametrize("net", [POOL_FIRST, POOL_THEN_CONV], ids=["pool-first", "pool-then-conv"])
+def test_pooling_the_shared_input_is_done_once_for_all_members(net):
+    """Layers without parameters before the first that has some see the same input for every member: their
+    output (and the CNHW copy of the batch) is computed once per chunk, so each added member costs only the
+    outputs of the layers that depend on its parameters."""
+    B = 16
+    first_with_parameters = 1
+    per_member = sum(B * int(np.prod(shape)) * 4 for shape in net.shapes[first_with_parameters + 1:])  # float32
+    added = _workspace_after_forward(net, 65, B) - _workspace_after_forward(net, 1, B)
+    assert added <= 64 * per_member + 4096, (added, per_member)
+    assert net.workspace_bytes(65, B) - net.workspace_bytes(1, B) <= 64 * (per_member + 1024)  # + alignment
 
 
 @pytest.mark.parametrize("model", ["mlp:784-100-10", "cnn-mnist", "lstm:3-8-2"])

@@ -22,7 +22,7 @@ using detail::Trans;
 // Per-example sizes a layer adds to the workspace: its output, plus im2col patches for a convolution.
 struct LayerFootprint {
   i64 per_member = 0;  // elements for each member of the chunk
-  i64 shared = 0;      // elements once per chunk (patches of the shared input)
+  i64 shared = 0;      // elements once per chunk (computed from the shared input only)
 };
 
 i64 product(const std::vector<i64>& shape) {
@@ -31,17 +31,30 @@ i64 product(const std::vector<i64>& shape) {
   return p;
 }
 
+// Whether layer i reads the shared input batch, the same for every member: no layer before it has parameters.
+bool reads_shared_input(const Network& network, std::size_t i) {
+  const std::vector<Layer>& layers = network.layers();
+  return std::all_of(layers.begin(), layers.begin() + static_cast<std::ptrdiff_t>(i), [](const Layer& layer) {
+    return layer.kind == Layer::Kind::maxpool2d || layer.kind == Layer::Kind::flatten;
+  });
+}
+
 LayerFootprint footprint(const Network& network, std::size_t i, i64 B) {
   const Layer& layer = network.layers()[i];
   const std::vector<i64>& in = network.shape(i);
   const i64 out = product(network.shape(i + 1));
+  const bool shared = reads_shared_input(network, i);
   switch (layer.kind) {
-    case Layer::Kind::dense:
-    case Layer::Kind::flatten: return {B * out, 0};
-    case Layer::Kind::maxpool2d: return {B * out + (i == 0 ? B * product(in) : 0), 0};  // + CNHW copy of X
+    case Layer::Kind::dense: return {B * out, 0};
+    case Layer::Kind::flatten: return shared ? LayerFootprint{0, B * out} : LayerFootprint{B * out, 0};
+    case Layer::Kind::maxpool2d: {
+      // + a CNHW copy of X when pooling comes first
+      const i64 elements = B * out + (i == 0 ? B * product(in) : 0);
+      return shared ? LayerFootprint{0, elements} : LayerFootprint{elements, 0};
+    }
     case Layer::Kind::conv2d: {
       const i64 patches = in[0] * layer.kernel * layer.kernel * product(network.shape(i + 1)) / layer.units * B;
-      return i == 0 ? LayerFootprint{B * out, patches} : LayerFootprint{B * out + patches, 0};
+      return shared ? LayerFootprint{B * out, patches} : LayerFootprint{B * out + patches, 0};
     }
     case Layer::Kind::rnn:
     case Layer::Kind::lstm: {
@@ -123,6 +136,11 @@ class ForwardPass {
     return u_ + first_ * ldu_ + network_.parameter_offset(layer) + offset_in_layer;
   }
   T* take(i64 per_member) { return backend_.workspace().template take<T>(count_ * per_member); }
+  // Blocks a parameter-free layer computes from `in`: one when it is shared by all members, else one per member.
+  i64 blocks(const Activations<T>& in) const { return in.member_stride == 0 ? 1 : count_; }
+  T* take_for(const Activations<T>& in, i64 per_block) {
+    return backend_.workspace().template take<T>(blocks(in) * per_block);
+  }
 
   Activations<T> layer(std::size_t i, const Activations<T>& in) {
     const Layer& layer = network_.layers()[i];
@@ -172,6 +190,7 @@ class ForwardPass {
     return {out, layer.units * n, layer.units, n, n, true};
   }
 
+  // Pooling the shared input (no parameters before it) is done once for the chunk and stays shared.
   Activations<T> maxpool2d(std::size_t i, const Activations<T>& in) {
     const Layer& layer = network_.layers()[i];
     const std::vector<i64>& shape = network_.shape(i);
@@ -179,30 +198,32 @@ class ForwardPass {
     Activations<T> source = in;
     if (!in.channel_major) source = to_channel_major(in, shape[0], shape[1] * shape[2]);
     const i64 n = B_ * out_shape[1] * out_shape[2];
-    T* out = take(shape[0] * n);
-    backend_.maxpool2d(count_, shape[0], B_, shape[1], shape[2], source.data, source.member_stride, layer.kernel,
-                       layer.stride, out_shape[1], out_shape[2], out, shape[0] * n);
-    return {out, shape[0] * n, shape[0], n, n, true};
+    const i64 stride = in.member_stride == 0 ? 0 : shape[0] * n;
+    T* out = take_for(in, shape[0] * n);
+    backend_.maxpool2d(blocks(in), shape[0], B_, shape[1], shape[2], source.data, source.member_stride, layer.kernel,
+                       layer.stride, out_shape[1], out_shape[2], out, stride);
+    return {out, stride, shape[0], n, n, true};
   }
 
   // The input batch (NCHW rows) as CNHW for a pooling layer that comes first.
   Activations<T> to_channel_major(const Activations<T>& in, i64 channels, i64 pixels) {
-    T* out = take(channels * B_ * pixels);
+    const i64 size = channels * B_ * pixels, stride = in.member_stride == 0 ? 0 : size;
+    T* out = take_for(in, size);
     // Row c of the CNHW block gathers pixel block c of every image: a strided copy per channel.
     for (i64 c = 0; c < channels; ++c) {
-      backend_.copy_strided(count_, B_, pixels, in.data + c * pixels, in.ld, in.member_stride,
-                            out + c * B_ * pixels, pixels, channels * B_ * pixels);
+      backend_.copy_strided(blocks(in), B_, pixels, in.data + c * pixels, in.ld, in.member_stride,
+                            out + c * B_ * pixels, pixels, stride);
     }
-    return {out, channels * B_ * pixels, channels, B_ * pixels, B_ * pixels, true};
+    return {out, stride, channels, B_ * pixels, B_ * pixels, true};
   }
 
   Activations<T> flatten(std::size_t i, const Activations<T>& in) {
     const i64 size = product(network_.shape(i + 1));
     if (!in.channel_major) return {in.data, in.member_stride, B_, size, in.rows == B_ ? in.ld : size, false};
-    const i64 channels = in.rows, pixels = in.cols / B_;
-    T* out = take(B_ * size);
-    backend_.channels_to_rows(count_, channels, B_, pixels, in.data, in.member_stride, out, B_ * size);
-    return {out, B_ * size, B_, size, size, false};
+    const i64 channels = in.rows, pixels = in.cols / B_, stride = in.member_stride == 0 ? 0 : B_ * size;
+    T* out = take_for(in, B_ * size);
+    backend_.channels_to_rows(blocks(in), channels, B_, pixels, in.data, in.member_stride, out, stride);
+    return {out, stride, B_, size, size, false};
   }
 
   // Elman RNN and LSTM (PyTorch's equations) over the whole sequence, scheduled by the backend; only h of
