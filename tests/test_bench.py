@@ -1,0 +1,107 @@
+"""The CPU benchmarks run end to end on tiny sizes and write consistent results (JSON rows, ratios, the markdown
+table). Their numbers are not checked: speed belongs to the benchmarks themselves, not to tests."""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+from ekinet import nn
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+
+
+def load(name, monkeypatch):
+    """bench/NAME.py as a module (its `from timing import ...` needs bench/ on sys.path), timing each call once."""
+    monkeypatch.syspath_prepend(BENCH)
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(BENCH, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    timed = module.timed
+    monkeypatch.setattr(module, "timed", lambda function, *args, **kwargs: timed(
+        function, *args[:1], **{**kwargs, "repeats": 1, "min_total": 0}))
+    return module
+
+
+def results(out, stem):
+    with open(os.path.join(out, stem + ".json")) as f:
+        data = json.load(f)
+    with open(os.path.join(out, stem + ".md")) as f:
+        table = [line for line in f if line.startswith("| ") and not line.startswith("| network")
+                 and not line.startswith("| J ")]
+    return data, table
+
+
+def test_forward_benchmark(monkeypatch, tmp_path):
+    forward = load("forward", monkeypatch)
+    monkeypatch.setattr(forward, "NETWORKS", {
+        "mlp": lambda: nn.from_string("mlp:6-4-2"),
+        "cnn": lambda: nn.Sequential([nn.Conv2d(2, 3, activation="relu"), nn.MaxPool2d(2), nn.Flatten(),
+                                      nn.Dense(2)], (1, 8, 8)),
+        "lstm": lambda: nn.Sequential([nn.LSTM(3), nn.Dense(1)], (5, 1)),
+    })
+    monkeypatch.setattr(forward, "GRID_J", (3, 7))
+    monkeypatch.setattr(forward, "GRID_B", (2,))
+    monkeypatch.setattr(forward, "REFERENCE_MEMORY_BYTES", 3 * 2 * 300 * 4)  # the CNN's reference in chunks
+    forward.main(["--out", str(tmp_path)])
+    data, table = results(tmp_path, "forward-cpu-float32")
+    rows = data["rows"]
+    assert [(r["network"], r["J"]) for r in rows] == [
+        (name, J) for name in ("mlp", "cnn", "lstm") for J in (3, 7)] + [("online LSTM(32) step", 100),
+                                                                         ("online LSTM(32) step", 2000)]
+    assert len(table) == len(rows)
+    for row in rows:
+        assert row["native_s"] > 0 and row["reference_s"] > 0
+        assert row["native_speedup"] == pytest.approx(row["reference_s"] / row["native_s"])
+        assert row["native_member_examples_per_s"] == pytest.approx(row["J"] * row["B"] / row["native_s"])
+    chunked = {(r["network"], r["J"]): r.get("reference_members_per_call") for r in rows}
+    assert chunked[("mlp", 7)] is None and 1 <= chunked[("cnn", 7)] < 7
+    assert sum("members a call" in line for line in table) == sum(v is not None for v in chunked.values())
+    assert data["environment"]["device"] == "cpu" and data["environment"]["cores"] >= 1
+
+
+def test_forward_reference_chunks_fit_the_memory_limit(monkeypatch):
+    """The chunk keeps the reference's activations (outputs, patches) of one call under the limit."""
+    forward = load("forward", monkeypatch)
+    cnn = nn.from_string("cnn-mnist")
+    assert forward.reference_members_per_call(nn.from_string("mlp:784-100-10"), 2000, 256, "float32") == 2000
+    chunk = forward.reference_members_per_call(cnn, 2000, 256, "float32")
+    assert 10 < chunk < 100
+    first_layer_outputs = 256 * int(np.prod(cnn.shapes[1])) * 4
+    assert chunk * first_layer_outputs < forward.REFERENCE_MEMORY_BYTES
+    assert forward.reference_members_per_call(cnn, 2000, 256, "float64") < chunk
+
+
+def test_update_benchmark(monkeypatch, tmp_path):
+    update = load("update", monkeypatch)
+    monkeypatch.setattr(update, "GRID_J", (6,))
+    monkeypatch.setattr(update, "GRID_P", (40,))
+    monkeypatch.setattr(update, "GRID_M", (5, 60))
+    update.main(["--out", str(tmp_path), "--repeats", "1"])
+    data, table = results(tmp_path, "update-cpu-float32")
+    assert [(r["J"], r["P"], r["M"]) for r in data["rows"]] == [(6, 40, 5), (6, 40, 60)]
+    assert len(table) == 2
+    for row in data["rows"]:
+        native = min(row["native_ensemble_s"], row["native_observation_s"])
+        numpy_best = min(row["numpy_folded_ensemble_s"], row["numpy_gain_observation_s"])
+        assert row["numpy_best_over_native_best"] == pytest.approx(numpy_best / native)
+        assert row["auto_choice"] in ("ensemble", "observation") and row["reference_s"] > 0
+    # --render rebuilds the table from the JSON alone
+    os.remove(tmp_path / "update-cpu-float32.md")
+    update.main(["--render", str(tmp_path / "update-cpu-float32.json")])
+    assert results(tmp_path, "update-cpu-float32")[1] == table
+
+
+def test_randomize_benchmark(monkeypatch, tmp_path):
+    randomize = load("randomize", monkeypatch)
+    monkeypatch.setattr(randomize, "CASES", ((4, "mlp:6-3-2"), (9, "mlp:6-3-2")))
+    monkeypatch.setattr(randomize, "OUTPUTS", 7)
+    randomize.main(["--out", str(tmp_path)])
+    data, table = results(tmp_path, "randomize-cpu-float32")
+    assert [(r["J"], r["P"]) for r in data["rows"]] == [(4, 29), (9, 29)]
+    assert len(table) == 2
+    for row in data["rows"]:
+        assert row["draws_per_s"] == pytest.approx(row["J"] * row["P"] / row["native_randomize_s"])
+        assert min(row[k] for k in row if k.endswith("_s")) > 0
