@@ -158,6 +158,7 @@ def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(digits, tmp_path,
     resumed.fit()
     np.testing.assert_array_equal(resumed.optimizer.ensemble, whole.optimizer.ensemble)
     assert [r["test_accuracy_mean"] for r in resumed.history] == [r["test_accuracy_mean"] for r in whole.history]
+    np.testing.assert_array_equal(resumed._particle("average"), whole._particle("average"))
 
 
 def test_step_decay_scales_the_step_of_each_epoch(digits):
@@ -206,13 +207,14 @@ def test_early_stopping_restores_the_best_epoch(digits, monkeypatch):
     def fake_metrics():
         value = next(scores, 0.0)
         if value == 0.7:
-            saved["U"] = trainer.optimizer.ensemble.copy()
+            saved["U"], saved["average"] = trainer.optimizer.ensemble.copy(), trainer._particle("average").copy()
         return {"validation_accuracy_mean": value}
 
     monkeypatch.setattr(trainer, "_epoch_metrics", fake_metrics)
     trainer.fit()
     assert trainer.stopped_early and trainer.epoch == 4
     np.testing.assert_array_equal(trainer.optimizer.ensemble, saved["U"])
+    np.testing.assert_array_equal(trainer._particle("average"), saved["average"])
     assert trainer.history[-1]["restored_best_epoch"]
 
 
@@ -233,8 +235,55 @@ def test_evaluate_on_a_dataset_and_by_name(digits):
     by_data = trainer.evaluate(digits[2], which=("mean",))
     assert by_name["accuracy_mean"] == by_data["accuracy_mean"]
     assert set(by_name) == {"accuracy_mean", "accuracy_best", "accuracy_ensemble", "spread_ensemble"}
+    assert set(trainer.evaluate("test")) == {"accuracy_mean", "accuracy_best", "accuracy_average"}
     with pytest.raises(ValueError, match="which"):
         trainer.predict(digits[2].x, which="median")
+
+
+def test_average_particle_is_the_mean_averaged_over_the_epochs_updates(digits):
+    """The "average" particle of an epoch is the mean of the ensemble means after each of its updates; it is
+    evaluated every epoch and does not change the training."""
+    trainer = small_trainer(digits, epochs=2)
+    with pytest.raises(ValueError, match="exists after fit"):
+        trainer.predict(digits[2].x, which="average")
+    assert "accuracy_average" not in trainer.evaluate("test")
+    means, update = [], trainer._update
+
+    def recording_update(X, y):
+        loss = update(X, y)
+        means.append(trainer.optimizer.ensemble.mean(axis=0, dtype=np.float64))
+        return loss
+
+    trainer._update = recording_update
+    history = trainer.fit()
+    last_epoch = means[len(means) // 2:]
+    np.testing.assert_allclose(trainer._particle("average"), np.mean(last_epoch, axis=0), rtol=1e-5, atol=1e-6)
+    expected = trainer.network.forward(np.mean(last_epoch, axis=0)[None].astype(np.float32), digits[2].x)[0]
+    accuracy = float(np.mean(expected.argmax(axis=1) == digits[2].y))
+    assert history[-1]["test_accuracy_average"] == pytest.approx(accuracy, abs=2 / len(digits[2]))
+    assert history[-1]["test_accuracy_average"] > 0.45 and "validation_accuracy_average" in history[0]
+    unaveraged = small_trainer(digits, epochs=2)
+    unaveraged.fit()
+    np.testing.assert_array_equal(unaveraged.optimizer.ensemble, trainer.optimizer.ensemble)
+    # A regression task reports its RMSE
+    regression = Trainer("mlp:1-8-1:tanh", sine_data(200), test=sine_data(100, seed=1), ensemble=20, epochs=1,
+                         progress=False)
+    assert regression.fit()[-1]["test_rmse_average"] > 0
+
+
+def test_checkpoint_keeps_the_average_and_one_from_before_it_has_none(digits, tmp_path):
+    path = tmp_path / "run.npz"
+    trained = small_trainer(digits, epochs=1, checkpoint=path)
+    trained.fit()
+    resumed = small_trainer(digits, epochs=1, checkpoint=path, resume=True)
+    np.testing.assert_array_equal(resumed.predict(digits[2].x, which="average"),
+                                  trained.predict(digits[2].x, which="average"))
+    with np.load(path) as archive:
+        arrays = {k: v for k, v in archive.items() if k != "average"}
+    np.savez(path, **arrays)
+    older = small_trainer(digits, epochs=2, checkpoint=path, resume=True)
+    assert older.epoch == 1 and "accuracy_average" not in older.evaluate("test")
+    assert "test_accuracy_average" in older.fit()[-1]
 
 
 @pytest.mark.parametrize("kw, match", [

@@ -463,8 +463,10 @@ def _report_line(name, result, row):
         ours = f"skipped: {row['skipped']}"
     elif "accuracy_mean" in row:
         ours = f"{row['accuracy_mean']:.4f} / {row.get('accuracy_best', float('nan')):.4f}"
-        if "accuracy_ensemble" in row:
-            ours += f" (ensemble {row['accuracy_ensemble']:.4f})"
+        others = [f"{label} {row[key]:.4f}" for key, label in (("accuracy_average", "epoch-averaged mean"),
+                                                               ("accuracy_ensemble", "ensemble")) if key in row]
+        if others:
+            ours += f" ({', '.join(others)})"
     elif "first" in row:
         ours = f"{row['first']:.3e} / {row['final']:.3e}"
     elif "rmse_mean_usd1000" in row:

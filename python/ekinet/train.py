@@ -86,6 +86,12 @@ class Trainer:
     ensemble_eval : "final" (ensemble-averaged prediction at the end only), "epoch" (every epoch) or "never":
         the ensemble average costs a forward pass of all J members over the evaluation set.
     checkpoint : a path written atomically after every epoch; resume=True continues from it if it exists.
+
+    Besides the mean particle (the ensemble mean after the last update), the best particle and the ensemble
+    average, every epoch evaluates the "average" particle: the ensemble mean averaged over that epoch's updates
+    (Polyak-Ruppert tail averaging). One update's direction is a Monte Carlo estimate from J random directions,
+    mostly noise at J = 2000 (docs/results.md, "The step at J = 2000"), and the mean particle carries the last
+    updates' noise; the average cancels much of it. It does not feed back into training.
     device : "cpu" (NumPy) or "cuda" (CuPy arrays; the CUDA core, or the CuPy reference without it).
     rng : integer seed of the prior draw, the updates' noise and the batch order.
     """
@@ -173,6 +179,7 @@ class Trainer:
         self.epoch = 0
         self.history = []
         self._best_metric, self._best_epoch, self._best_U = None, None, None
+        self._average, self._best_average = None, None  # the epoch-averaged mean particle (see the class doc)
         self.stopped_early = False
         if resume and self.checkpoint_path and os.path.exists(self.checkpoint_path):
             self.load(self.checkpoint_path)
@@ -286,13 +293,16 @@ class Trainer:
         while self.epoch < self.epochs and not self.stopped_early:
             start = time.perf_counter()
             losses_seen, failed = [], 0
+            mean_sum = self.xp.zeros(self.network.parameter_count, dtype=np.float64)
             self.optimizer.scheduler.step = self.step * self.step_decay**self.epoch
             for index in batches(N, self.batch_size, rng=self._batch_rng):
                 index = self.xp.asarray(index)
                 losses_seen.append(self._update(X[index], y[index]))
+                mean_sum += ensemble_mean(self.optimizer.ensemble, backend=self.backend)
                 failed += self.optimizer.history[-1]["failed_members"]
                 bar.update(1)
                 bar.set_postfix(epoch=self.epoch + 1, loss=f"{losses_seen[-1]:.4g}")
+            self._average = (mean_sum / len(losses_seen)).astype(self.dtype)
             schedule = self.randomization
             if schedule is not None and schedule.when == "epoch" and (self.epoch + 1) % schedule.every == 0:
                 self.optimizer.randomize(scale=schedule.gamma(self.epoch))
@@ -319,7 +329,7 @@ class Trainer:
         return self.history
 
     def _epoch_metrics(self):
-        which = ("mean", "best", "ensemble") if self.ensemble_eval == "epoch" else ("mean", "best")
+        which = self._particles() + (("ensemble",) if self.ensemble_eval == "epoch" else ())
         record = {}
         for name in ("validation", "test"):
             if getattr(self, f"{name}_set") is not None:
@@ -338,20 +348,22 @@ class Trainer:
         if self._best_metric is None or value > self._best_metric:
             self._best_metric, self._best_epoch = value, self.epoch
             if self.patience is not None:
-                self._best_U = self.optimizer.ensemble.copy()
+                self._best_U, self._best_average = self.optimizer.ensemble.copy(), self._average.copy()
         elif self.patience is not None and self.epoch - self._best_epoch >= self.patience:
             self.stopped_early = True
 
     def _restore_best(self):
         opt = self.optimizer
         opt._U = opt._V = self._best_U.copy()
+        self._average = None if self._best_average is None else self._best_average.copy()
         self.history.append({"epoch": self._best_epoch, "restored_best_epoch": True, **self._epoch_metrics()})
 
     # ---- evaluation ------------------------------------------------------------------------------------------
 
     def predict(self, X, *, which="mean", chunk=None):
-        """Predictions on X (N, *input_shape): "mean" (the mean particle), "best" (the best particle) or
-        "ensemble" (the average over members of the probabilities, or outputs for regression). Returns
+        """Predictions on X (N, *input_shape): "mean" (the mean particle), "best" (the best particle), "average"
+        (the mean particle averaged over the last epoch's updates) or "ensemble" (the average over members of
+        the probabilities, or outputs for regression). Returns
         (N, C) probabilities / outputs (mu and sigma for the Gaussian NLL), and for "ensemble" also the spread
         (the std over members of the same quantities)."""
         xp = self.xp
@@ -359,10 +371,10 @@ class Trainer:
         X = X.reshape(X.shape[0], -1)
         if which == "ensemble":
             members = self.optimizer.ensemble
-        elif which in ("mean", "best"):
+        elif which in ("mean", "best", "average"):
             members = self._particle(which)[None, :]
         else:
-            raise ValueError(f"which = {which!r} must be 'mean', 'best' or 'ensemble'")
+            raise ValueError(f"which = {which!r} must be 'mean', 'best', 'average' or 'ensemble'")
         J, C = members.shape[0], self.network.output_size
         chunk = chunk or max(1, min(X.shape[0], (1 << 24) // max(1, J * C)))
         parts = []
@@ -376,6 +388,10 @@ class Trainer:
             return xp.concatenate(parts)
         return xp.concatenate([p[0] for p in parts]), xp.concatenate([p[1] for p in parts])
 
+    def _particles(self):
+        """The single networks evaluated by default: the mean and best particles, and the average once it exists."""
+        return ("mean", "best") + (("average",) if self._average is not None else ())
+
     def _transform(self, out):
         """Network outputs to predictions: probabilities for classification, sigma = softplus(s) for NLL."""
         xp = self.xp
@@ -388,6 +404,11 @@ class Trainer:
 
     def _particle(self, which):
         U = self.optimizer.ensemble
+        if which == "average":
+            if self._average is None:
+                raise ValueError("the 'average' particle (the mean averaged over an epoch's updates) exists after "
+                                 "fit() has trained an epoch; use 'mean' before")
+            return self._average
         if which == "mean":
             return ensemble_mean(U, backend=self.backend)
         if self.validation_set is not None:  # lowest loss on (up to 1000 examples of) the validation set
@@ -399,9 +420,11 @@ class Trainer:
         best = self.optimizer.best
         return ensemble_mean(U, backend=self.backend) if best is None else best
 
-    def evaluate(self, data="test", *, which=("mean", "best")):
+    def evaluate(self, data="test", *, which=None):
         """Metrics on a split name ("test", "validation", "train") or a Dataset: accuracy (classification) or
-        RMSE (regression) of each predictor in `which`, plus for "ensemble" the mean spread."""
+        RMSE (regression) of each predictor in `which` (see predict; default "mean", "best", and "average" once
+        an epoch is trained), plus for "ensemble" the mean spread."""
+        which = self._particles() if which is None else which
         if isinstance(data, Dataset):
             _check_dataset(data, "data")
             x = self.xp.asarray(data.x.reshape(len(data), -1).astype(self.dtype))
@@ -459,6 +482,10 @@ class Trainer:
             arrays["best"] = _host(opt.best)
         if self._best_U is not None:
             arrays["best_epoch_U"] = _host(self._best_U)
+        if self._best_average is not None:
+            arrays["best_epoch_average"] = _host(self._best_average)
+        if self._average is not None:
+            arrays["average"] = _host(self._average)
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=directory, prefix=".checkpoint-", suffix=".npz")
@@ -497,6 +524,9 @@ class Trainer:
         self.epoch, self.history = state["epoch"], state["history"]
         self._best_metric, self._best_epoch = state["best_metric"], state["best_epoch"]
         self._best_U = xp.asarray(arrays["best_epoch_U"]) if "best_epoch_U" in arrays else None
+        # Checkpoints written before the average existed have none: it returns after the next epoch.
+        self._average = xp.asarray(arrays["average"]) if "average" in arrays else None
+        self._best_average = xp.asarray(arrays["best_epoch_average"]) if "best_epoch_average" in arrays else None
         self.stopped_early = state["stopped_early"]
 
     # ---- reporting -------------------------------------------------------------------------------------------
@@ -528,10 +558,10 @@ class Trainer:
         metric = "accuracy" if self.task == "classification" else "rmse"
         twin = ax.twinx()
         for split in ("validation", "test"):
-            key = f"{split}_{metric}_mean"
-            values = [r.get(key) for r in self.history if "train_loss" in r]
-            if any(v is not None for v in values):
-                twin.plot(epochs, values, "--", label=f"{split} {metric} (mean particle)")
+            for particle, style, text in (("mean", "--", "mean particle"), ("average", ":", "epoch-averaged mean")):
+                values = [r.get(f"{split}_{metric}_{particle}") for r in self.history if "train_loss" in r]
+                if any(v is not None for v in values):
+                    twin.plot(epochs, values, style, label=f"{split} {metric} ({text})")
         twin.set_ylabel(metric)
         twin.legend(loc="center right")
         ax.legend(loc="upper right")
