@@ -46,6 +46,7 @@ done
 #     train, test = datasets.load_fashion_mnist('train'), datasets.load_fashion_mnist('test'); \
 #     t = Trainer('mlp:784-100-10:heaviside', train.subset(np.arange(55000)), test=test, ensemble=2000, epochs=2); \
 #     print(t.fit()[-1])"
-# Heaviside 784-100-10 on Fashion-MNIST at the paper's settings (docs/results/heaviside-paper-cpu, 116 minutes;
-# stopped when the ReLU network began, its final ensemble evaluation made from the checkpoint):
+# Heaviside and ReLU 784-100-10 on Fashion-MNIST at the paper's settings (docs/results/heaviside-paper-cpu; about
+# 2 hours each; run over three sessions with the same command, each resuming from the checkpoints; the JSON's
+# Heaviside row is the first session's, whose seconds count its whole training):
 #   python -m ekinet experiment fashion-heaviside --size paper --methods eki-r --checkpoints ckpt --out out
