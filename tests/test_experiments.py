@@ -2,6 +2,7 @@
 the report, and the `ekinet train / experiment / report` command line with its errors."""
 
 import json
+import re
 
 import pytest
 
@@ -48,6 +49,7 @@ def test_every_experiment_runs_at_smoke_size(name, tmp_path):
 def test_quickstart_smoke_learns(tmp_path):
     row = experiments.run("quickstart", size="smoke", out=None, progress=False)["rows"][0]
     assert row["accuracy_mean"] > 0.5  # 40 members, 2 epochs of 2000 digits (0.66 measured); chance is 0.1
+    assert row["accuracy_average"] > 0.5
 
 
 def test_report_without_results_is_a_clear_error(tmp_path):
@@ -165,7 +167,10 @@ def test_cli_experiment_and_report(tmp_path, capsys):
     assert cli.main(["experiment", "--list"]) == 0
     assert "mnist-dnn2" in capsys.readouterr().out
     assert cli.main(["experiment", "quickstart", "--smoke", "--out", str(tmp_path), "--no-progress"]) == 0
-    assert "| quickstart | smoke | eki-r |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| quickstart | smoke | eki-r |" in printed
+    assert re.search(r"\| 0\.\d{4} / 0\.\d{4} \(epoch-averaged mean 0\.\d{4}, ensemble 0\.\d{4}\) \|", printed)
+    assert (tmp_path / "quickstart.png").stat().st_size > 0
     assert cli.main(["report", "--out", str(tmp_path)]) == 0
     assert "quickstart" in capsys.readouterr().out
 

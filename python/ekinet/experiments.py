@@ -85,10 +85,13 @@ def _learning_curves(rows, title):
         for row in rows:
             history = [r for r in row.get("history") or [] if "test_accuracy_mean" in r and "train_loss" in r]
             if history:
-                ax.plot([r["epoch"] for r in history], [r["test_accuracy_mean"] for r in history], "o-",
-                        label=f"{row['method']} ({row['model']}, J={row.get('ensemble')})")
+                line, = ax.plot([r["epoch"] for r in history], [r["test_accuracy_mean"] for r in history], "o-",
+                                label=f"{row['method']} ({row['model']}, J={row.get('ensemble')})")
+                averaged = [(r["epoch"], r["test_accuracy_average"]) for r in history if "test_accuracy_average" in r]
+                if averaged:
+                    ax.plot(*zip(*averaged), ":", color=line.get_color(), label="  its epoch-averaged mean")
         ax.set_xlabel("epoch")
-        ax.set_ylabel("test accuracy (mean particle)")
+        ax.set_ylabel("test accuracy (mean particle; dotted: averaged)")
         ax.set_title(title)
         ax.legend()
 
