@@ -318,7 +318,8 @@ def test_randomization_keeps_the_ensemble_spread(decay_problem):
 @pytest.mark.parametrize("method", ["kalman", "loss"])
 def test_randomized_updates_compute_only_the_mean_and_equal_the_full_update(method, every, decay_problem):
     """EKI(R) asks the update for the mean only when every member is redrawn right after it; the result is the
-    full update followed by randomize(), with the same draws (the generator is consumed in the same order)."""
+    full update followed by randomize(), with the same draws (the generator is consumed in the same order).
+    updated_mean is the full update's mean, exactly: the centre of the redraw, or the ensemble mean."""
     U0, y = decay_problem
     spec = ekinet.Randomization(scale=0.05, every=every, decay=0.9, prior_std=[0.5, 1.0, 2.0])
     scheduler = ekinet.ConstantStep(0.5) if method == "kalman" else ekinet.AdaptiveStep(0.5)
@@ -333,6 +334,7 @@ def test_randomized_updates_compute_only_the_mean_and_equal_the_full_update(meth
             U = ekinet.kalman_update(U, G, y, NOISE_STD**2, rng=generator, step=0.5)
         else:
             U, _ = ekinet.loss_update(U, G, (G - y) / NOISE_STD**2, step=0.5, rng=generator)
+        np.testing.assert_allclose(opt.updated_mean, U.mean(axis=0), rtol=1e-10, atol=1e-12)
         if n % every == 0:
             U = ekinet.randomize(U, spec.gamma(n), prior_std=spec.prior_std, rng=generator)
     np.testing.assert_allclose(opt.ensemble, U, rtol=1e-10, atol=1e-12)

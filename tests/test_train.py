@@ -241,8 +241,8 @@ def test_evaluate_on_a_dataset_and_by_name(digits):
 
 
 def test_average_particle_is_the_mean_averaged_over_the_epochs_updates(digits):
-    """The "average" particle of an epoch is the mean of the ensemble means after each of its updates; it is
-    evaluated every epoch and does not change the training."""
+    """The "average" particle of an epoch is the mean of the updated means of its updates (the centres EKI(R)
+    redraws around); it is evaluated every epoch and does not change the training."""
     trainer = small_trainer(digits, epochs=2)
     with pytest.raises(ValueError, match="exists after fit"):
         trainer.predict(digits[2].x, which="average")
@@ -251,7 +251,7 @@ def test_average_particle_is_the_mean_averaged_over_the_epochs_updates(digits):
 
     def recording_update(X, y):
         loss = update(X, y)
-        means.append(trainer.optimizer.ensemble.mean(axis=0, dtype=np.float64))
+        means.append(np.asarray(trainer.optimizer.updated_mean, dtype=np.float64))
         return loss
 
     trainer._update = recording_update

@@ -66,6 +66,7 @@ class EKI:
         self._rng = np.random.default_rng(seed_from(rng))
         self._U = U0.copy()
         self._V = self._U  # where the forward model is evaluated (differs from U under momentum)
+        self._centre = None  # the mean the last update computed, when the members were then redrawn around it
         self.iteration = 0
         self.history = []
         self._best = None
@@ -78,6 +79,12 @@ class EKI:
     @property
     def mean(self):
         return ensemble_mean(self._U, backend=self.backend)
+
+    @property
+    def updated_mean(self):
+        """The mean of the last update's ensemble: under EKI(R) the exact centre the members were redrawn around
+        (computed by the update, free), otherwise the ensemble mean."""
+        return self.mean if self._centre is None else self._centre
 
     @property
     def best(self):
@@ -170,6 +177,7 @@ class EKI:
         """U_new: the updated ensemble, or its mean (P,) when the randomisation redraws every member now."""
         randomized = self._redraws_after_update()
         self.iteration += 1
+        self._centre = U_new if U_new.ndim == 1 else None
         if U_new.ndim == 1:
             spec = self.randomization
             self._U = self._V = randomize_around(U_new, self._U.shape[0], spec.gamma(self.iteration),

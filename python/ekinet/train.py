@@ -298,7 +298,7 @@ class Trainer:
             for index in batches(N, self.batch_size, rng=self._batch_rng):
                 index = self.xp.asarray(index)
                 losses_seen.append(self._update(X[index], y[index]))
-                mean_sum += ensemble_mean(self.optimizer.ensemble, backend=self.backend)
+                mean_sum += self.optimizer.updated_mean
                 failed += self.optimizer.history[-1]["failed_members"]
                 bar.update(1)
                 bar.set_postfix(epoch=self.epoch + 1, loss=f"{losses_seen[-1]:.4g}")
