@@ -37,6 +37,10 @@ done
 #   python -m ekinet experiment mnist-dnn2 --size paper --methods eki-r --step 12 --out docs/results/paper-cpu-h12
 #   python -m ekinet experiment mnist-dnn2 --size paper --methods eki-r --step 12 --step-decay 0.75 \
 #     --out docs/results/paper-cpu-decay
+# and h = 12 decaying by 0.85 (docs/results/paper-cpu-decay085; stopped after epoch 4, resumed with the same
+# command in a later session, whose code added the epoch-averaged mean):
+#   python -m ekinet experiment mnist-dnn2 --size paper --methods eki-r --step 12 --step-decay 0.85 \
+#     --checkpoints ckpt --out docs/results/paper-cpu-decay085
 #   for h in 3 6 12 24; do python -m ekinet train --model mlp:784-100-10 --data mnist --ensemble 2000 --epochs 1 \
 #     --train-size 20000 --validation 0 --step $h --no-progress; done
 # The noise of one EKI(R) update's direction (docs/results/gradient-estimate.json, a few minutes):
