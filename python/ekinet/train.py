@@ -87,13 +87,14 @@ class Trainer:
         the ensemble average costs a forward pass of all J members over the evaluation set.
     checkpoint : a path written atomically after every epoch; resume=True continues from it if it exists.
 
+    device : "cpu" (NumPy) or "cuda" (CuPy arrays; the CUDA core, or the CuPy reference without it).
+    rng : integer seed of the prior draw, the updates' noise and the batch order.
+
     Besides the mean particle (the ensemble mean after the last update), the best particle and the ensemble
     average, every epoch evaluates the "average" particle: the ensemble mean averaged over that epoch's updates
     (Polyak-Ruppert tail averaging). One update's direction is a Monte Carlo estimate from J random directions,
     mostly noise at J = 2000 (docs/results.md, "The step at J = 2000"), and the mean particle carries the last
     updates' noise; the average cancels much of it. It does not feed back into training.
-    device : "cpu" (NumPy) or "cuda" (CuPy arrays; the CUDA core, or the CuPy reference without it).
-    rng : integer seed of the prior draw, the updates' noise and the batch order.
     """
 
     def __init__(self, model, train, *, validation=None, test=None, method="eki-r", update="loss", loss=None,
