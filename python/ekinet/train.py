@@ -86,7 +86,6 @@ class Trainer:
     ensemble_eval : "final" (ensemble-averaged prediction at the end only), "epoch" (every epoch) or "never":
         the ensemble average costs a forward pass of all J members over the evaluation set.
     checkpoint : a path written atomically after every epoch; resume=True continues from it if it exists.
-
     device : "cpu" (NumPy) or "cuda" (CuPy arrays; the CUDA core, or the CuPy reference without it).
     rng : integer seed of the prior draw, the updates' noise and the batch order.
 
