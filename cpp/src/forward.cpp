@@ -138,6 +138,7 @@ class ForwardPass {
   T* take(i64 per_member) { return backend_.workspace().template take<T>(count_ * per_member); }
   // Blocks a parameter-free layer computes from `in`: one when it is shared by all members, else one per member.
   i64 blocks(const Activations<T>& in) const { return in.member_stride == 0 ? 1 : count_; }
+  static i64 block_stride(const Activations<T>& in, i64 per_block) { return in.member_stride == 0 ? 0 : per_block; }
   T* take_for(const Activations<T>& in, i64 per_block) {
     return backend_.workspace().template take<T>(blocks(in) * per_block);
   }
@@ -198,7 +199,7 @@ class ForwardPass {
     Activations<T> source = in;
     if (!in.channel_major) source = to_channel_major(in, shape[0], shape[1] * shape[2]);
     const i64 n = B_ * out_shape[1] * out_shape[2];
-    const i64 stride = in.member_stride == 0 ? 0 : shape[0] * n;
+    const i64 stride = block_stride(in, shape[0] * n);
     T* out = take_for(in, shape[0] * n);
     backend_.maxpool2d(blocks(in), shape[0], B_, shape[1], shape[2], source.data, source.member_stride, layer.kernel,
                        layer.stride, out_shape[1], out_shape[2], out, stride);
@@ -207,7 +208,7 @@ class ForwardPass {
 
   // The input batch (NCHW rows) as CNHW for a pooling layer that comes first.
   Activations<T> to_channel_major(const Activations<T>& in, i64 channels, i64 pixels) {
-    const i64 size = channels * B_ * pixels, stride = in.member_stride == 0 ? 0 : size;
+    const i64 size = channels * B_ * pixels, stride = block_stride(in, size);
     T* out = take_for(in, size);
     // Row c of the CNHW block gathers pixel block c of every image: a strided copy per channel.
     for (i64 c = 0; c < channels; ++c) {
@@ -220,7 +221,7 @@ class ForwardPass {
   Activations<T> flatten(std::size_t i, const Activations<T>& in) {
     const i64 size = product(network_.shape(i + 1));
     if (!in.channel_major) return {in.data, in.member_stride, B_, size, in.rows == B_ ? in.ld : size, false};
-    const i64 channels = in.rows, pixels = in.cols / B_, stride = in.member_stride == 0 ? 0 : B_ * size;
+    const i64 channels = in.rows, pixels = in.cols / B_, stride = block_stride(in, B_ * size);
     T* out = take_for(in, B_ * size);
     backend_.channels_to_rows(blocks(in), channels, B_, pixels, in.data, in.member_stride, out, stride);
     return {out, stride, B_, size, size, false};
