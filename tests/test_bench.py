@@ -72,6 +72,11 @@ def test_forward_reference_chunks_fit_the_memory_limit(monkeypatch):
     first_layer_outputs = 256 * int(np.prod(cnn.shapes[1])) * 4
     assert chunk * first_layer_outputs < forward.REFERENCE_MEMORY_BYTES
     assert forward.reference_members_per_call(cnn, 2000, 256, "float64") < chunk
+    # An LSTM's reference holds the pre-activations of all 50 steps: 13 GB for 2000 members at B = 256.
+    lstm = nn.Sequential([nn.LSTM(32), nn.Dense(1)], input_shape=(50, 1))
+    chunk = forward.reference_members_per_call(lstm, 2000, 256, "float32")
+    pre_activations = 256 * 50 * 4 * 32 * 4  # bytes per member
+    assert 100 < chunk < 2000 and 2 * chunk * pre_activations < forward.REFERENCE_MEMORY_BYTES
 
 
 def test_update_benchmark(monkeypatch, tmp_path):
