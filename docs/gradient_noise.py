@@ -1,0 +1,131 @@
+"""What accuracy can a method reach whose update direction is as noisy as EKI(R)'s? (docs/results.md)
+
+The mean of one EKI(R) update is (1/J) sum_k xi_k <xi_k, grad L>, xi_k ~ N(0, C) with C the randomisation's
+covariance (gamma^2 times the Glorot prior's): a Monte Carlo estimate of C grad L from J random directions
+(docs/gradient_estimate.py measures its cosine with the exact C grad L). In the linear regime its mean is
+C g and its covariance (C g g^T C + (g^T C g) C) / J (Isserlis), with g = grad L. This script trains
+784-100-10 on MNIST by preconditioned SGD whose direction is drawn from that distribution,
+
+    d = C g (1 + zeta / sqrt(J)) + sqrt(g^T C g / J) C^(1/2) z,    zeta ~ N(0, 1), z ~ N(0, I),
+
+with the exact gradient g of a mini-batch from PyTorch, for several J (J = inf: no estimation noise, the
+preconditioned gradient itself) and a grid of steps, 10 epochs of 55000 digits in batches of 100 with the step
+decaying by `--decay` an epoch, like the EKI(R) runs of docs/results.md. If the emulation at J = 200 and J = 2000
+lands where EKI(R) does, the estimate's noise explains EKI(R)'s accuracy, and the emulation tells what J (or
+what noise) the paper's number needs.
+
+    EKINET_DATA=../shared/data python docs/gradient_noise.py --out docs/results/gradient-noise.json
+"""
+
+import argparse
+import json
+import math
+import platform
+import time
+
+import numpy as np
+import torch
+
+import ekinet
+from ekinet import datasets, nn
+
+
+def preconditioner(net, module, bias_std):
+    """C^(1/2) as one tensor per module parameter: the Glorot prior's standard deviations (the Trainer's)."""
+    std = net.prior_std("float32", bias_std=bias_std)
+    root = {}
+    for name, parameter in module.named_parameters():
+        offset, shape = net.parameters[name]
+        root[name] = torch.from_numpy(std[offset:offset + int(np.prod(shape))].reshape(parameter.shape).copy())
+    return root
+
+
+def noisy_direction(module, root, members, generator):
+    """d = C g (1 + zeta / sqrt(J)) + sqrt(g^T C g / J) C^(1/2) z per parameter, from the gradients in .grad;
+    also returns the cosine of d with C g."""
+    grads = {n: p.grad for n, p in module.named_parameters()}
+    exact = {n: root[n] ** 2 * g for n, g in grads.items()}
+    if math.isinf(members):
+        return exact, 1.0
+    quadratic = sum(float((g * exact[n]).sum()) for n, g in grads.items())
+    zeta = float(torch.randn((), generator=generator))
+    scale = math.sqrt(quadratic / members)
+    direction = {n: exact[n] * (1 + zeta / math.sqrt(members))
+                 + scale * root[n] * torch.randn(exact[n].shape, generator=generator) for n in exact}
+    dot = sum(float((direction[n] * exact[n]).sum()) for n in exact)
+    norms = math.sqrt(sum(float((d ** 2).sum()) for d in direction.values())
+                      * sum(float((e ** 2).sum()) for e in exact.values()))
+    return direction, dot / norms
+
+
+def accuracy(module, x, y):
+    with torch.no_grad():
+        return float((module(x).argmax(dim=1) == y).float().mean())
+
+
+def train(net, u0, data, members, step, decay, epochs, batch_size, bias_std, seed):
+    (x, y), (x_test, y_test) = data
+    module = net.to_torch(u0)
+    root = preconditioner(net, module, bias_std)
+    generator = torch.Generator().manual_seed(seed)
+    order = np.random.default_rng(seed)
+    cosines, curve = [], []
+    for epoch in range(epochs):
+        h = step * decay**epoch
+        for index in datasets.batches(len(x), batch_size, rng=order):
+            index = torch.from_numpy(index)
+            module.zero_grad()
+            torch.nn.functional.cross_entropy(module(x[index]), y[index], reduction="sum").backward()
+            direction, cosine = noisy_direction(module, root, members, generator)
+            cosines.append(cosine)
+            with torch.no_grad():
+                for name, parameter in module.named_parameters():
+                    parameter -= h * direction[name]
+        curve.append(accuracy(module, x_test, y_test))
+    return curve, float(np.mean(cosines[:100])), float(np.mean(cosines[-100:]))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--members", default="inf,8000,2000,200", help="J values, comma-separated ('inf')")
+    parser.add_argument("--steps", default="0.01,0.02,0.04,0.08,0.16", help="initial steps, comma-separated")
+    parser.add_argument("--decay", type=float, default=0.85)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--bias-std", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="gradient-noise.json")
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    net = nn.from_string("mlp:784-100-10")
+    train_set = datasets.load_mnist("train").subset(np.arange(55000))
+    test_set = datasets.load_mnist("test")
+
+    def tensors(data):
+        return (torch.from_numpy(np.ascontiguousarray(data.x.reshape(len(data), -1), dtype=np.float32)),
+                torch.from_numpy(data.y.astype(np.int64)))
+
+    data = (tensors(train_set), tensors(test_set))
+    u0 = net.prior(1, rng=args.seed, bias_std=args.bias_std)[0]
+    rows = []
+    for members in [float(m) for m in args.members.split(",")]:
+        for step in [float(s) for s in args.steps.split(",")]:
+            start = time.perf_counter()
+            curve, first_cosine, last_cosine = train(net, u0, data, members, step, args.decay, args.epochs,
+                                                     args.batch_size, args.bias_std, args.seed)
+            rows.append({"members": "inf" if math.isinf(members) else int(members), "step": step,
+                         "test_accuracy": curve, "cosine_first_100": first_cosine,
+                         "cosine_last_100": last_cosine, "seconds": time.perf_counter() - start})
+            print(f"J {rows[-1]['members']:>5} step {step:<5} final {curve[-1]:.4f} best {max(curve):.4f} "
+                  f"cosine {first_cosine:.3f} -> {last_cosine:.3f}", flush=True)
+    result = {"model": "mlp:784-100-10", "train": 55000, "rows": rows,
+              "command": "python docs/gradient_noise.py " + " ".join(
+                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+              "machine": platform.processor() or platform.machine(), "ekinet": ekinet.__version__,
+              "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

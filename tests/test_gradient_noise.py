@@ -1,0 +1,59 @@
+"""docs/gradient_noise.py draws update directions with the mean and covariance of EKI(R)'s Monte Carlo estimate
+(1/J) sum_k xi_k <xi_k, g>, xi_k ~ N(0, C); its conclusions rest on that match, so check it against the estimate
+itself on a small linear layer."""
+
+import importlib.util
+import os
+
+import numpy as np
+import torch
+
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "gradient_noise.py")
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("gradient_noise", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_emulated_direction_has_the_monte_carlo_estimates_mean_and_spread():
+    script = load()
+    members, draws = 20, 4000
+    layer = torch.nn.Linear(6, 3)
+    rng = np.random.default_rng(0)
+    for parameter in layer.parameters():
+        parameter.grad = torch.from_numpy(rng.standard_normal(parameter.shape).astype(np.float32))
+    root = {name: torch.from_numpy(rng.uniform(0.5, 2.0, p.shape).astype(np.float32))
+            for name, p in layer.named_parameters()}
+    names = [name for name, _ in layer.named_parameters()]
+
+    def flat(tensors):
+        return np.concatenate([tensors[name].numpy().ravel() for name in names]).astype(np.float64)
+
+    g = flat({name: p.grad for name, p in layer.named_parameters()})
+    c = flat(root) ** 2
+    generator = torch.Generator().manual_seed(1)
+    emulated = np.array([flat(script.noisy_direction(layer, root, members, generator)[0]) for _ in range(draws)])
+    xi = rng.standard_normal((draws, members, g.size)) * np.sqrt(c)
+    monte_carlo = np.einsum("dkp,dk->dp", xi, xi @ g) / members
+
+    for sample in (emulated, monte_carlo):
+        np.testing.assert_allclose(sample.mean(axis=0), c * g, atol=5 * np.sqrt(sample.var(axis=0) / draws).max())
+    # Isserlis: the per-parameter variances are (c_p^2 g_p^2 + (g^T C g) c_p) / J.
+    expected = (c**2 * g**2 + (g @ (c * g)) * c) / members
+    np.testing.assert_allclose(emulated.var(axis=0), expected, rtol=0.15)
+    np.testing.assert_allclose(monte_carlo.var(axis=0), expected, rtol=0.15)
+
+
+def test_infinite_ensemble_gives_the_preconditioned_gradient():
+    script = load()
+    layer = torch.nn.Linear(4, 2)
+    for parameter in layer.parameters():
+        parameter.grad = torch.ones_like(parameter)
+    root = {name: torch.full(p.shape, 0.5) for name, p in layer.named_parameters()}
+    direction, cosine = script.noisy_direction(layer, root, float("inf"), torch.Generator())
+    assert cosine == 1.0
+    for name, d in direction.items():
+        torch.testing.assert_close(d, torch.full(d.shape, 0.25))
