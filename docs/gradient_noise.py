@@ -14,7 +14,7 @@ decaying by `--decay` an epoch, like the EKI(R) runs of docs/results.md. If the 
 lands where EKI(R) does, the estimate's noise explains EKI(R)'s accuracy, and the emulation tells what J (or
 what noise) the paper's number needs.
 
-    EKINET_DATA=../shared/data python docs/gradient_noise.py --out docs/results/gradient-noise.json
+    EKINET_DATA=../shared/data python docs/gradient_noise.py --out gradient-noise.json    # 56 runs, ~20 min
 """
 
 import argparse
@@ -87,8 +87,8 @@ def train(net, u0, data, members, step, decay, epochs, batch_size, bias_std, see
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--members", default="inf,8000,2000,200", help="J values, comma-separated ('inf')")
-    parser.add_argument("--steps", default="0.01,0.02,0.04,0.08,0.16", help="initial steps, comma-separated")
+    parser.add_argument("--members", default="200,500,1000,2000,4000,8000,16000,inf", help="J values, comma-separated ('inf')")
+    parser.add_argument("--steps", default="0.025,0.05,0.1,0.2,0.4,0.8,1.6", help="initial steps, comma-separated")
     parser.add_argument("--decay", type=float, default=0.85)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=100)
