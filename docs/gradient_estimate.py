@@ -73,9 +73,14 @@ def main():
                          "cosines": cosines})
             print(point, f"accuracy {accuracy:.4f}", f"gamma {gamma}", "antithetic" * antithetic,
                   np.round(cosines, 3), flush=True)
-    result = {"ensemble": args.ensemble, "model": "mlp:784-100-10", "batch": 100, "rows": rows,
-              "command": "python docs/gradient_estimate.py " + " ".join(
-                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+    write_result({"ensemble": args.ensemble, "model": "mlp:784-100-10", "batch": 100, "rows": rows},
+                 "docs/gradient_estimate.py", args)
+
+
+def write_result(result, script, args):
+    """result with the command that reproduces it, the machine and the versions, as JSON at args.out."""
+    result = {**result, "command": f"python {script} " + " ".join(
+                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
               "machine": platform.processor() or platform.machine(), "ekinet": ekinet.__version__,
               "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
     with open(args.out, "w") as f:

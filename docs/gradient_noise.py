@@ -18,15 +18,13 @@ what noise) the paper's number needs.
 """
 
 import argparse
-import json
 import math
-import platform
 import time
 
 import numpy as np
 import torch
+from gradient_estimate import write_result  # docs/, the script's own folder
 
-import ekinet
 from ekinet import datasets, nn
 
 
@@ -118,13 +116,7 @@ def main():
                          "cosine_last_100": last_cosine, "seconds": time.perf_counter() - start})
             print(f"J {rows[-1]['members']:>5} step {step:<5} final {curve[-1]:.4f} best {max(curve):.4f} "
                   f"cosine {first_cosine:.3f} -> {last_cosine:.3f}", flush=True)
-    result = {"model": "mlp:784-100-10", "train": 55000, "rows": rows,
-              "command": "python docs/gradient_noise.py " + " ".join(
-                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
-              "machine": platform.processor() or platform.machine(), "ekinet": ekinet.__version__,
-              "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+    write_result({"model": "mlp:784-100-10", "train": 55000, "rows": rows}, "docs/gradient_noise.py", args)
 
 
 if __name__ == "__main__":

@@ -8,18 +8,20 @@ import os
 import numpy as np
 import torch
 
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "gradient_noise.py")
+DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
 
 
-def load():
-    spec = importlib.util.spec_from_file_location("gradient_noise", SCRIPT)
+def load(monkeypatch):
+    """docs/gradient_noise.py as a module (it imports docs/gradient_estimate.py, so docs/ goes on sys.path)."""
+    monkeypatch.syspath_prepend(DOCS)
+    spec = importlib.util.spec_from_file_location("gradient_noise", os.path.join(DOCS, "gradient_noise.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_emulated_direction_has_the_monte_carlo_estimates_mean_and_spread():
-    script = load()
+def test_emulated_direction_has_the_monte_carlo_estimates_mean_and_spread(monkeypatch):
+    script = load(monkeypatch)
     members, draws = 20, 4000
     layer = torch.nn.Linear(6, 3)
     rng = np.random.default_rng(0)
@@ -47,8 +49,8 @@ def test_emulated_direction_has_the_monte_carlo_estimates_mean_and_spread():
     np.testing.assert_allclose(monte_carlo.var(axis=0), expected, rtol=0.15)
 
 
-def test_infinite_ensemble_gives_the_preconditioned_gradient():
-    script = load()
+def test_infinite_ensemble_gives_the_preconditioned_gradient(monkeypatch):
+    script = load(monkeypatch)
     layer = torch.nn.Linear(4, 2)
     for parameter in layer.parameters():
         parameter.grad = torch.ones_like(parameter)
