@@ -28,13 +28,17 @@ from gradient_estimate import write_result  # docs/, the script's own folder
 from ekinet import datasets, nn
 
 
-def preconditioner(net, module, bias_std):
-    """C^(1/2) as one tensor per module parameter: the Glorot prior's standard deviations (the Trainer's)."""
+def preconditioner(net, module, bias_std, readout_scale=1.0):
+    """C^(1/2) as one tensor per module parameter: the Glorot prior's standard deviations (the Trainer's), those
+    of the last layer times readout_scale."""
     std = net.prior_std("float32", bias_std=bias_std)
+    readout = f"{len(net.layers) - 1}."
     root = {}
     for name, parameter in module.named_parameters():
         offset, shape = net.parameters[name]
         root[name] = torch.from_numpy(std[offset:offset + int(np.prod(shape))].reshape(parameter.shape).copy())
+        if name.startswith(readout):
+            root[name] *= readout_scale
     return root
 
 
@@ -61,10 +65,10 @@ def accuracy(module, x, y):
         return float((module(x).argmax(dim=1) == y).float().mean())
 
 
-def train(net, u0, data, members, step, decay, epochs, batch_size, bias_std, seed):
+def train(net, u0, data, members, step, decay, epochs, batch_size, bias_std, readout_scale, seed):
     (x, y), (x_test, y_test) = data
     module = net.to_torch(u0)
-    root = preconditioner(net, module, bias_std)
+    root = preconditioner(net, module, bias_std, readout_scale)
     generator = torch.Generator().manual_seed(seed)
     order = np.random.default_rng(seed)
     cosines, curve = [], []
@@ -91,6 +95,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--bias-std", type=float, default=0.1)
+    parser.add_argument("--readout-scales", default="1", help="factors on the last layer's prior std, comma-separated")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="gradient-noise.json")
     args = parser.parse_args()
@@ -106,16 +111,17 @@ def main():
     data = (tensors(train_set), tensors(test_set))
     u0 = net.prior(1, rng=args.seed, bias_std=args.bias_std)[0]
     rows = []
-    for members in [float(m) for m in args.members.split(",")]:
-        for step in [float(s) for s in args.steps.split(",")]:
-            start = time.perf_counter()
-            curve, first_cosine, last_cosine = train(net, u0, data, members, step, args.decay, args.epochs,
-                                                     args.batch_size, args.bias_std, args.seed)
-            rows.append({"members": "inf" if math.isinf(members) else int(members), "step": step,
-                         "test_accuracy": curve, "cosine_first_100": first_cosine,
-                         "cosine_last_100": last_cosine, "seconds": time.perf_counter() - start})
-            print(f"J {rows[-1]['members']:>5} step {step:<5} final {curve[-1]:.4f} best {max(curve):.4f} "
-                  f"cosine {first_cosine:.3f} -> {last_cosine:.3f}", flush=True)
+    grid = [(float(m), float(r), float(h)) for m in args.members.split(",")
+            for r in args.readout_scales.split(",") for h in args.steps.split(",")]
+    for members, readout_scale, step in grid:
+        start = time.perf_counter()
+        curve, first_cosine, last_cosine = train(net, u0, data, members, step, args.decay, args.epochs,
+                                                 args.batch_size, args.bias_std, readout_scale, args.seed)
+        rows.append({"members": "inf" if math.isinf(members) else int(members), "readout_scale": readout_scale,
+                     "step": step, "test_accuracy": curve, "cosine_first_100": first_cosine,
+                     "cosine_last_100": last_cosine, "seconds": time.perf_counter() - start})
+        print(f"J {rows[-1]['members']:>5} readout x{readout_scale:<5} step {step:<5} final {curve[-1]:.4f} "
+              f"best {max(curve):.4f} cosine {first_cosine:.3f} -> {last_cosine:.3f}", flush=True)
     write_result({"model": "mlp:784-100-10", "train": 55000, "rows": rows}, "docs/gradient_noise.py", args)
 
 
