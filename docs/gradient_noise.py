@@ -89,17 +89,18 @@ def train(net, u0, data, members, step, decay, epochs, batch_size, bias_std, rea
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--members", default="200,500,1000,2000,4000,8000,16000,inf", help="J values, comma-separated ('inf')")
+    parser.add_argument("--members", default="200,500,1000,2000,4000,8000,16000,inf",
+                        help="J values, comma-separated ('inf': no noise)")
     parser.add_argument("--steps", default="0.025,0.05,0.1,0.2,0.4,0.8,1.6", help="initial steps, comma-separated")
     parser.add_argument("--decay", type=float, default=0.85)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--bias-std", type=float, default=0.1)
-    parser.add_argument("--readout-scales", default="1", help="factors on the last layer's prior std, comma-separated")
+    parser.add_argument("--readout-scales", default="1",
+                        help="factors on the last layer's prior std, comma-separated")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="gradient-noise.json")
     args = parser.parse_args()
-    torch.manual_seed(args.seed)
     net = nn.from_string("mlp:784-100-10")
     train_set = datasets.load_mnist("train").subset(np.arange(55000))
     test_set = datasets.load_mnist("test")
