@@ -71,10 +71,12 @@ def train(net, u0, data, members, step, decay, epochs, batch_size, bias_std, rea
     root = preconditioner(net, module, bias_std, readout_scale)
     generator = torch.Generator().manual_seed(seed)
     order = np.random.default_rng(seed)
-    cosines, curve = [], []
+    averaged = net.to_torch(u0)  # the parameters averaged over each epoch's updates (the Trainer's "average")
+    cosines, curve, average_curve = [], [], []
     for epoch in range(epochs):
         h = step * decay**epoch
-        for index in datasets.batches(len(x), batch_size, rng=order):
+        sums = {name: torch.zeros_like(p) for name, p in module.named_parameters()}
+        for updates, index in enumerate(datasets.batches(len(x), batch_size, rng=order), 1):
             index = torch.from_numpy(index)
             module.zero_grad()
             torch.nn.functional.cross_entropy(module(x[index]), y[index], reduction="sum").backward()
@@ -83,8 +85,13 @@ def train(net, u0, data, members, step, decay, epochs, batch_size, bias_std, rea
             with torch.no_grad():
                 for name, parameter in module.named_parameters():
                     parameter -= h * direction[name]
+                    sums[name] += parameter
+        with torch.no_grad():
+            for name, parameter in averaged.named_parameters():
+                parameter.copy_(sums[name] / updates)
         curve.append(accuracy(module, x_test, y_test))
-    return curve, float(np.mean(cosines[:100])), float(np.mean(cosines[-100:]))
+        average_curve.append(accuracy(averaged, x_test, y_test))
+    return curve, average_curve, float(np.mean(cosines[:100])), float(np.mean(cosines[-100:]))
 
 
 def main():
@@ -116,13 +123,14 @@ def main():
             for r in args.readout_scales.split(",") for h in args.steps.split(",")]
     for members, readout_scale, step in grid:
         start = time.perf_counter()
-        curve, first_cosine, last_cosine = train(net, u0, data, members, step, args.decay, args.epochs,
+        curve, average_curve, first_cosine, last_cosine = train(net, u0, data, members, step, args.decay, args.epochs,
                                                  args.batch_size, args.bias_std, readout_scale, args.seed)
         rows.append({"members": "inf" if math.isinf(members) else int(members), "readout_scale": readout_scale,
-                     "step": step, "test_accuracy": curve, "cosine_first_100": first_cosine,
+                     "step": step, "test_accuracy": curve, "test_accuracy_average": average_curve,
+                     "cosine_first_100": first_cosine,
                      "cosine_last_100": last_cosine, "seconds": time.perf_counter() - start})
         print(f"J {rows[-1]['members']:>5} readout x{readout_scale:<5} step {step:<5} final {curve[-1]:.4f} "
-              f"best {max(curve):.4f} cosine {first_cosine:.3f} -> {last_cosine:.3f}", flush=True)
+              f"best {max(curve):.4f} average {average_curve[-1]:.4f} cosine {first_cosine:.3f} -> {last_cosine:.3f}", flush=True)
     write_result({"model": "mlp:784-100-10", "train": 55000, "rows": rows}, "docs/gradient_noise.py", args)
 
 

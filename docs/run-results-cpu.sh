@@ -46,11 +46,14 @@ done
 # The noise of one EKI(R) update's direction (docs/results/gradient-estimate.json, a few minutes):
 #   python docs/gradient_estimate.py --ensemble 2000 --out docs/results/gradient-estimate.json
 # What accuracy that noise allows (docs/results/gradient-noise.json holds the seed-0 grid, run in two halves side
-# by side, the second seed, and the readout scales; about 20 s a run on one core):
+# by side, the second seed, the readout scales and the
+# constant steps; about 20 s a run on one core):
 #   python docs/gradient_noise.py --out seed0.json
 #   python docs/gradient_noise.py --members 2000,4000,8000 --steps 0.4,0.8 --seed 1 --out seed1.json
 #   for seed in 0 1; do python docs/gradient_noise.py --members 2000 --readout-scales 0.25,0.5,2,4 \
 #     --steps 0.2,0.4,0.8,1.6,3.2 --seed $seed --out readout$seed.json; done
+#   python docs/gradient_noise.py --members 2000 --decay 1 --steps 0.1,0.2,0.4,0.8 --out constant0.json
+#   python docs/gradient_noise.py --members 2000 --decay 1 --steps 0.2,0.4 --seed 1 --out constant1.json
 # Heaviside 784-100-10 on Fashion-MNIST at J = 2000, 2 epochs (docs/results/heaviside-j2000, 24 minutes):
 #   python -c "import numpy as np; from ekinet import datasets; from ekinet.train import Trainer; \
 #     train, test = datasets.load_fashion_mnist('train'), datasets.load_fashion_mnist('test'); \
