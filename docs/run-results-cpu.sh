@@ -45,9 +45,8 @@ done
 #     --train-size 20000 --validation 0 --step $h --no-progress; done
 # The noise of one EKI(R) update's direction (docs/results/gradient-estimate.json, a few minutes):
 #   python docs/gradient_estimate.py --ensemble 2000 --out docs/results/gradient-estimate.json
-# What accuracy that noise allows (docs/results/gradient-noise.json holds the seed-0 grid, run in two halves side
-# by side, the second seed, the readout scales and the
-# constant steps; about 20 s a run on one core):
+# What accuracy that noise allows (docs/results/gradient-noise.json holds these runs, the seed-0 grid split in two
+# halves run side by side; about 20 s a run on one core):
 #   python docs/gradient_noise.py --out seed0.json
 #   python docs/gradient_noise.py --members 2000,4000,8000 --steps 0.4,0.8 --seed 1 --out seed1.json
 #   for seed in 0 1; do python docs/gradient_noise.py --members 2000 --readout-scales 0.25,0.5,2,4 \
