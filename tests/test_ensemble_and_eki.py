@@ -138,6 +138,27 @@ def test_randomize_around_a_mean_draws_what_randomize_draws(backend, dtype, rng)
     np.testing.assert_array_equal(more[:6], out)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_centred_draws_keep_the_mean_and_the_anomalies(backend, dtype, rng):
+    """centred=True removes the draws' sample mean: the rows' mean is the given mean (randomize: the ensemble's
+    mean), and the anomalies are those of the plain draws."""
+    U = rng.standard_normal((7, 5)).astype(dtype)
+    mean = U.mean(axis=0)
+    std = rng.uniform(0.1, 2.0, 5)
+    tolerance = dict(rtol=20 * np.finfo(dtype).eps, atol=20 * np.finfo(dtype).eps)
+    plain = ekinet.randomize_around(mean, 7, 0.4, prior_std=std, rng=9, backend=backend)
+    assert np.abs(plain.mean(axis=0) - mean).max() > 0.01  # the offset that centring removes
+    for centred in (ekinet.randomize_around(mean, 7, 0.4, prior_std=std, rng=9, centred=True, backend=backend),
+                    ekinet.randomize(U, 0.4, prior_std=std, rng=9, centred=True, backend=backend)):
+        assert centred.dtype == dtype
+        np.testing.assert_allclose(centred.mean(axis=0), mean, **tolerance)
+        np.testing.assert_allclose(centred - centred.mean(axis=0), plain - plain.mean(axis=0), **tolerance)
+    xi = rng.standard_normal((7, 5)).astype(dtype)
+    given = ekinet.randomize(U, 0.4, xi=xi, centred=True, backend=backend)
+    np.testing.assert_allclose(given, mean + 0.4 * (xi - xi.mean(axis=0)), **tolerance)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_randomize_around_bad_input(backend):
     mean = np.zeros(3)

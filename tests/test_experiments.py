@@ -141,9 +141,9 @@ def test_cli_train_passes_every_option_to_the_trainer(tmp_path, capsys, monkeypa
     arguments = ["train", "--model", "mlp:784-8-10", "--train-size", "300", "--ensemble", "6", "--epochs", "2",
                  "--no-progress", "--update", "kalman", "--loss", "squared", "--tikhonov", "0.5", "--bias-std", "0.2",
                  "--ensemble-eval", "epoch", "--randomize-every", "epoch", "--randomization-scale", "0.2",
-                 "--randomization-decay", "0.5", "--dtype", "float64", "--step", "2", "--step-decay", "0.5",
-                 "--noise", "0.3", "--batch-size", "50", "--validation", "0.2", "--patience", "3", "--seed", "4",
-                 "--plot", str(tmp_path / "curves.png")]
+                 "--randomization-decay", "0.5", "--centred-draws", "--dtype", "float64", "--step", "2",
+                 "--step-decay", "0.5", "--noise", "0.3", "--batch-size", "50", "--validation", "0.2", "--patience",
+                 "3", "--seed", "4", "--plot", str(tmp_path / "curves.png")]
     assert cli.main(arguments) == 2  # a squared loss on labels
     assert "does not fit a classification task" in capsys.readouterr().err
     arguments[arguments.index("squared")] = "cross-entropy"
@@ -153,7 +153,7 @@ def test_cli_train_passes_every_option_to_the_trainer(tmp_path, capsys, monkeypa
     assert cli.main(arguments) == 0
     assert json.loads(capsys.readouterr().out)["epochs"] == 2
     schedule = seen.pop("randomization")
-    assert (schedule.when, schedule.scale, schedule.decay) == ("epoch", 0.2, 0.5)
+    assert (schedule.when, schedule.scale, schedule.decay, schedule.centred) == ("epoch", 0.2, 0.5, True)
     assert {k: seen[k] for k in ("update", "loss", "tikhonov", "bias_std", "ensemble_eval", "dtype", "step",
                                  "step_decay", "noise", "batch_size", "patience", "rng", "ensemble", "epochs")} == {
         "update": "kalman", "loss": "cross-entropy", "tikhonov": 0.5, "bias_std": 0.2, "ensemble_eval": "epoch",

@@ -286,6 +286,30 @@ def test_checkpoint_keeps_the_average_and_one_from_before_it_has_none(digits, tm
     assert "test_accuracy_average" in older.fit()[-1]
 
 
+def test_centred_draws_keep_the_updates_mean_and_resume(digits, tmp_path):
+    """With centred draws the redrawn ensemble's mean is the centre the update computed; a checkpoint written
+    before the schedule had `centred` resumes a run without it, and not one with it."""
+    centred = small_trainer(digits, epochs=1, randomization=RandomizationSchedule(centred=True))
+    centred.fit()
+    opt = centred.optimizer
+    np.testing.assert_allclose(opt.mean, opt.updated_mean, rtol=1e-4, atol=1e-6)
+    plain = small_trainer(digits, epochs=1)
+    plain.fit()
+    assert np.abs(plain.optimizer.mean - plain.optimizer.updated_mean).max() > 1e-3
+    path = tmp_path / "run.npz"
+    small_trainer(digits, epochs=1, checkpoint=path).fit()
+    with np.load(path) as archive:
+        arrays = dict(archive.items())
+    state = json.loads(arrays["state"].tobytes().decode())
+    del state["config"]["randomization"]["centred"]
+    arrays["state"] = np.frombuffer(json.dumps(state).encode(), dtype=np.uint8)
+    np.savez(path, **arrays)
+    assert small_trainer(digits, epochs=2, checkpoint=path, resume=True).epoch == 1
+    with pytest.raises(ValueError, match="randomization"):
+        small_trainer(digits, epochs=2, checkpoint=path, resume=True,
+                      randomization=RandomizationSchedule(centred=True))
+
+
 @pytest.mark.parametrize("kw, match", [
     (dict(method="sgd"), "method"),
     (dict(update="newton"), "update"),

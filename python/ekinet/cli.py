@@ -44,6 +44,8 @@ def build_parser():
                        help="EKI(R): gamma, in units of the Glorot prior")
     train.add_argument("--randomization-decay", type=_positive_float, default=1.0)
     train.add_argument("--randomize-every", choices=("epoch", "update"), default="update")
+    train.add_argument("--centred-draws", action="store_true",
+                       help="EKI(R): subtract the draws' sample mean, so that the redraw keeps the mean exactly")
     train.add_argument("--tikhonov", type=_nonnegative_float, default=0.0)
     train.add_argument("--bias-std", type=_nonnegative_float, default=0.1,
                        help="prior standard deviation of the biases (the weights are Glorot)")
@@ -133,7 +135,7 @@ def _train(args):
     randomization = None
     if args.method.endswith("-r"):
         randomization = RandomizationSchedule(scale=args.randomization_scale, decay=args.randomization_decay,
-                                              when=args.randomize_every)
+                                              when=args.randomize_every, centred=args.centred_draws)
     trainer = Trainer(args.model, train, validation=validation, test=test, method=args.method, update=args.update,
                       loss=args.loss, ensemble=args.ensemble, batch_size=args.batch_size, epochs=args.epochs,
                       step=args.step, step_decay=args.step_decay, noise=args.noise, randomization=randomization,

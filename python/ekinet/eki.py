@@ -17,12 +17,14 @@ METHODS = ("kalman", "loss")
 @dataclasses.dataclass
 class Randomization:
     """EKI(R): every `every` updates, u_j <- ubar + gamma(n) xi_j with gamma(n) = scale * decay**n and xi_j
-    drawn from the centred prior N(0, prior_std^2) (prior_std: one value or one per parameter)."""
+    drawn from the centred prior N(0, prior_std^2) (prior_std: one value or one per parameter). centred: subtract
+    the draws' sample mean, so that the redrawn ensemble's mean is ubar exactly."""
 
     scale: float = 0.1
     every: int = 1
     decay: float = 1.0
     prior_std: object = 1.0
+    centred: bool = False
 
     def gamma(self, n):
         return self.scale * self.decay**n
@@ -165,7 +167,8 @@ class EKI:
         """Apply the EKI(R) randomisation now (e.g. at the end of an epoch); scale defaults to gamma(n)."""
         spec = self.randomization or Randomization()
         gamma = spec.gamma(self.iteration) if scale is None else scale
-        self._U = randomize(self._U, gamma, prior_std=spec.prior_std, rng=self._rng, backend=self.backend)
+        self._U = randomize(self._U, gamma, prior_std=spec.prior_std, rng=self._rng, centred=spec.centred,
+                            backend=self.backend)
         self._V = self._U
         return self._U
 
@@ -181,7 +184,8 @@ class EKI:
         if U_new.ndim == 1:
             spec = self.randomization
             self._U = self._V = randomize_around(U_new, self._U.shape[0], spec.gamma(self.iteration),
-                                                 prior_std=spec.prior_std, rng=self._rng, backend=self.backend)
+                                                 prior_std=spec.prior_std, rng=self._rng, centred=spec.centred,
+                                                 backend=self.backend)
             return
         U_old, self._U = self._U, U_new
         if randomized:

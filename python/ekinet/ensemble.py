@@ -26,12 +26,13 @@ def ensemble_spread(U, *, backend="auto"):
     return _core.ensemble_spread(context_for(xp), view(U))
 
 
-def randomize(U, scale, *, prior_std=1.0, rng=0, xi=None, backend="auto"):
+def randomize(U, scale, *, prior_std=1.0, rng=0, xi=None, centred=False, backend="auto"):
     """EKI(R): u_j <- ubar + scale * xi_j.
 
     xi_j = prior_std * z_j with z_j standard normal drawn from `rng` (int seed or numpy Generator), where
     prior_std is one value or one per parameter (e.g. the Glorot scales of a network); or give the prior
-    samples xi (J, P) directly. Returns a new ensemble.
+    samples xi (J, P) directly. centred=True subtracts the draws' sample mean, so that the new ensemble's mean
+    is ubar exactly (the anomalies are unchanged). Returns a new ensemble.
     """
     original = U
     xp, U = ensemble(U)
@@ -42,19 +43,23 @@ def randomize(U, scale, *, prior_std=1.0, rng=0, xi=None, backend="auto"):
     if resolve(backend, xp) == "reference":
         require_finite(xp, U, "U")
         out = reference.randomize(U, scale, prior_std=std.reshape(-1), seed=seed, xi=xi)
-        return like_input(out, original)
-    out = xp.empty_like(U, order="C")
-    if xi is None:
-        _core.randomize(context_for(xp), view(U), float(scale), view(xp.ascontiguousarray(std)), seed, view(out))
     else:
-        _core.randomize_with(context_for(xp), view(U), float(scale), view(xi), view(out))
+        out = xp.empty_like(U, order="C")
+        if xi is None:
+            _core.randomize(context_for(xp), view(U), float(scale), view(xp.ascontiguousarray(std)), seed,
+                            view(out))
+        else:
+            _core.randomize_with(context_for(xp), view(U), float(scale), view(xi), view(out))
+    if centred:
+        out = _centre_on(out, ensemble_mean(U, backend=backend), backend)
     return like_input(out, original)
 
 
-def randomize_around(mean, members, scale, *, prior_std=1.0, rng=0, backend="auto"):
+def randomize_around(mean, members, scale, *, prior_std=1.0, rng=0, centred=False, backend="auto"):
     """EKI(R) around a given mean: `members` rows mean + scale * xi_j, with the draws of randomize()
     (randomize(U, ...) equals randomize_around(U.mean(axis=0), len(U), ...)). For the mean that
-    kalman_update(..., output="mean") or loss_update(..., output="mean") returns. Returns a new ensemble."""
+    kalman_update(..., output="mean") or loss_update(..., output="mean") returns. centred=True subtracts the
+    draws' sample mean, so that the rows' mean is `mean` exactly. Returns a new ensemble."""
     original = mean
     mean = floating(to_array(mean, "mean"), "mean")
     xp = namespace_of(mean)
@@ -68,12 +73,21 @@ def randomize_around(mean, members, scale, *, prior_std=1.0, rng=0, backend="aut
     seed = seed_from(rng)
     if resolve(backend, xp) == "reference":
         require_finite(xp, mean, "mean")
-        return like_input(reference.randomize_around(mean, members, scale, prior_std=std.reshape(-1), seed=seed),
-                          original)
-    out = xp.empty((members, mean.shape[0]), dtype=mean.dtype)
-    _core.randomize_around(context_for(xp), view(mean.reshape(1, -1)), float(scale), view(xp.ascontiguousarray(std)),
-                           seed, view(out))
+        out = reference.randomize_around(mean, members, scale, prior_std=std.reshape(-1), seed=seed)
+    else:
+        out = xp.empty((members, mean.shape[0]), dtype=mean.dtype)
+        _core.randomize_around(context_for(xp), view(mean.reshape(1, -1)), float(scale),
+                               view(xp.ascontiguousarray(std)), seed, view(out))
+    if centred:
+        out = _centre_on(out, mean, backend)
     return like_input(out, original)
+
+
+def _centre_on(U, mean, backend):
+    """U shifted row-wise so that its member mean is `mean`: the redraw's sampling offset, scale * prior_std /
+    sqrt(J) per parameter, would otherwise add a random walk to the mean the update computed."""
+    U -= ensemble_mean(U, backend=backend) - mean
+    return U
 
 
 def _prior_std(xp, scale, prior_std, dtype, P):
