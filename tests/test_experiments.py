@@ -91,6 +91,20 @@ def test_step_override_reaches_the_trainer_and_the_online_driver(tmp_path):
     assert online[0]["final"] != online[1]["final"]
 
 
+def test_centred_draws_reach_the_eki_r_runs_and_name_their_checkpoints(tmp_path):
+    plain = experiments.run("quickstart", size="smoke", out=None, progress=False)["rows"][0]
+    centred = experiments.run("quickstart", size="smoke", centred_draws=True, out=None, progress=False,
+                              checkpoints=tmp_path)["rows"][0]
+    assert plain["randomization"]["centred"] is False and centred["randomization"]["centred"] is True
+    assert centred["history"][-1]["train_loss"] != plain["history"][-1]["train_loss"]
+    assert [f.name for f in tmp_path.glob("*.npz")] == ["quickstart-eki-r-mlp_784-100-10-J40-centred=1.npz"]
+    with pytest.raises(ValueError, match="centred_draws applies to the EKI.R. methods .* runs eki, sgd"):
+        experiments.run("mnist-dnn1", size="smoke", centred_draws=True, methods=["eki", "sgd"], out=None,
+                        progress=False)
+    with pytest.raises(ValueError, match="centred_draws applies .* sunspots-rnn runs eki, ogd"):
+        experiments.run("sunspots-rnn", size="smoke", centred_draws=True, out=None, progress=False)
+
+
 def test_experiment_checkpoints_resume_an_interrupted_run_exactly(tmp_path):
     whole = experiments.run("quickstart", size="smoke", out=None, progress=False)["rows"][0]
     first = experiments.run("quickstart", size="smoke", epochs=1, out=None, progress=False,
@@ -114,6 +128,9 @@ def test_cli_experiment_checkpoints(tmp_path, capsys):
     result = json.loads((tmp_path / "out" / "quickstart.json").read_text())
     assert result["rows"][0]["checkpoint"].startswith(str(tmp_path / "ckpt"))
     assert len(list((tmp_path / "ckpt").glob("*.npz"))) == 1
+    assert cli.main(arguments + ["--centred-draws", "--epochs", "1"]) == 0
+    result = json.loads((tmp_path / "out" / "quickstart.json").read_text())
+    assert result["settings"]["centred_draws"] is True and result["rows"][0]["randomization"]["centred"] is True
 
 
 def test_cli_train_writes_history_checkpoint_and_resumes(tmp_path, capsys):

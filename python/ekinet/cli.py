@@ -78,6 +78,9 @@ def build_parser():
                                  "Trainer's or the online driver's)")
     experiment.add_argument("--step-decay", type=_positive_float,
                             help="the step of epoch e is step * step_decay^e (training experiments)")
+    experiment.add_argument("--centred-draws", action="store_true", default=None,
+                            help="EKI(R) redraws keep the update's centre exactly (RandomizationSchedule(centred="
+                                 "True); training experiments)")
     experiment.add_argument("--methods", help="comma-separated subset, e.g. eki,eki-r,sgd")
     experiment.add_argument("--out", default="results", help="results directory (default results/)")
     experiment.add_argument("--checkpoints", metavar="DIR",
@@ -169,7 +172,7 @@ def _experiment(args):
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     result = experiments.run(args.name, size="smoke" if args.smoke else args.size, ensemble=args.ensemble,
                              epochs=args.epochs, train_size=args.train_size, step=args.step,
-                             step_decay=args.step_decay, out=args.out,
+                             step_decay=args.step_decay, centred_draws=args.centred_draws, out=args.out,
                              progress=not args.no_progress, device=args.device, seed=args.seed,
                              data_dir=args.data_dir, methods=methods, checkpoints=args.checkpoints)
     print(experiments.report(args.out) if args.out else json.dumps(result.get("rows"), default=str)[:2000])

@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from . import datasets, nn
-from .train import Trainer
+from .train import RandomizationSchedule, Trainer
 
 EKI_METHODS = ("eki", "meki", "eki-r", "meki-r")
 GRADIENT_METHODS = ("sgd", "momentum-sgd")
@@ -49,6 +49,7 @@ class Settings:
     widths: tuple = None  # ensemble-scaling experiments only: the hidden widths h of 784-h-10
     step: float = None  # the EKI step h; None: the default of the Trainer (chosen at J = 200) or of the online driver
     step_decay: float = None  # the Trainer's step_decay (None: its default, a constant step); not for online runs
+    centred_draws: bool = False  # EKI(R): RandomizationSchedule(centred=True); not for online runs
 
 
 @dataclasses.dataclass
@@ -129,7 +130,11 @@ def _checkpoint_path(options, model, method, ensemble, kw):
 def _train_eki(model, data, method, settings, options, **kw):
     train, validation, test = data
     start = time.perf_counter()
-    checkpoint = _checkpoint_path(options, model, method, settings.ensemble, kw)
+    centred = settings.centred_draws and method.endswith("-r")
+    named = {**kw, "centred": 1} if centred else kw
+    checkpoint = _checkpoint_path(options, model, method, settings.ensemble, named)
+    if centred:
+        kw = {"randomization": RandomizationSchedule(centred=True), **kw}
     trainer = Trainer(model, train, validation=validation, test=test, method=method, ensemble=settings.ensemble,
                       epochs=settings.epochs, batch_size=settings.batch_size, rng=options.get("seed", 0),
                       progress=options.get("progress", True), device=options.get("device", "cpu"),
@@ -144,7 +149,9 @@ def _train_eki(model, data, method, settings, options, **kw):
     final = trainer.history[-1]
     metrics = {k[len("test_"):]: v for k, v in final.items() if k.startswith("test_")}
     return {"method": method, "model": model, "ensemble": settings.ensemble, "epochs": trainer.epoch,
-            "step": trainer.step, "step_decay": trainer.step_decay, "seconds": time.perf_counter() - start,
+            "step": trainer.step, "step_decay": trainer.step_decay,
+            "randomization": None if trainer.randomization is None else dataclasses.asdict(trainer.randomization),
+            "seconds": time.perf_counter() - start,
             **({"checkpoint": checkpoint, "resumed_at_epoch": resumed_at} if checkpoint else {}),
             "history": trainer.history, **metrics}
 
@@ -353,7 +360,8 @@ def _registry():
         fixed_methods=("eki-r",), heaviside=0.85, relu=0.87)
     for series, numbers in PAPER_ONLINE.items():
         add(f"{series}-rnn", f"Online recurrent regression (LSTM(32) and Elman RNN(32)) on the {series} series, "
-            "one update per observation", _online(series, ("lstm:1-32-1", "rnn:1-32-1")), Settings(ensemble=2000, epochs=1, passes=3),
+            "one update per observation", _online(series, ("lstm:1-32-1", "rnn:1-32-1")),
+            Settings(ensemble=2000, epochs=1, passes=3),
             Settings(ensemble=200, epochs=1, passes=3), Settings(ensemble=20, epochs=1, passes=1),
             fixed_methods=("eki", "ogd"), **{m: {"first": v[0], "final": v[1]} for m, v in numbers.items()})
     add("lstm-batched-online", "LSTM(32) regression on the sunspots by batched online updates (windows of 10)",
@@ -381,7 +389,8 @@ def get(name):
 
 
 def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, step=None, step_decay=None,
-        out="results", progress=True, device="cpu", seed=0, data_dir=None, methods=None, checkpoints=None):
+        centred_draws=None, out="results", progress=True, device="cpu", seed=0, data_dir=None, methods=None,
+        checkpoints=None):
     """Run an experiment at size "paper", "cpu" (reduced, labelled as such), "smoke" or "auto" (paper on a GPU,
     cpu otherwise), with optional overrides; writes out/NAME.json and returns the result dict.
 
@@ -396,10 +405,15 @@ def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, step=
         raise ValueError(f"size = {size!r} must be 'paper', 'cpu', 'smoke' or 'auto'")
     settings = getattr(experiment, size)
     overrides = {k: v for k, v in (("ensemble", ensemble), ("epochs", epochs), ("train_size", train_size),
-                                   ("step", step), ("step_decay", step_decay)) if v is not None}
+                                   ("step", step), ("step_decay", step_decay), ("centred_draws", centred_draws))
+                 if v is not None}
     settings = dataclasses.replace(settings, **overrides)
     if methods:
         _check_methods(experiment, methods)
+    runs = methods or experiment.fixed_methods or EKI_METHODS
+    if settings.centred_draws and not any(m.endswith("-r") for m in runs):
+        raise ValueError(f"centred_draws applies to the EKI(R) methods (eki-r, meki-r), and {name} runs "
+                         f"{', '.join(runs)}: leave it out")
     if out:
         os.makedirs(out, exist_ok=True)
     options = {"progress": progress, "device": device, "seed": seed, "data_dir": data_dir, "methods": methods,
