@@ -42,9 +42,10 @@ def preconditioner(net, module, bias_std, readout_scale=1.0):
     return root
 
 
-def noisy_direction(module, root, members, generator):
+def noisy_direction(module, root, members, generator, span=None):
     """d = C g (1 + zeta / sqrt(J)) + sqrt(g^T C g / J) C^(1/2) z per parameter, from the gradients in .grad;
-    also returns the cosine of d with C g."""
+    also returns the cosine of d with C g. span: an orthonormal basis (784 x r) of the batch's inputs; the first
+    layer's weights are then drawn in it only (C restricted to the span, where their gradient lies)."""
     grads = {n: p.grad for n, p in module.named_parameters()}
     exact = {n: root[n] ** 2 * g for n, g in grads.items()}
     if math.isinf(members):
@@ -52,8 +53,10 @@ def noisy_direction(module, root, members, generator):
     quadratic = sum(float((g * exact[n]).sum()) for n, g in grads.items())
     zeta = float(torch.randn((), generator=generator))
     scale = math.sqrt(quadratic / members)
-    direction = {n: exact[n] * (1 + zeta / math.sqrt(members))
-                 + scale * root[n] * torch.randn(exact[n].shape, generator=generator) for n in exact}
+    noise = {n: root[n] * torch.randn(exact[n].shape, generator=generator) for n in exact}
+    if span is not None:
+        noise["0.weight"] = noise["0.weight"] @ span @ span.T
+    direction = {n: exact[n] * (1 + zeta / math.sqrt(members)) + scale * noise[n] for n in exact}
     dot = sum(float((direction[n] * exact[n]).sum()) for n in exact)
     norms = math.sqrt(sum(float((d ** 2).sum()) for d in direction.values())
                       * sum(float((e ** 2).sum()) for e in exact.values()))
@@ -65,7 +68,7 @@ def accuracy(module, x, y):
         return float((module(x).argmax(dim=1) == y).float().mean())
 
 
-def train(net, u0, data, members, step, decay, epochs, batch_size, bias_std, readout_scale, seed):
+def train(net, u0, data, members, step, decay, epochs, batch_size, bias_std, readout_scale, seed, input_span=False):
     (x, y), (x_test, y_test) = data
     module = net.to_torch(u0)
     root = preconditioner(net, module, bias_std, readout_scale)
@@ -80,7 +83,8 @@ def train(net, u0, data, members, step, decay, epochs, batch_size, bias_std, rea
             index = torch.from_numpy(index)
             module.zero_grad()
             torch.nn.functional.cross_entropy(module(x[index]), y[index], reduction="sum").backward()
-            direction, cosine = noisy_direction(module, root, members, generator)
+            span = torch.linalg.qr(x[index].T).Q if input_span else None
+            direction, cosine = noisy_direction(module, root, members, generator, span)
             cosines.append(cosine)
             with torch.no_grad():
                 for name, parameter in module.named_parameters():
@@ -105,6 +109,8 @@ def main():
     parser.add_argument("--bias-std", type=float, default=0.1)
     parser.add_argument("--readout-scales", default="1",
                         help="factors on the last layer's prior std, comma-separated")
+    parser.add_argument("--input-span", action="store_true",
+                        help="draw the first layer's weights in the span of the batch's inputs only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="gradient-noise.json")
     args = parser.parse_args()
@@ -124,8 +130,10 @@ def main():
     for members, readout_scale, step in grid:
         start = time.perf_counter()
         curve, average_curve, first_cosine, last_cosine = train(net, u0, data, members, step, args.decay, args.epochs,
-                                                 args.batch_size, args.bias_std, readout_scale, args.seed)
+                                                 args.batch_size, args.bias_std, readout_scale, args.seed,
+                                                 args.input_span)
         rows.append({"members": "inf" if math.isinf(members) else int(members), "readout_scale": readout_scale,
+                     "input_span": args.input_span,
                      "step": step, "test_accuracy": curve, "test_accuracy_average": average_curve,
                      "cosine_first_100": first_cosine,
                      "cosine_last_100": last_cosine, "seconds": time.perf_counter() - start})

@@ -105,6 +105,15 @@ def test_centred_draws_reach_the_eki_r_runs_and_name_their_checkpoints(tmp_path)
         experiments.run("sunspots-rnn", size="smoke", centred_draws=True, out=None, progress=False)
 
 
+def test_input_span_reaches_the_eki_r_runs_only():
+    spanned = experiments.run("mnist-dnn1", size="smoke", input_span=True, methods=["eki-r", "meki-r"], out=None,
+                              progress=False)["rows"]
+    assert [(r["method"], r["randomization"]["input_span"]) for r in spanned] == [("eki-r", True), ("meki-r", False)]
+    assert spanned[0]["accuracy_mean"] > 0.3
+    with pytest.raises(ValueError, match="input_span applies to eki-r, and mnist-dnn1 runs meki-r"):
+        experiments.run("mnist-dnn1", size="smoke", input_span=True, methods=["meki-r"], out=None, progress=False)
+
+
 def test_experiment_checkpoints_resume_an_interrupted_run_exactly(tmp_path):
     whole = experiments.run("quickstart", size="smoke", out=None, progress=False)["rows"][0]
     first = experiments.run("quickstart", size="smoke", epochs=1, out=None, progress=False,
@@ -128,9 +137,10 @@ def test_cli_experiment_checkpoints(tmp_path, capsys):
     result = json.loads((tmp_path / "out" / "quickstart.json").read_text())
     assert result["rows"][0]["checkpoint"].startswith(str(tmp_path / "ckpt"))
     assert len(list((tmp_path / "ckpt").glob("*.npz"))) == 1
-    assert cli.main(arguments + ["--centred-draws", "--epochs", "1"]) == 0
+    assert cli.main(arguments + ["--centred-draws", "--input-span", "--epochs", "1"]) == 0
     result = json.loads((tmp_path / "out" / "quickstart.json").read_text())
     assert result["settings"]["centred_draws"] is True and result["rows"][0]["randomization"]["centred"] is True
+    assert result["settings"]["input_span"] is True and result["rows"][0]["randomization"]["input_span"] is True
 
 
 def test_cli_train_writes_history_checkpoint_and_resumes(tmp_path, capsys):
@@ -197,6 +207,8 @@ def test_cli_experiment_and_report(tmp_path, capsys):
     (["train", "--model", "mlp:100-10", "--ensemble", "4", "--epochs", "1", "--no-progress"], "784 features"),
     (["train", "--validation", "0", "--patience", "2", "--ensemble", "4", "--no-progress"], "patience"),
     (["report", "--out", "/nonexistent/results"], "no results directory"),
+    (["train", "--data", "mnist-small", "--input-span", "--randomize-every", "epoch", "--ensemble", "4",
+      "--no-progress"], "input_span draws every update's members"),
 ])
 def test_cli_errors_are_clear(arguments, message, capsys):
     assert cli.main(arguments) == 2

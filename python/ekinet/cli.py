@@ -46,6 +46,9 @@ def build_parser():
     train.add_argument("--randomize-every", choices=("epoch", "update"), default="update")
     train.add_argument("--centred-draws", action="store_true",
                        help="EKI(R): subtract the draws' sample mean, so that the redraw keeps the mean exactly")
+    train.add_argument("--input-span", action="store_true",
+                       help="eki-r: draw the first Dense layer's weights in the span of each batch's inputs (less "
+                            "noise, and an update on fewer parameters; needs --randomize-every update)")
     train.add_argument("--tikhonov", type=_nonnegative_float, default=0.0)
     train.add_argument("--bias-std", type=_nonnegative_float, default=0.1,
                        help="prior standard deviation of the biases (the weights are Glorot)")
@@ -81,6 +84,9 @@ def build_parser():
     experiment.add_argument("--centred-draws", action="store_true", default=None,
                             help="EKI(R) redraws keep the update's centre exactly (RandomizationSchedule(centred="
                                  "True); training experiments)")
+    experiment.add_argument("--input-span", action="store_true", default=None,
+                            help="eki-r draws the first Dense layer's weights in the span of each batch's inputs "
+                                 "(RandomizationSchedule(input_span=True)); training experiments with eki-r")
     experiment.add_argument("--methods", help="comma-separated subset, e.g. eki,eki-r,sgd")
     experiment.add_argument("--out", default="results", help="results directory (default results/)")
     experiment.add_argument("--checkpoints", metavar="DIR",
@@ -138,7 +144,8 @@ def _train(args):
     randomization = None
     if args.method.endswith("-r"):
         randomization = RandomizationSchedule(scale=args.randomization_scale, decay=args.randomization_decay,
-                                              when=args.randomize_every, centred=args.centred_draws)
+                                              when=args.randomize_every, centred=args.centred_draws,
+                                              input_span=args.input_span)
     trainer = Trainer(args.model, train, validation=validation, test=test, method=args.method, update=args.update,
                       loss=args.loss, ensemble=args.ensemble, batch_size=args.batch_size, epochs=args.epochs,
                       step=args.step, step_decay=args.step_decay, noise=args.noise, randomization=randomization,
@@ -172,7 +179,8 @@ def _experiment(args):
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     result = experiments.run(args.name, size="smoke" if args.smoke else args.size, ensemble=args.ensemble,
                              epochs=args.epochs, train_size=args.train_size, step=args.step,
-                             step_decay=args.step_decay, centred_draws=args.centred_draws, out=args.out,
+                             step_decay=args.step_decay, centred_draws=args.centred_draws,
+                             input_span=args.input_span, out=args.out,
                              progress=not args.no_progress, device=args.device, seed=args.seed,
                              data_dir=args.data_dir, methods=methods, checkpoints=args.checkpoints)
     print(experiments.report(args.out) if args.out else json.dumps(result.get("rows"), default=str)[:2000])

@@ -46,6 +46,7 @@ class EKI:
     momentum : Nesterov acceleration (MEKI), v_{n+1} = u_{n+1} + n/(n+3) (u_{n+1} - u_n).
     randomization : a Randomization for EKI(R), or None. An update after which every member is redrawn computes
         only the mean of the updated ensemble (output="mean"; without momentum), which is all the redraw uses.
+        ask(subspace=...) then draws each update's members in a subspace chosen for it (see ask).
     perturb : "kalman" only: draw perturbed observations eta_j ~ N(0, Gamma/h) (True) or not.
     """
 
@@ -69,18 +70,26 @@ class EKI:
         self._U = U0.copy()
         self._V = self._U  # where the forward model is evaluated (differs from U under momentum)
         self._centre = None  # the mean the last update computed, when the members were then redrawn around it
+        self._members = U0.shape[0]
+        self._pending = None  # (subspace, centre, reduced centre, members) of an ask(subspace=...)
         self.iteration = 0
         self.history = []
         self._best = None
 
     @property
     def ensemble(self):
-        """The current ensemble U (J, P)."""
+        """The current ensemble U (J, P). After updates in subspaces only their centre is kept; the ensemble is
+        then drawn around it from the full prior when first asked for."""
+        if self._U is None:
+            spec = self.randomization
+            self._U = self._V = randomize_around(self._centre, self._members, spec.gamma(self.iteration),
+                                                 prior_std=spec.prior_std, rng=self._rng, centred=spec.centred,
+                                                 backend=self.backend)
         return self._U
 
     @property
     def mean(self):
-        return ensemble_mean(self._U, backend=self.backend)
+        return ensemble_mean(self.ensemble, backend=self.backend)
 
     @property
     def updated_mean(self):
@@ -97,9 +106,38 @@ class EKI:
     def finished(self):
         return bool(getattr(self.scheduler, "finished", False))
 
-    def ask(self):
-        """The ensemble whose outputs the next tell() expects."""
-        return self._V
+    def ask(self, subspace=None):
+        """The ensemble whose outputs the next tell() expects.
+
+        subspace : EKI(R) with a redraw after every update only: draw this update's members in a subspace
+            (for example ekinet.input_span: a network's first-layer weights in the span of the batch's inputs),
+            an object with reduce(U) -> its coordinates of (P,) or (J, P) parameters, expand(V, centre,
+            reduced_centre) -> centre + T (V - reduced_centre) back in (P,) or (J, P), and prior_std, the draws'
+            standard deviations in its coordinates. The members are returned in its coordinates, drawn around
+            the last update's centre (or, before the first update, the initial ensemble mapped there); tell()
+            maps the updated mean back, so the update equals the full update of the members centre + T (v -
+            reduce(centre)).
+        """
+        self._pending = None
+        if subspace is None:
+            self.ensemble  # noqa: B018 -- drawn now if only a centre is kept
+            return self._V
+        spec = self.randomization
+        if not self._redraws_after_update() or (spec.every != 1) or self.momentum:
+            raise ValueError("ask(subspace=...) draws the members of every update in its own subspace: it needs "
+                             "EKI(R) with a redraw after every update (Randomization(every=1)) and no momentum")
+        if self._centre is None:  # the ensemble is real (the initial one, or restored): its members, mapped
+            centre = ensemble_mean(self.ensemble, backend=self.backend)
+            V = subspace.reduce(self._U)
+            reduced_centre = subspace.reduce(centre)
+        else:
+            centre = self._centre
+            reduced_centre = subspace.reduce(centre)
+            V = randomize_around(reduced_centre, self._members, spec.gamma(self.iteration),
+                                 prior_std=subspace.prior_std, rng=self._rng, centred=spec.centred,
+                                 backend=self.backend)
+        self._pending = (subspace, centre, reduced_centre, V)
+        return V
 
     def tell(self, G, y=None, *, grad=None, loss_values=None, mean_output=None):
         """Update with the outputs G (J, M) of the ensemble from ask().
@@ -108,11 +146,12 @@ class EKI:
         least-squares loss with noise_cov); loss_values (J,) are recorded in the history when given.
         mean_output (M,): the outputs of the ensemble's mean particle, if the caller evaluated it; with y, its
         least-squares loss is recorded as mean_particle_loss.
-        Returns the new ensemble.
+        Returns the new ensemble; after an update in a subspace (ask(subspace=...)) its centre (P,), the
+        ensemble being drawn around it when asked for.
         """
         if self.finished:
             raise RuntimeError("the DataMisfitController reached its terminal time; no further update is made")
-        V = self._V
+        V = self.ask() if self._pending is None else self._pending[3]
         xp = namespace_of(V)
         G = xp.asarray(G)
         # When every member is redrawn around the mean right after this update, only the mean is computed.
@@ -141,13 +180,16 @@ class EKI:
                                          return_info=True)
         member_loss = _host(misfits) if y is not None else (None if loss_values is None else _host(loss_values))
         self._record(V, G, member_loss, info)
+        if self._pending is not None and member_loss is not None:
+            subspace, centre, reduced_centre, _ = self._pending
+            self._best = subspace.expand(self._best, centre, reduced_centre)
         if mean_output is not None and y is not None:
             mean_output = xp.asarray(mean_output, dtype=G.dtype).reshape(1, -1)
             mean_loss, _ = losses.squared(xp.concatenate([mean_output, mean_output]), xp.asarray(y, dtype=G.dtype),
                                           noise_cov=self.noise_cov, backend=self.backend)
             self.history[-1]["mean_particle_loss"] = float(_host(mean_loss)[0])
         self._advance(U_new)
-        return self._U
+        return self._centre if self._U is None else self._U
 
     def _least_squares(self, G, y):
         """Per-member misfits 1/2 |G_j - y|^2_Gamma and their gradients; NaN for failed members (rows with
@@ -167,7 +209,7 @@ class EKI:
         """Apply the EKI(R) randomisation now (e.g. at the end of an epoch); scale defaults to gamma(n)."""
         spec = self.randomization or Randomization()
         gamma = spec.gamma(self.iteration) if scale is None else scale
-        self._U = randomize(self._U, gamma, prior_std=spec.prior_std, rng=self._rng, centred=spec.centred,
+        self._U = randomize(self.ensemble, gamma, prior_std=spec.prior_std, rng=self._rng, centred=spec.centred,
                             backend=self.backend)
         self._V = self._U
         return self._U
@@ -180,10 +222,15 @@ class EKI:
         """U_new: the updated ensemble, or its mean (P,) when the randomisation redraws every member now."""
         randomized = self._redraws_after_update()
         self.iteration += 1
+        if self._pending is not None:  # the mean of an update in a subspace, in its coordinates
+            subspace, centre, reduced_centre, _ = self._pending
+            self._pending = None
+            self._centre, self._U, self._V = subspace.expand(U_new, centre, reduced_centre), None, None
+            return
         self._centre = U_new if U_new.ndim == 1 else None
         if U_new.ndim == 1:
             spec = self.randomization
-            self._U = self._V = randomize_around(U_new, self._U.shape[0], spec.gamma(self.iteration),
+            self._U = self._V = randomize_around(U_new, self._members, spec.gamma(self.iteration),
                                                  prior_std=spec.prior_std, rng=self._rng, centred=spec.centred,
                                                  backend=self.backend)
             return

@@ -50,6 +50,7 @@ class Settings:
     step: float = None  # the EKI step h; None: the default of the Trainer (chosen at J = 200) or of the online driver
     step_decay: float = None  # the Trainer's step_decay (None: its default, a constant step); not for online runs
     centred_draws: bool = False  # EKI(R): RandomizationSchedule(centred=True); not for online runs
+    input_span: bool = False  # eki-r: RandomizationSchedule(input_span=True) (not meki-r: momentum); not online
 
 
 @dataclasses.dataclass
@@ -130,11 +131,12 @@ def _checkpoint_path(options, model, method, ensemble, kw):
 def _train_eki(model, data, method, settings, options, **kw):
     train, validation, test = data
     start = time.perf_counter()
-    centred = settings.centred_draws and method.endswith("-r")
-    named = {**kw, "centred": 1} if centred else kw
+    schedule = {"centred": settings.centred_draws and method.endswith("-r"),
+                "input_span": settings.input_span and method == "eki-r"}
+    named = {**kw, **{k: 1 for k, v in schedule.items() if v}}
     checkpoint = _checkpoint_path(options, model, method, settings.ensemble, named)
-    if centred:
-        kw = {"randomization": RandomizationSchedule(centred=True), **kw}
+    if any(schedule.values()):
+        kw = {"randomization": RandomizationSchedule(**schedule), **kw}
     trainer = Trainer(model, train, validation=validation, test=test, method=method, ensemble=settings.ensemble,
                       epochs=settings.epochs, batch_size=settings.batch_size, rng=options.get("seed", 0),
                       progress=options.get("progress", True), device=options.get("device", "cpu"),
@@ -389,7 +391,7 @@ def get(name):
 
 
 def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, step=None, step_decay=None,
-        centred_draws=None, out="results", progress=True, device="cpu", seed=0, data_dir=None, methods=None,
+        centred_draws=None, input_span=None, out="results", progress=True, device="cpu", seed=0, data_dir=None, methods=None,
         checkpoints=None):
     """Run an experiment at size "paper", "cpu" (reduced, labelled as such), "smoke" or "auto" (paper on a GPU,
     cpu otherwise), with optional overrides; writes out/NAME.json and returns the result dict.
@@ -405,8 +407,8 @@ def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, step=
         raise ValueError(f"size = {size!r} must be 'paper', 'cpu', 'smoke' or 'auto'")
     settings = getattr(experiment, size)
     overrides = {k: v for k, v in (("ensemble", ensemble), ("epochs", epochs), ("train_size", train_size),
-                                   ("step", step), ("step_decay", step_decay), ("centred_draws", centred_draws))
-                 if v is not None}
+                                   ("step", step), ("step_decay", step_decay), ("centred_draws", centred_draws),
+                                   ("input_span", input_span)) if v is not None}
     settings = dataclasses.replace(settings, **overrides)
     if methods:
         _check_methods(experiment, methods)
@@ -414,6 +416,8 @@ def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, step=
     if settings.centred_draws and not any(m.endswith("-r") for m in runs):
         raise ValueError(f"centred_draws applies to the EKI(R) methods (eki-r, meki-r), and {name} runs "
                          f"{', '.join(runs)}: leave it out")
+    if settings.input_span and "eki-r" not in runs:
+        raise ValueError(f"input_span applies to eki-r, and {name} runs {', '.join(runs)}: leave it out")
     if out:
         os.makedirs(out, exist_ok=True)
     options = {"progress": progress, "device": device, "seed": seed, "data_dir": data_dir, "methods": methods,

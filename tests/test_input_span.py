@@ -1,0 +1,107 @@
+"""ekinet.input_span and EKI.ask(subspace=...): the span's coordinates reproduce the full network on the batch,
+the draws lie in the span, one update in the span equals the full update of its members, and bad uses are
+named."""
+
+import numpy as np
+import pytest
+
+import ekinet
+from ekinet import nn
+from ekinet.input_span import InputSpan
+
+
+def network_and_batch(batch=6, features=20, rng=None, duplicate=False):
+    rng = rng or np.random.default_rng(0)
+    net = nn.from_string(f"mlp:{features}-5-3")
+    X = rng.standard_normal((batch, features))
+    if duplicate:
+        X[-1] = X[0]  # a dependent example: the span is one direction short of the batch
+    return net, X
+
+
+def test_the_spans_coordinates_reproduce_the_full_network_on_the_batch():
+    net, X = network_and_batch()
+    rng = np.random.default_rng(1)
+    std = net.prior_std("float64", bias_std=0.1)
+    sub = InputSpan(net, std).subspace(X)
+    Q = sub.basis
+    assert Q.shape == (20, 6) and sub.network.parameter_count == 5 * 6 + 5 + 5 * 3 + 3
+    np.testing.assert_allclose(Q.T @ Q, np.eye(6), atol=1e-12)
+    np.testing.assert_allclose(X @ Q @ Q.T, X, atol=1e-12)  # the basis spans the batch
+    centre = net.prior(1, rng=rng, dtype="float64", bias_std=0.1)[0]
+    reduced_centre = sub.reduce(centre)
+    V = reduced_centre + 0.3 * sub.prior_std * rng.standard_normal((7, sub.network.parameter_count))
+    U = sub.expand(V, centre, reduced_centre)
+    np.testing.assert_allclose(sub.network.forward(V, sub.inputs), net.forward(U, X), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(sub.reduce(U), V, rtol=1e-10, atol=1e-12)  # reduce undoes expand
+    offsets = (U - centre)[:, :100].reshape(-1, 20)  # the first layer's 5 x 20 weights
+    np.testing.assert_allclose(offsets - offsets @ Q @ Q.T, 0, atol=1e-12)  # in the span only
+    np.testing.assert_array_equal((U - centre)[:, 100:], (V - reduced_centre)[:, 30:])  # the rest as drawn
+    assert np.allclose(sub.prior_std[:30], std[0]) and np.array_equal(sub.prior_std[30:], std[100:])
+
+
+def test_a_dependent_example_lowers_the_rank_and_the_coordinates_still_hold():
+    net, X = network_and_batch(duplicate=True)
+    sub = InputSpan(net, net.prior_std("float64")).subspace(X)
+    assert sub.basis.shape == (20, 5)
+    np.testing.assert_allclose(X @ sub.basis @ sub.basis.T, X, atol=1e-10)
+    U = net.prior(4, rng=2, dtype="float64")
+    np.testing.assert_allclose(sub.network.forward(sub.reduce(U), sub.inputs), net.forward(U, X), atol=1e-10)
+
+
+@pytest.mark.parametrize("method", ["loss", "kalman"])
+@pytest.mark.parametrize("centred", [False, True])
+def test_an_update_in_the_span_equals_the_full_update_of_its_members(method, centred):
+    """EKI.ask(subspace) draws around the last update's centre; tell() maps the mean back: it equals the full
+    update (output="mean") of the members expanded to the full parameters, and `best` is a full member."""
+    net, X = network_and_batch(batch=8, features=30)
+    y = np.random.default_rng(3).standard_normal((8, 3))
+    std = net.prior_std("float64", bias_std=0.1)
+    span = InputSpan(net, std)
+    U0 = net.prior(12, rng=4, dtype="float64", bias_std=0.1)
+    scheduler = ekinet.AdaptiveStep(0.5) if method == "loss" else ekinet.ConstantStep(0.5)
+    spec = ekinet.Randomization(scale=0.3, prior_std=std, centred=centred)
+    opt = ekinet.EKI(U0, noise_cov=0.1, method=method, scheduler=scheduler, randomization=spec, rng=5)
+    for n in range(3):
+        sub = span.subspace(X)
+        centre = U0.mean(axis=0) if n == 0 else opt.updated_mean
+        V = opt.ask(subspace=sub)
+        assert V.shape == (12, sub.network.parameter_count)
+        if n == 0:  # the initial members themselves, mapped
+            np.testing.assert_allclose(sub.network.forward(V, sub.inputs), net.forward(U0, X), rtol=1e-10,
+                                       atol=1e-12)
+        elif centred:
+            np.testing.assert_allclose(V.mean(axis=0), sub.reduce(centre), atol=1e-12)
+        members = sub.expand(V, centre, sub.reduce(centre))
+        G = net.forward(members, X).reshape(12, -1)
+        np.testing.assert_allclose(sub.network.forward(V, sub.inputs).reshape(12, -1), G, atol=1e-10)
+        if method == "loss":
+            expected, _ = ekinet.loss_update(members, G, G - y.reshape(-1), step=0.5, output="mean")
+            opt.tell(G, grad=G - y.reshape(-1), loss_values=((G - y.reshape(-1)) ** 2).sum(axis=1))
+        else:  # the same perturbed observations: a generator in the optimiser's state
+            generator = np.random.default_rng()
+            generator.bit_generator.state = opt._rng.bit_generator.state
+            expected = ekinet.kalman_update(members, G, y.reshape(-1), 0.1, step=0.5, output="mean", rng=generator)
+            opt.tell(G, y.reshape(-1))
+        np.testing.assert_allclose(opt.updated_mean, expected, rtol=1e-9, atol=1e-12)
+        assert opt.best.shape == (net.parameter_count,)
+        assert any(np.allclose(opt.best, m) for m in members)
+    assert opt.ensemble.shape == U0.shape  # drawn around the centre from the full prior when asked for
+    np.testing.assert_allclose(opt.ensemble.std(axis=0).mean(), 0.3 * std.mean(), rtol=0.3)
+
+
+def test_bad_uses_are_named():
+    net, X = network_and_batch()
+    std = net.prior_std("float64")
+    with pytest.raises(ValueError, match="first layer is Dense on flat inputs"):
+        InputSpan(nn.from_string("cnn-mnist"), nn.from_string("cnn-mnist").prior_std())
+    with pytest.raises(ValueError, match="one prior standard deviation for all of the first layer"):
+        InputSpan(net, np.linspace(0.1, 1.0, net.parameter_count))
+    with pytest.raises(ValueError, match="inputs are all zero"):
+        InputSpan(net, std).subspace(np.zeros_like(X))
+    sub = InputSpan(net, std).subspace(X)
+    U0 = net.prior(5, rng=0, dtype="float64")
+    for options in ({}, {"randomization": ekinet.Randomization(every=2, prior_std=std)},
+                    {"randomization": ekinet.Randomization(prior_std=std), "momentum": True}):
+        with pytest.raises(ValueError, match="redraw after every update .* and no momentum"):
+            ekinet.EKI(U0, method="loss", **options).ask(subspace=sub)
