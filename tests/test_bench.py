@@ -110,3 +110,21 @@ def test_randomize_benchmark(monkeypatch, tmp_path):
     for row in data["rows"]:
         assert row["draws_per_s"] == pytest.approx(row["J"] * row["P"] / row["native_randomize_s"])
         assert min(row[k] for k in row if k.endswith("_s")) > 0
+
+
+def test_train_step_benchmark(monkeypatch, tmp_path):
+    from ekinet import datasets
+
+    train_step = load("train_step", monkeypatch)
+    monkeypatch.setattr(train_step, "CASES", ((6, "mlp:784-8-10"), (5, "mlp:784-6-4-10")))
+    monkeypatch.setattr(train_step.datasets, "load_mnist", lambda split: datasets.load_mnist_small(split))
+    train_step.main(["--out", str(tmp_path)])
+    data, table = results(tmp_path, "train-step-cpu-float32")
+    rows = data["rows"]
+    assert [(r["J"], r["model"]) for r in rows] == [(6, "mlp:784-8-10"), (5, "mlp:784-6-4-10")]
+    assert len(table) == len(rows)
+    assert [(r["parameters"], r["span_parameters"]) for r in rows] == [(6370, 8 * 100 + 8 + 90),
+                                                                      (4788, 6 * 100 + 6 + 28 + 50)]
+    for row in rows:
+        assert row["full_update_s"] > 0 and row["span_update_s"] > 0
+        assert row["speedup"] == pytest.approx(row["full_update_s"] / row["span_update_s"])

@@ -509,6 +509,26 @@ def test_trainer_on_the_gpu_learns(cp):
     assert isinstance(trainer.predict(test.x[:10]), cp.ndarray)
 
 
+@pytest.mark.cuda
+@cuda
+def test_trainer_with_input_span_draws_learns_on_the_gpu_as_on_the_cpu(cp):
+    """The input-span update on the device (CuPy eigh for the basis, the CUDA core in the span's coordinates)
+    learns as on the CPU: after one epoch (15 updates) the mean particle's accuracy is within 5 points of the
+    CPU run's."""
+    from ekinet import datasets
+    from ekinet.train import RandomizationSchedule, Trainer
+
+    train, test = datasets.load_mnist_small("train"), datasets.load_mnist_small("test")
+    runs = {}
+    for device in ("cpu", "cuda"):
+        trainer = Trainer("mlp:784-16-10", train.subset(np.arange(1500)), test=test.subset(np.arange(500)),
+                          ensemble=40, epochs=1, progress=False, device=device,
+                          randomization=RandomizationSchedule(input_span=True, centred=True))
+        runs[device] = trainer.fit()[-1]
+        assert runs[device]["test_accuracy_mean"] > 0.4
+    assert abs(runs["cuda"]["test_accuracy_mean"] - runs["cpu"]["test_accuracy_mean"]) < 0.05
+
+
 def _native_view(a):
     from ekinet._native import view
 

@@ -1,0 +1,80 @@
+"""Benchmark of one EKI(R) training update of the Trainer, with the randomisation's full draws against
+input-span draws (RandomizationSchedule(input_span=True): the first layer's weights drawn in the span of the
+batch's inputs, the update computed in the span's coordinates).
+
+One update is what Trainer.fit() does per mini-batch: the draws around the last update's centre, the ensemble's
+forward pass on the batch, the cross-entropy and its gradient, and the loss scheme's mean update; with input
+span also the batch's orthonormal basis and the maps between the coordinates. Both are timed side by side in
+one run on the same batch of MNIST digits, for the paper's dense networks DNN 2-4 at J = 200 and 2000.
+
+Usage: python bench/train_step.py [--device cpu|cuda] [--out bench/results]   (EKINET_DATA: the data directory)
+"""
+
+import argparse
+import json
+import os
+
+import numpy as np
+from timing import environment, save_results, timed
+
+from ekinet import datasets
+from ekinet.train import RandomizationSchedule, Trainer
+
+CASES = ((200, "mlp:784-100-10"), (2000, "mlp:784-100-10"), (200, "mlp:784-300-100-10"),
+         (2000, "mlp:784-300-100-10"), (200, "mlp:784-500-300-100-10"))
+BATCH = 100
+
+
+def bench(J, model, train, device, synchronize):
+    row = {"J": J, "model": model, "batch": BATCH}
+    for name, span in (("full", False), ("span", True)):
+        trainer = Trainer(model, train, ensemble=J, epochs=1, batch_size=BATCH, progress=False, device=device,
+                          ensemble_eval="never", randomization=RandomizationSchedule(input_span=span))
+        X, y = trainer._device_data("train")
+        X, y = X[:BATCH], y[:BATCH]
+        trainer._update(X, y)  # the first update starts from the prior ensemble; time the ones after it
+        row[f"{name}_update_s"] = timed(lambda: trainer._update(X, y), synchronize)
+        row["parameters" if name == "full" else "span_parameters"] = (
+            trainer.network.parameter_count if name == "full" else
+            trainer._input_span.subspace(X).network.parameter_count)
+    row["speedup"] = row["full_update_s"] / row["span_update_s"]
+    return row
+
+
+def markdown(results):
+    env = results["environment"]
+    where = env.get("gpu") or env["cpu"]
+    lines = [f"# One EKI(R) training update: full against input-span draws ({env['device']}: {where})", "",
+             f"Command: `{env['command']}` on {env['date']}; ekinet {env['ekinet']['version']}, "
+             f"numpy {env['numpy']}, {env['cores']} cores.", "",
+             f"Milliseconds per update (best of at least 3 runs and 1 s), batch of {BATCH} MNIST digits, float32. "
+             "Speed-up: full / input span.", "",
+             "| J | model | P | P in the span | full draws | input span | speed-up |", "|---|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        lines.append(f"| {r['J']} | {r['model']} | {r['parameters']} | {r['span_parameters']} | "
+                     f"{1e3 * r['full_update_s']:.0f} | {1e3 * r['span_update_s']:.0f} | {r['speedup']:.1f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    args = parser.parse_args(argv)
+    synchronize = lambda: None  # noqa: E731
+    if args.device == "cuda":
+        import cupy
+
+        def synchronize():
+            cupy.cuda.Device().synchronize()
+    train = datasets.load_mnist("train").subset(np.arange(1000))
+    rows = []
+    for J, model in CASES:
+        rows.append(bench(J, model, train, args.device, synchronize))
+        print(json.dumps(rows[-1]), flush=True)
+    save_results({"environment": environment(args.device), "rows": rows}, args.out,
+                 f"train-step-{args.device}-float32", markdown)
+
+
+if __name__ == "__main__":
+    main()
