@@ -62,3 +62,10 @@ done
 # 2 hours each; run over three sessions with the same command, each resuming from the checkpoints; the JSON's
 # Heaviside row is the first session's, whose seconds count its whole training):
 #   python -m ekinet experiment fashion-heaviside --size paper --methods eki-r --checkpoints ckpt --out out
+# Input-span draws (docs/results/paper-cpu-span: DNN 2 in 23 minutes; docs/results/gradient-noise.json: their
+# noise emulated, the readout layer's scale halved and quartered too):
+#   python -m ekinet experiment mnist-dnn2 --size paper --methods eki-r --step 12 --step-decay 0.85 --input-span \
+#     --centred-draws --checkpoints ckpt --out docs/results/paper-cpu-span
+#   python docs/gradient_noise.py --members 2000 --steps 0.4,0.8,1.6,3.2 --input-span --out span.json
+#   python docs/gradient_noise.py --members 2000 --steps 0.4,0.8,1.6,3.2 --readout-scales 0.25,0.5 --input-span \
+#     --out span-readout.json

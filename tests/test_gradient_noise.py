@@ -59,3 +59,33 @@ def test_infinite_ensemble_gives_the_preconditioned_gradient(monkeypatch):
     assert cosine == 1.0
     for name, d in direction.items():
         torch.testing.assert_close(d, torch.full(d.shape, 0.25))
+
+
+def test_input_span_directions_match_the_estimate_with_draws_in_the_span(monkeypatch):
+    """--input-span: the first layer's draws are xi Q Q^T (Q an orthonormal basis of the batch's inputs), where
+    the batch's gradient lies; the emulated directions stay in the span and keep the estimate's mean and
+    variances (Isserlis with the restricted covariance)."""
+    script = load(monkeypatch)
+    members, draws = 20, 4000
+    module = torch.nn.Sequential(torch.nn.Linear(6, 3))
+    rng = np.random.default_rng(2)
+    span = torch.linalg.qr(torch.from_numpy(rng.standard_normal((6, 2)).astype(np.float32))).Q
+    module[0].weight.grad = torch.from_numpy(rng.standard_normal((3, 2)).astype(np.float32)) @ span.T
+    module[0].bias.grad = torch.from_numpy(rng.standard_normal(3).astype(np.float32))
+    root = {"0.weight": torch.full((3, 6), 0.7), "0.bias": torch.full((3,), 1.3)}
+    generator = torch.Generator().manual_seed(3)
+    directions = [script.noisy_direction(module, root, members, generator, span)[0] for _ in range(draws)]
+    weights = torch.stack([d["0.weight"] for d in directions])
+    torch.testing.assert_close(weights - weights @ span @ span.T, torch.zeros_like(weights), atol=1e-5, rtol=0)
+    emulated = np.array([np.concatenate([d["0.weight"].numpy().ravel(), d["0.bias"].numpy()]) for d in directions],
+                        dtype=np.float64)
+    projector = np.kron(np.eye(3), (span @ span.T).numpy().astype(np.float64))
+    g = np.concatenate([module[0].weight.grad.numpy().ravel(), module[0].bias.grad.numpy()]).astype(np.float64)
+    xi = rng.standard_normal((draws, members, 21))
+    xi[..., :18] = 0.7 * xi[..., :18] @ projector
+    xi[..., 18:] *= 1.3
+    monte_carlo = np.einsum("dkp,dk->dp", xi, xi @ g) / members
+    for sample in (emulated, monte_carlo):
+        np.testing.assert_allclose(sample.mean(axis=0), np.r_[0.49 * g[:18], 1.69 * g[18:]],
+                                   atol=5 * np.sqrt(sample.var(axis=0) / draws).max())
+    np.testing.assert_allclose(emulated.var(axis=0), monte_carlo.var(axis=0), rtol=0.2, atol=1e-3)
