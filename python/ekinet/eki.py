@@ -80,12 +80,15 @@ class EKI:
     def ensemble(self):
         """The current ensemble U (J, P). After updates in subspaces only their centre is kept; the ensemble is
         then drawn around it from the full prior when first asked for."""
+        self._draw_if_only_a_centre()
+        return self._U
+
+    def _draw_if_only_a_centre(self):
         if self._U is None:
             spec = self.randomization
             self._U = self._V = randomize_around(self._centre, self._members, spec.gamma(self.iteration),
                                                  prior_std=spec.prior_std, rng=self._rng, centred=spec.centred,
                                                  backend=self.backend)
-        return self._U
 
     @property
     def mean(self):
@@ -120,7 +123,7 @@ class EKI:
         """
         self._pending = None
         if subspace is None:
-            self.ensemble  # noqa: B018 -- drawn now if only a centre is kept
+            self._draw_if_only_a_centre()
             return self._V
         spec = self.randomization
         if not self._redraws_after_update() or (spec.every != 1) or self.momentum:
