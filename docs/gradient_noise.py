@@ -138,7 +138,8 @@ def main():
                      "cosine_first_100": first_cosine,
                      "cosine_last_100": last_cosine, "seconds": time.perf_counter() - start})
         print(f"J {rows[-1]['members']:>5} readout x{readout_scale:<5} step {step:<5} final {curve[-1]:.4f} "
-              f"best {max(curve):.4f} average {average_curve[-1]:.4f} cosine {first_cosine:.3f} -> {last_cosine:.3f}", flush=True)
+              f"best {max(curve):.4f} average {average_curve[-1]:.4f} cosine {first_cosine:.3f} -> {last_cosine:.3f}",
+              flush=True)
     write_result({"model": "mlp:784-100-10", "train": 55000, "rows": rows}, "docs/gradient_noise.py", args)
 
 
