@@ -84,6 +84,7 @@ benchmarks() {
   python3 bench/randomize.py --device cuda --out "$WORK/results/bench" || rc=1
   python3 bench/forward.py --device cuda --budget 10 --out "$WORK/results/bench" || rc=1
   python3 bench/update.py --device cuda --out "$WORK/results/bench" || rc=1
+  python3 bench/train_step.py --device cuda --out "$WORK/results/bench" || rc=1
   return $rc
 }
 
