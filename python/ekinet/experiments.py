@@ -87,8 +87,11 @@ def _learning_curves(rows, title):
         for row in rows:
             history = [r for r in row.get("history") or [] if "test_accuracy_mean" in r and "train_loss" in r]
             if history:
+                draws = [name for key, name in (("input_span", "input span"), ("centred", "centred"))
+                         if (row.get("randomization") or {}).get(key)]
                 line, = ax.plot([r["epoch"] for r in history], [r["test_accuracy_mean"] for r in history], "o-",
-                                label=f"{row['method']} ({row['model']}, J={row.get('ensemble')})")
+                                label=f"{row['method']} ({row['model']}, J={row.get('ensemble')}"
+                                      f"{''.join(', ' + d for d in draws)})")
                 averaged = [(r["epoch"], r["test_accuracy_average"]) for r in history if "test_accuracy_average" in r]
                 if averaged:
                     ax.plot(*zip(*averaged), ":", color=line.get_color(), label="  its epoch-averaged mean")
