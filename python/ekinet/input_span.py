@@ -10,8 +10,10 @@ directions that change the batch's outputs) keeps the update's expectation and r
 
 It also makes the update cheaper: with Q (d x r) an orthonormal basis of the span, a member's first layer
 W = W_centre + Z Q^T acts on the batch as (W_centre Q + Z) (X Q)^T, so one update runs in the span's
-coordinates, on a network that reads r = min(d, B) features: 11110 parameters instead of 79510 for 784-100-10
-at B = 100. The mean the update computes there is mapped back exactly. docs/results.md has the measurements.
+coordinates, on a network that reads r features (the batch's rank, at most min(d, B)): 11110 parameters instead
+of 79510 for 784-100-10 at B = 100. The mean the update computes there is mapped back exactly. A batch at
+least as large as d spans every direction, and the draws are then the full ones. docs/results.md has the
+measurements.
 """
 
 import dataclasses
