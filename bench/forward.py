@@ -18,7 +18,7 @@ import os
 import time
 
 import numpy as np
-from timing import environment, save_results, timed
+from timing import environment, header, save_results, timed
 
 from ekinet import nn
 
@@ -162,16 +162,13 @@ def bench_online_step(device, J, dtype):
 
 def markdown(results):
     env = results["environment"]
-    where = env.get("gpu", env["cpu"])
-    lines = [f"# Batched ensemble forward benchmark ({env['device']}: {where})", "",
-             f"Command: `{env['command']}` on {env['date']}; ekinet {env['ekinet']['version']}, "
-             f"BLAS {env['ekinet']['blas']}, numpy {env['numpy']}, {env['cores']} cores.", "",
-             "Times in milliseconds (best of at least 3 runs and 1 s, or one run after a warm-up where marked); "
-             "throughput in member-examples per second.",
-             "", "| network | J | B | P | native ms | member-examples/s | reference ms | native speed-up |"
-             + (" torch vmap ms | speed-up over vmap | torch loop ms | speed-up over loop |"
-                if env["device"] == "cuda" else ""),
-             "|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if env["device"] == "cuda" else "")]
+    lines = header(results, "Batched ensemble forward benchmark") + [
+        "Times in milliseconds (best of at least 3 runs and 1 s, or one run after a warm-up where marked); "
+        "throughput in member-examples per second.",
+        "", "| network | J | B | P | native ms | member-examples/s | reference ms | native speed-up |"
+        + (" torch vmap ms | speed-up over vmap | torch loop ms | speed-up over loop |"
+           if env["device"] == "cuda" else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if env["device"] == "cuda" else "")]
     for r in results["rows"]:
         ref = f"{1e3 * r['reference_s']:.3g}" if "reference_s" in r else "-"
         if "reference_members_per_call" in r:

@@ -21,7 +21,7 @@ import json
 import os
 
 import numpy as np
-from timing import environment, save_results, timed
+from timing import environment, header, save_results, timed
 
 import ekinet
 from ekinet import nn
@@ -75,18 +75,14 @@ def bench(xp, J, model, dtype, synchronize):
 
 
 def markdown(results):
-    env = results["environment"]
-    where = env.get("gpu") or env["cpu"]
-    lines = [f"# randomize / ensemble_spread benchmark ({env['device']}: {where})", "",
-             f"Command: `{env['command']}` on {env['date']}; ekinet {env['ekinet']['version']}, "
-             f"numpy {env['numpy']}, {env['cores']} cores.", "",
-             "Times in milliseconds (best of at least 3 runs and 1 s). Ratios: the other / native (> 1: native "
-             f"faster). gamma = {GAMMA}, sigma the network's Glorot prior. EKI(R) step: loss update with "
-             f"M = {OUTPUTS} outputs, then the redraw.", "",
-             "| J | model | P | native randomize | reference | generator | reference/native | generator/native "
-             "| native spread | numpy spread | numpy/native | native draws/s | EKI(R) step, full update | "
-             "mean only | full/mean |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = header(results, "randomize / ensemble_spread benchmark") + [
+        "Times in milliseconds (best of at least 3 runs and 1 s). Ratios: the other / native (> 1: native "
+        f"faster). gamma = {GAMMA}, sigma the network's Glorot prior. EKI(R) step: loss update with "
+        f"M = {OUTPUTS} outputs, then the redraw.", "",
+        "| J | model | P | native randomize | reference | generator | reference/native | generator/native "
+        "| native spread | numpy spread | numpy/native | native draws/s | EKI(R) step, full update | "
+        "mean only | full/mean |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
         lines.append(
             f"| {r['J']} | {r['model']} | {r['P']} | {1e3 * r['native_randomize_s']:.1f} | "

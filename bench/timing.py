@@ -52,6 +52,14 @@ def environment(device):
     return info
 
 
+def header(results, title):
+    """The first lines of a result's markdown table: the title with the device, then the command and versions."""
+    env = results["environment"]
+    return [f"# {title} ({env['device']}: {env.get('gpu') or env['cpu']})", "",
+            f"Command: `{env['command']}` on {env['date']}; ekinet {env['ekinet']['version']}, "
+            f"BLAS {env['ekinet']['blas']}, numpy {env['numpy']}, {env['cores']} cores.", ""]
+
+
 def save_results(results, out, stem, markdown):
     """Write out/stem.json and out/stem.md (the table markdown(results) renders), and print the table."""
     os.makedirs(out, exist_ok=True)

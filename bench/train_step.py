@@ -15,7 +15,7 @@ import json
 import os
 
 import numpy as np
-from timing import environment, save_results, timed
+from timing import environment, header, save_results, timed
 
 from ekinet import datasets
 from ekinet.train import RandomizationSchedule, Trainer
@@ -42,14 +42,10 @@ def bench(J, model, train, device, synchronize):
 
 
 def markdown(results):
-    env = results["environment"]
-    where = env.get("gpu") or env["cpu"]
-    lines = [f"# One EKI(R) training update: full against input-span draws ({env['device']}: {where})", "",
-             f"Command: `{env['command']}` on {env['date']}; ekinet {env['ekinet']['version']}, "
-             f"numpy {env['numpy']}, {env['cores']} cores.", "",
-             f"Milliseconds per update (best of at least 3 runs and 1 s), batch of {BATCH} MNIST digits, float32. "
-             "Speed-up: full / input span.", "",
-             "| J | model | P | P in the span | full draws | input span | speed-up |", "|---|---|---|---|---|---|---|"]
+    lines = header(results, "One EKI(R) training update: full against input-span draws") + [
+        f"Milliseconds per update (best of at least 3 runs and 1 s), batch of {BATCH} MNIST digits, float32. "
+        "Speed-up: full / input span.", "",
+        "| J | model | P | P in the span | full draws | input span | speed-up |", "|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
         lines.append(f"| {r['J']} | {r['model']} | {r['parameters']} | {r['span_parameters']} | "
                      f"{1e3 * r['full_update_s']:.0f} | {1e3 * r['span_update_s']:.0f} | {r['speedup']:.1f}x |")

@@ -18,7 +18,7 @@ import json
 import os
 
 import numpy as np
-from timing import environment, save_results, timed
+from timing import environment, header, save_results, timed
 
 import ekinet
 from ekinet import _core
@@ -182,17 +182,13 @@ class _TorchNamespace:
 
 
 def markdown(results):
-    env = results["environment"]
-    where = env.get("gpu", env["cpu"])
-    lines = [f"# kalman_update / loss_update benchmark ({env['device']}: {where})", "",
-             f"Command: `{env['command']}` on {env['date']}; ekinet {env['ekinet']['version']}, "
-             f"BLAS {env['ekinet']['blas']}, numpy {env['numpy']}, {env['cores']} cores.", "",
-             "Times in milliseconds (best of at least 3 runs and 1 s). Ratios: numpy best / native best (> 1: native "
-             "faster), native ensemble / one GEMM of J x J by J x P, and auto: the time of the formulation auto "
-             "chooses / the faster native formulation.", "",
-             "| J | P | M | dtype | GEMM | native ens | native obs | auto (choice) | loss_update | numpy best | "
-             "reference | numpy/native | ens/GEMM | auto/best |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = header(results, "kalman_update / loss_update benchmark") + [
+        "Times in milliseconds (best of at least 3 runs and 1 s). Ratios: numpy best / native best (> 1: native "
+        "faster), native ensemble / one GEMM of J x J by J x P, and auto: the time of the formulation auto "
+        "chooses / the faster native formulation.", "",
+        "| J | P | M | dtype | GEMM | native ens | native obs | auto (choice) | loss_update | numpy best | "
+        "reference | numpy/native | ens/GEMM | auto/best |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def ms(row, key):
         return f"{1e3 * row[key]:.1f}" if key in row else "-"
