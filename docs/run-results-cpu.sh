@@ -69,3 +69,7 @@ done
 #   python docs/gradient_noise.py --members 2000 --steps 0.4,0.8,1.6,3.2 --input-span --out span.json
 #   python docs/gradient_noise.py --members 2000 --steps 0.4,0.8,1.6,3.2 --readout-scales 0.25,0.5 --input-span \
 #     --out span-readout.json
+#   python -m ekinet experiment mnist-dnn2 --size paper --methods eki-r --step 12 --step-decay 0.85 --input-span \
+#     --checkpoints ckpt --out docs/results/paper-cpu-span-plain
+#   python -m ekinet experiment fashion-heaviside --size paper --step 12 --step-decay 0.85 --input-span \
+#     --centred-draws --checkpoints ckpt --out docs/results/heaviside-paper-cpu-span
