@@ -73,3 +73,5 @@ done
 #     --checkpoints ckpt --out docs/results/paper-cpu-span-plain
 #   python -m ekinet experiment fashion-heaviside --size paper --step 12 --step-decay 0.85 --input-span \
 #     --centred-draws --checkpoints ckpt --out docs/results/heaviside-paper-cpu-span
+#   python -m ekinet experiment mnist-dnn2 --size paper --methods eki-r --step 12 --step-decay 0.85 --input-span \
+#     --centred-draws --seed 1 --checkpoints ckpt --out docs/results/paper-cpu-span-seed1
