@@ -18,7 +18,7 @@ import os
 import time
 
 import numpy as np
-from timing import environment, header, save_results, timed
+from timing import best_of, environment, header, save_results, timed
 
 from ekinet import nn
 
@@ -100,7 +100,8 @@ def bench_cuda(name, network, J, B, dtype, budget):
     row["native_s"] = timed(lambda: network.forward(U, X), sync)
     row["native_member_examples_per_s"] = J * B / row["native_s"]
 
-    modules = [network.to_torch(U[j].get()).cuda() for j in range(J)]
+    host_U = U.get()
+    modules = [network.to_torch(host_U[j]).cuda() for j in range(J)]
     params, buffers = stack_module_state(modules)
     base = copy.deepcopy(modules[0]).to("meta")  # .to() moves in place: the loop below needs modules[0]
     tX = torch.from_dlpack(X)
@@ -110,9 +111,12 @@ def bench_cuda(name, network, J, B, dtype, budget):
 
     vmapped = torch.vmap(one, in_dims=(0, 0, None))
     with torch.no_grad():
-        row["torch_vmap_s"] = timed(lambda: vmapped(params, buffers, tX), torch.cuda.synchronize)
+        try:  # vmap has no batching rule for some modules (cuDNN's recurrent layers): say so in the row
+            row["torch_vmap_s"] = timed(lambda: vmapped(params, buffers, tX), torch.cuda.synchronize)
+            row["speedup_over_vmap"] = row["torch_vmap_s"] / row["native_s"]
+        except (RuntimeError, NotImplementedError) as error:
+            row["torch_vmap_error"] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
         row["torch_loop_s"] = timed(lambda: [m(tX) for m in modules], torch.cuda.synchronize, min_total=0)
-    row["speedup_over_vmap"] = row["torch_vmap_s"] / row["native_s"]
     row["speedup_over_loop"] = row["torch_loop_s"] / row["native_s"]
     return row
 
@@ -163,7 +167,7 @@ def bench_online_step(device, J, dtype):
 def markdown(results):
     env = results["environment"]
     lines = header(results, "Batched ensemble forward benchmark") + [
-        "Times in milliseconds (best of at least 3 runs and 1 s, or one run after a warm-up where marked); "
+        f"Times in milliseconds ({best_of(results)}, or one run after a warm-up where marked); "
         "throughput in member-examples per second.",
         "", "| network | J | B | P | native ms | member-examples/s | reference ms | native speed-up |"
         + (" torch vmap ms | speed-up over vmap | torch loop ms | speed-up over loop |"
@@ -180,8 +184,12 @@ def markdown(results):
         if env["device"] == "cuda":
             loop = (f" {1e3 * r['torch_loop_s']:.3g} | {r['speedup_over_loop']:.1f} |" if "torch_loop_s" in r
                     else " - | - |")
-            line += f" {1e3 * r['torch_vmap_s']:.3f} | {r['speedup_over_vmap']:.1f} |{loop}"
+            vmap = (f" {1e3 * r['torch_vmap_s']:.3f} | {r['speedup_over_vmap']:.1f} |" if "torch_vmap_s" in r
+                    else " failed | - |")
+            line += vmap + loop
         lines.append(line)
+    failures = {r["network"]: r["torch_vmap_error"] for r in results["rows"] if "torch_vmap_error" in r}
+    lines += ["", *(f"torch vmap failed on {name}: {error}" for name, error in failures.items())] if failures else []
     return "\n".join(lines) + "\n"
 
 
@@ -196,18 +204,21 @@ def main(argv=None):
 
     run = bench_cpu if args.device == "cpu" else bench_cuda
     grid = [(100, 64)] if args.quick else [(J, B) for J in GRID_J for B in GRID_B]
-    rows = []
+    results = {"environment": environment(args.device), "rows": []}
+    stem = f"forward-{args.device}{'-quick' if args.quick else ''}-{args.dtype}"
+
+    def record(row):
+        results["rows"].append(row)
+        print(json.dumps(row), flush=True)
+        save_results(results, args.out, stem, markdown, echo=False)
+
     for name, make in NETWORKS.items():
         network = make()
         for J, B in grid:
-            row = run(name, network, J, B, args.dtype, args.budget)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            record(run(name, network, J, B, args.dtype, args.budget))
     for J in (100,) if args.quick else (100, 2000):
-        rows.append(bench_online_step(args.device, J, args.dtype))
-        print(json.dumps(rows[-1]), flush=True)
-    results = {"environment": environment(args.device), "rows": rows}
-    save_results(results, args.out, f"forward-{args.device}{'-quick' if args.quick else ''}-{args.dtype}", markdown)
+        record(bench_online_step(args.device, J, args.dtype))
+    save_results(results, args.out, stem, markdown)
 
 
 if __name__ == "__main__":

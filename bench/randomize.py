@@ -21,7 +21,7 @@ import json
 import os
 
 import numpy as np
-from timing import environment, header, save_results, timed
+from timing import best_of, environment, header, save_results, timed
 
 import ekinet
 from ekinet import nn
@@ -76,7 +76,7 @@ def bench(xp, J, model, dtype, synchronize):
 
 def markdown(results):
     lines = header(results, "randomize / ensemble_spread benchmark") + [
-        "Times in milliseconds (best of at least 3 runs and 1 s). Ratios: the other / native (> 1: native "
+        f"Times in milliseconds ({best_of(results)}). Ratios: the other / native (> 1: native "
         f"faster). gamma = {GAMMA}, sigma the network's Glorot prior. EKI(R) step: loss update with "
         f"M = {OUTPUTS} outputs, then the redraw.", "",
         "| J | model | P | native randomize | reference | generator | reference/native | generator/native "
@@ -108,12 +108,13 @@ def main(argv=None):
             xp.cuda.Device().synchronize()
     else:
         xp, synchronize = np, (lambda: None)
-    rows = []
+    results = {"environment": environment(args.device), "rows": []}
+    stem = f"randomize-{args.device}-{args.dtype}"
     for J, model in CASES:
-        rows.append(bench(xp, J, model, np.dtype(args.dtype).type, synchronize))
-        print(json.dumps(rows[-1]), flush=True)
-    results = {"environment": environment(args.device), "rows": rows}
-    save_results(results, args.out, f"randomize-{args.device}-{args.dtype}", markdown)
+        results["rows"].append(bench(xp, J, model, np.dtype(args.dtype).type, synchronize))
+        print(json.dumps(results["rows"][-1]), flush=True)
+        save_results(results, args.out, stem, markdown, echo=False)
+    save_results(results, args.out, stem, markdown)
 
 
 if __name__ == "__main__":

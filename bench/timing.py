@@ -12,8 +12,15 @@ import numpy as np
 import ekinet
 
 
-def timed(function, synchronize=lambda: None, repeats=3, min_total=1.0):
-    """Best wall time of at least `repeats` runs (more, until min_total seconds are spent) after a warm-up."""
+# Seconds each timing spends at least (EKINET_BENCH_MIN_SECONDS; lowered on a lent GPU, whose minutes are few and
+# whose operations take milliseconds).
+MIN_SECONDS = float(os.environ.get("EKINET_BENCH_MIN_SECONDS", "1"))
+
+
+def timed(function, synchronize=lambda: None, repeats=3, min_total=None):
+    """Best wall time of at least `repeats` runs (more, until min_total seconds, MIN_SECONDS by default, are
+    spent) after a warm-up."""
+    min_total = MIN_SECONDS if min_total is None else min_total
     function()
     synchronize()
     best, total, runs = float("inf"), 0.0, 0
@@ -37,6 +44,7 @@ def environment(device):
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
         "device": device,
+        "min_seconds": MIN_SECONDS,
     }
     if device == "cuda":
         import cupy as cp
@@ -60,8 +68,14 @@ def header(results, title):
             f"BLAS {env['ekinet']['blas']}, numpy {env['numpy']}, {env['cores']} cores.", ""]
 
 
-def save_results(results, out, stem, markdown):
-    """Write out/stem.json and out/stem.md (the table markdown(results) renders), and print the table."""
+def best_of(results):
+    """How each time was taken, for a table's caption."""
+    return f"best of at least 3 runs and {results['environment'].get('min_seconds', 1):g} s"
+
+
+def save_results(results, out, stem, markdown, echo=True):
+    """Write out/stem.json and out/stem.md (the table markdown(results) renders), and print the table (echo).
+    Called after every row too (echo=False), so that a run stopped at a time limit keeps what it measured."""
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, stem)
     with open(path + ".json", "w") as f:
@@ -69,7 +83,8 @@ def save_results(results, out, stem, markdown):
     table = markdown(results)
     with open(path + ".md", "w") as f:
         f.write(table)
-    print(table)
+    if echo:
+        print(table)
 
 
 def _cpu_model():

@@ -15,7 +15,7 @@ import json
 import os
 
 import numpy as np
-from timing import environment, header, save_results, timed
+from timing import best_of, environment, header, save_results, timed
 
 from ekinet import datasets
 from ekinet.train import RandomizationSchedule, Trainer
@@ -43,7 +43,7 @@ def bench(J, model, train, device, synchronize):
 
 def markdown(results):
     lines = header(results, "One EKI(R) training update: full against input-span draws") + [
-        f"Milliseconds per update (best of at least 3 runs and 1 s), batch of {BATCH} MNIST digits, float32. "
+        f"Milliseconds per update ({best_of(results)}), batch of {BATCH} MNIST digits, float32. "
         "Speed-up: full / input span.", "",
         "| J | model | P | P in the span | full draws | input span | speed-up |", "|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
@@ -64,12 +64,13 @@ def main(argv=None):
         def synchronize():
             cupy.cuda.Device().synchronize()
     train = datasets.load_mnist("train").subset(np.arange(1000))
-    rows = []
+    results = {"environment": environment(args.device), "rows": []}
+    stem = f"train-step-{args.device}-float32"
     for J, model in CASES:
-        rows.append(bench(J, model, train, args.device, synchronize))
-        print(json.dumps(rows[-1]), flush=True)
-    save_results({"environment": environment(args.device), "rows": rows}, args.out,
-                 f"train-step-{args.device}-float32", markdown)
+        results["rows"].append(bench(J, model, train, args.device, synchronize))
+        print(json.dumps(results["rows"][-1]), flush=True)
+        save_results(results, args.out, stem, markdown, echo=False)
+    save_results(results, args.out, stem, markdown)
 
 
 if __name__ == "__main__":

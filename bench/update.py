@@ -18,7 +18,7 @@ import json
 import os
 
 import numpy as np
-from timing import environment, header, save_results, timed
+from timing import best_of, environment, header, save_results, timed
 
 import ekinet
 from ekinet import _core
@@ -183,7 +183,7 @@ class _TorchNamespace:
 
 def markdown(results):
     lines = header(results, "kalman_update / loss_update benchmark") + [
-        "Times in milliseconds (best of at least 3 runs and 1 s). Ratios: numpy best / native best (> 1: native "
+        f"Times in milliseconds ({best_of(results)}). Ratios: numpy best / native best (> 1: native "
         "faster), native ensemble / one GEMM of J x J by J x P, and auto: the time of the formulation auto "
         "chooses / the faster native formulation.", "",
         "| J | P | M | dtype | GEMM | native ens | native obs | auto (choice) | loss_update | numpy best | "
@@ -235,13 +235,13 @@ def main(argv=None):
     grid_p = GRID_P + ((1_000_000,) if args.device == "cuda" else ())
     configs = [(500, 100_000, 1000)] if args.quick else [(J, P, M) for J in GRID_J for P in grid_p for M in GRID_M]
     run = bench_cpu if args.device == "cpu" else bench_cuda
-    rows = []
+    results = {"environment": environment(args.device), "rows": []}
+    stem = f"update-{args.device}{'-quick' if args.quick else ''}-{args.dtype}"
     for J, P, M in configs:
-        row = run(J, P, M, dtype, args.repeats, args.budget)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    results = {"environment": environment(args.device), "rows": rows}
-    save_results(results, args.out, f"update-{args.device}{'-quick' if args.quick else ''}-{args.dtype}", markdown)
+        results["rows"].append(run(J, P, M, dtype, args.repeats, args.budget))
+        print(json.dumps(results["rows"][-1]), flush=True)
+        save_results(results, args.out, stem, markdown, echo=False)
+    save_results(results, args.out, stem, markdown)
 
 
 if __name__ == "__main__":
