@@ -418,7 +418,8 @@ def test_forward_cuda_state_carried_across_halves(cells, cp, rng):
 @cuda
 def test_forward_cuda_chunked_members_and_a_failed_member(cp, rng):
     """cnn-mnist with J = 70, B = 50 in float64 runs in two chunks of members (the workspace spills and regrows
-    between them on a fresh context); every member equals the CPU's. A member with NaN parameters fails alone
+    between them on a fresh context); every member equals the CPU's. U and X are temporaries of the call: their
+    views keep them alive (before they did, CuPy's pool gave U's memory to X, and member 0 came out wrong). A member with NaN parameters fails alone
     (NaN through relu, max-pooling, heaviside and softmax on the GPU)."""
     from test_nn import RTOL64, assert_close, inputs
 
@@ -495,26 +496,30 @@ def test_reference_forward_on_cupy_equals_numpy(name, cp, rng):
 @pytest.mark.cuda
 @cuda
 def test_trainer_on_the_gpu_learns(cp):
-    """Trainer(device="cuda"): data, ensemble and updates on the device; it learns as on the CPU (test_train's
-    floor for EKI(R)) and its predictions come back as CuPy arrays."""
+    """Trainer(device="cuda"): data, ensemble and updates on the device; it learns, as on the CPU: the same draws
+    (counter-based) give the same run up to rounding; and its predictions come back as CuPy arrays."""
     from ekinet import datasets
     from ekinet.train import Trainer
 
     train, test = datasets.load_mnist_small("train"), datasets.load_mnist_small("test")
-    trainer = Trainer("mlp:784-16-10", train.subset(np.arange(1500)), test=test.subset(np.arange(500)),
-                      ensemble=40, epochs=2, progress=False, device="cuda")
+    final = {}
+    for device in ("cpu", "cuda"):
+        trainer = Trainer("mlp:784-16-10", train.subset(np.arange(1500)), test=test.subset(np.arange(500)),
+                          ensemble=40, epochs=2, progress=False, device=device)
+        final[device] = trainer.fit()[-1]
     assert isinstance(trainer.optimizer.ensemble, cp.ndarray)
-    final = trainer.fit()[-1]
-    assert final["test_accuracy_mean"] > 0.45 and final["test_accuracy_ensemble"] > 0.45
+    for metric in ("test_accuracy_mean", "test_accuracy_ensemble"):
+        assert final["cuda"][metric] > 0.3  # chance is 0.1; the CPU run reaches 0.45
+        assert abs(final["cuda"][metric] - final["cpu"][metric]) <= 0.02, metric
     assert isinstance(trainer.predict(test.x[:10]), cp.ndarray)
 
 
 @pytest.mark.cuda
 @cuda
 def test_trainer_with_input_span_draws_learns_on_the_gpu_as_on_the_cpu(cp):
-    """The input-span update on the device (CuPy eigh for the basis, the CUDA core in the span's coordinates)
-    learns as on the CPU: after one epoch (15 updates) the mean particle's accuracy is within 5 points of the
-    CPU run's."""
+    """The input-span update on the device (the batch's basis from the same LAPACK eigenvectors as on the CPU,
+    the CUDA core in the span's coordinates) gives the CPU's run up to rounding: after one epoch (15 updates)
+    the mean particle's accuracy is the CPU run's within 2 points, far above chance."""
     from ekinet import datasets
     from ekinet.train import RandomizationSchedule, Trainer
 
@@ -524,9 +529,9 @@ def test_trainer_with_input_span_draws_learns_on_the_gpu_as_on_the_cpu(cp):
         trainer = Trainer("mlp:784-16-10", train.subset(np.arange(1500)), test=test.subset(np.arange(500)),
                           ensemble=40, epochs=1, progress=False, device=device,
                           randomization=RandomizationSchedule(input_span=True, centred=True))
-        runs[device] = trainer.fit()[-1]
-        assert runs[device]["test_accuracy_mean"] > 0.4
-    assert abs(runs["cuda"]["test_accuracy_mean"] - runs["cpu"]["test_accuracy_mean"]) < 0.05
+        runs[device] = trainer.fit()[-1]["test_accuracy_mean"]
+    assert runs["cuda"] > 0.3  # chance is 0.1; the CPU run reaches 0.43
+    assert abs(runs["cuda"] - runs["cpu"]) <= 0.02
 
 
 def _native_view(a):

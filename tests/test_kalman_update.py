@@ -2,7 +2,9 @@
 formula written out here, algebraic properties (formulations, subspace property), convergence on linear
 problems, the counter-based generator, failed members, argument checking and robustness."""
 
+import gc
 import warnings
+import weakref
 
 import numpy as np
 import pytest
@@ -727,7 +729,7 @@ def test_native_layer_checks_its_arguments(cpu_context, problem):
     with pytest.raises(ValueError, match=r"U has 1 member"):
         _native_call(cpu_context, U[:1], G[:1], y, out[:1])
     with pytest.raises(TypeError, match=r"unsupported dtype int64"):
-        _core.View(0, "int64", "cpu", 0, 1, 1, 1)
+        _core.View(0, "int64", "cpu", 0, 1, 1, 1, None)
     with pytest.raises(ValueError, match=r"noise_cov.*positive definite"):
         M = G.shape[1]
         _core.kalman_update(cpu_context, view(U), view(G), view(y), "full", 0.0, view(-np.eye(M)), None, None, 1.0,
@@ -737,6 +739,24 @@ def test_native_layer_checks_its_arguments(cpu_context, problem):
 # --------------------------------------------------------------------------------------------------------------
 # the inputs are not modified
 # --------------------------------------------------------------------------------------------------------------
+
+
+def test_native_view_keeps_its_array_alive(cpu_context):
+    """A view passed to the core holds its array: a temporary (view(np.ascontiguousarray(a)) as an argument)
+    is not freed, and its memory not reused by the next allocation, before the call reads it. Found on a GPU,
+    where CuPy's pool handed a dead ensemble's memory to the next argument."""
+    array = np.arange(6.0).reshape(2, 3)
+    alive = weakref.ref(array)
+    native = view(array)
+    del array
+    gc.collect()
+    assert alive() is not None
+    del native
+    gc.collect()
+    assert alive() is None
+    mean = np.empty((1, 3))
+    _core.ensemble_mean(cpu_context, view(np.ascontiguousarray(np.arange(6.0).reshape(3, 2).T)), view(mean))
+    np.testing.assert_array_equal(mean, [[0.5, 2.5, 4.5]])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

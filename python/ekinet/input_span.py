@@ -18,6 +18,8 @@ measurements.
 
 import dataclasses
 
+import numpy as np
+
 from . import nn
 from ._arrays import namespace_of
 
@@ -101,9 +103,14 @@ RANK_TOLERANCE = 1e-10
 
 def _orthonormal_basis(xp, X):
     """(d, r) orthonormal basis of the span of the rows of X (B, d), from the eigenvectors of the B x B Gram
-    matrix in float64 (LAPACK's QR of the tall d x B matrix is two orders slower here), r its numerical rank."""
+    matrix in float64 (LAPACK's QR of the tall d x B matrix is two orders slower here), r its numerical rank.
+    The small eigenproblem is solved by NumPy's LAPACK on every backend: eigenvectors are defined up to sign,
+    cuSOLVER picks other signs than LAPACK, and the signs decide which numbers a member's draws become, so
+    solving it in one place makes a run the same on the CPU and the GPU (and costs a B x B copy)."""
     rows = X.astype(xp.float64)
-    values, vectors = xp.linalg.eigh(rows @ rows.T)
+    gram = rows @ rows.T
+    values, vectors = np.linalg.eigh(gram.get() if xp is not np else gram)
+    values, vectors = xp.asarray(values), xp.asarray(vectors)
     keep = values > RANK_TOLERANCE * float(values[-1])
     if not bool(keep.any()):
         raise ValueError("the batch's inputs are all zero: they span no direction, and a first layer sees only "

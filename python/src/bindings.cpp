@@ -20,6 +20,10 @@ struct View {
   DType dtype = DType::float32;
   Device device{};
   std::int64_t rows = 0, cols = 0, row_stride = 0;
+  // The array that owns the memory, held for as long as the view lives: a view of a temporary (an argument
+  // such as view(xp.ascontiguousarray(a))) must not let the memory go back to an allocator's pool, where the
+  // next allocation would overwrite it before the call reads it.
+  py::object owner;
 
   MatrixView mutable_view() const {
     return {reinterpret_cast<void*>(pointer), dtype, device, rows, cols, row_stride};
@@ -143,12 +147,13 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<View>(m, "View")
       .def(py::init([](std::uintptr_t pointer, const std::string& dtype, const std::string& device, int device_index,
-                       std::int64_t rows, std::int64_t cols, std::int64_t row_stride) {
+                       std::int64_t rows, std::int64_t cols, std::int64_t row_stride, py::object owner) {
              const DeviceKind kind = device == "cuda" ? DeviceKind::cuda : DeviceKind::cpu;
-             return View{pointer, parse_dtype(dtype), Device{kind, device_index}, rows, cols, row_stride};
+             return View{pointer, parse_dtype(dtype), Device{kind, device_index}, rows, cols, row_stride,
+                         std::move(owner)};
            }),
            py::arg("pointer"), py::arg("dtype"), py::arg("device"), py::arg("device_index"), py::arg("rows"),
-           py::arg("cols"), py::arg("row_stride"));
+           py::arg("cols"), py::arg("row_stride"), py::arg("owner"));
 
   py::class_<Context>(m, "Context")
       .def_property_readonly("device", [](const Context& c) { return to_string(c.device()); })
