@@ -182,6 +182,8 @@ class _TorchNamespace:
 
 
 def markdown(results):
+    if results["environment"]["device"] == "cuda":
+        return markdown_cuda(results)
     lines = header(results, "kalman_update / loss_update benchmark") + [
         f"Times in milliseconds ({best_of(results)}). Ratios: numpy best / native best (> 1: native "
         "faster), native ensemble / one GEMM of J x J by J x P, and auto: the time of the formulation auto "
@@ -210,6 +212,34 @@ def markdown(results):
     if skipped:
         lines += ["", "Skipped (predicted too slow for this machine): " +
                   ", ".join(f"J={r['J']} P={r['P']} M={r['M']}" for r in skipped) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def markdown_cuda(results):
+    """The GPU table: native CUDA against the CuPy reference and the folded formula in CuPy and PyTorch, and the
+    fraction of one cuBLAS GEMM's rate that the ensemble form reaches."""
+    lines = header(results, "kalman_update / loss_update benchmark") + [
+        f"Times in milliseconds ({best_of(results)}; the CuPy reference: one run after a warm-up). Ratios: "
+        "PyTorch's folded update / native ensemble form (> 1: native faster), native ensemble form / one GEMM of "
+        "J x J by J x P, and auto: the time of kalman_update's own choice / the faster native form.", "",
+        "| J | P | M | GEMM | GEMM TFLOP/s | native ens | native obs | auto | loss_update | CuPy reference | "
+        "CuPy folded | PyTorch folded | torch/native | ens/GEMM | auto/best |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def ms(row, key):
+        return f"{1e3 * row[key]:.2f}" if key in row else "-"
+
+    for row in results["rows"]:
+        native = [row[k] for k in ("native_ensemble_s", "native_observation_s") if k in row]
+        auto = f"{row['native_auto_s'] / min(native):.2f}" if native and "native_auto_s" in row else "-"
+        torch_ratio = f"{row['torch_over_native']:.2f}" if "torch_over_native" in row else "-"
+        ens_gemm = f"{row['native_ensemble_over_gemm']:.2f}" if "native_ensemble_over_gemm" in row else "-"
+        lines.append(
+            f"| {row['J']} | {row['P']} | {row['M']} | {ms(row, 'gemm_s')} | {row.get('gemm_tflops', 0):.1f} | "
+            f"{ms(row, 'native_ensemble_s')} | {ms(row, 'native_observation_s')} | {ms(row, 'native_auto_s')} | "
+            f"{ms(row, 'native_loss_update_s')} | {ms(row, 'cupy_reference_s')} | "
+            f"{ms(row, 'cupy_folded_ensemble_s')} | {ms(row, 'torch_folded_ensemble_s')} | {torch_ratio} | "
+            f"{ens_gemm} | {auto} |")
     return "\n".join(lines) + "\n"
 
 
