@@ -4,9 +4,11 @@
 #
 #   here, once:   bash bench/gpu-session.sh prepare
 #                 (scipy-openblas32 for the device's Python 3.12 into .whl/, GoogleTest's source into .gtest/,
-#                  MNIST and Fashion-MNIST into .data/: all ignored by git; carry them)
+#                  MNIST into .data/: all ignored by git; carry them)
 #   device call (carry [".whl", ".gtest", ".data"], timeout_s 600): bash bench/gpu-session.sh all
-#   then give the machine back. Stages run in the order named (`all`: build test forward train_step update
+#   (or name the stages: `build test experiments` once the benchmarks are committed; at once after a call
+#   that stopped at its deadline, `experiments` alone resumes them from their checkpoints), then give the
+#   machine back. Stages run in the order named (`all`: build test forward train_step update
 #   randomize experiments) under one deadline (EKINET_GPU_SECONDS, 560 by default): each stage gets its own
 #   limit or what is left before the deadline, whichever is less, so the call ends inside its limit.
 #
@@ -93,17 +95,18 @@ bench_train_step() { python3 bench/train_step.py --device cuda --out "$WORK/resu
 bench_update() { python3 bench/update.py --device cuda --out "$WORK/results/bench"; }
 bench_randomize() { python3 bench/randomize.py --device cuda --out "$WORK/results/bench"; }
 
-# The paper's settings for the DNN 2 target of the training issue, with the draws that reached it on the CPU
-# (input-span and centred, h = 12 decaying by 0.85 an epoch), with seeds the CPU runs did not use: the GPU's
-# wall time and more seeds for the spread. Each seed's row is written when it ends.
+# The paper's settings for the experiments the CPU cannot run: CNN-MNIST EKI(R) (about 10 minutes on an H200,
+# 9.8 updates a second), then DNN 3 with the draws that reached DNN 2's target. Checkpoints after every epoch
+# in $WORK/checkpoints: a stage stopped at its limit resumes there in the next call while the machine is warm.
 experiments() {
   mkdir -p "$WORK/results/experiments"
-  local rc=0 seed
-  for seed in 2 3; do
-    python3 -m ekinet experiment mnist-dnn2 --size paper --device cuda --methods eki-r --step 12 --step-decay 0.85 \
-      --input-span --centred-draws --seed "$seed" --no-progress --out "$WORK/results/experiments/seed$seed" || rc=1
-    collect
-  done
+  local rc=0
+  python3 -m ekinet experiment cnn-mnist --size paper --device cuda --no-progress \
+    --checkpoints "$WORK/checkpoints" --out "$WORK/results/experiments" || rc=1
+  collect
+  python3 -m ekinet experiment mnist-dnn3 --size paper --device cuda --methods eki-r --step 12 --step-decay 0.85 \
+    --input-span --centred-draws --no-progress --checkpoints "$WORK/checkpoints" \
+    --out "$WORK/results/experiments" || rc=1
   return $rc
 }
 
@@ -132,7 +135,7 @@ for name in "$@"; do
     train_step) stage train_step 60 bench_train_step ;;
     update) stage update 90 bench_update ;;
     randomize) stage randomize 40 bench_randomize ;;
-    experiments) stage experiments 420 experiments ;;
+    experiments) stage experiments 600 experiments ;;
     *) echo "unknown stage $name (prepare, all, build, test, forward, train_step, update, randomize," \
          "experiments)"; exit 2 ;;
   esac
