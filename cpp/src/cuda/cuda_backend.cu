@@ -18,6 +18,7 @@
 #include "ekinet/context.hpp"
 #include "ekinet/errors.hpp"
 #include "ekinet/random.hpp"
+#include "index_math.hpp"
 #include "recurrent_steps.hpp"
 
 namespace ekinet::detail {
@@ -265,7 +266,7 @@ template <class T>
 __global__ void axpby_kernel(i64 rows, i64 cols, T alpha, const T* a, i64 lda, T beta, const T* b, i64 ldb, T* out,
                              i64 ldo) {
   for (i64 i = first_index(); i < rows * cols; i += grid_stride()) {
-    const i64 r = i / cols, c = i % cols;
+    const auto [r, c] = divide(i, cols);
     out[r * ldo + c] = alpha * a[r * lda + c] + beta * b[r * ldb + c];
   }
 }
@@ -273,7 +274,7 @@ __global__ void axpby_kernel(i64 rows, i64 cols, T alpha, const T* a, i64 lda, T
 template <class T>
 __global__ void add_row_vector_kernel(i64 rows, i64 cols, const T* a, i64 lda, T alpha, const T* v, T* out, i64 ldo) {
   for (i64 i = first_index(); i < rows * cols; i += grid_stride()) {
-    const i64 r = i / cols, c = i % cols;
+    const auto [r, c] = divide(i, cols);
     out[r * ldo + c] = a[r * lda + c] + alpha * v[c];
   }
 }
@@ -281,7 +282,7 @@ __global__ void add_row_vector_kernel(i64 rows, i64 cols, const T* a, i64 lda, T
 template <class T>
 __global__ void scale_columns_kernel(i64 rows, i64 cols, T* a, i64 lda, const T* v) {
   for (i64 i = first_index(); i < rows * cols; i += grid_stride()) {
-    const i64 r = i / cols, c = i % cols;
+    const auto [r, c] = divide(i, cols);
     a[r * lda + c] *= v[c];
   }
 }
@@ -290,7 +291,7 @@ template <class T>
 __global__ void residual_kernel(i64 rows, i64 cols, const T* y, const T* eta, i64 ld_eta, const T* g, i64 ldg, T* out,
                                 i64 ldo) {
   for (i64 i = first_index(); i < rows * cols; i += grid_stride()) {
-    const i64 r = i / cols, c = i % cols;
+    const auto [r, c] = divide(i, cols);
     const T perturbed = eta != nullptr ? y[c] + eta[r * ld_eta + c] : y[c];
     out[r * ldo + c] = perturbed - g[r * ldg + c];
   }
@@ -300,7 +301,7 @@ template <class T>
 __global__ void gather_rows_kernel(i64 count, i64 cols, const std::int64_t* index, const T* a, i64 lda, T* out,
                                    i64 ldo) {
   for (i64 i = first_index(); i < count * cols; i += grid_stride()) {
-    const i64 r = i / cols, c = i % cols;
+    const auto [r, c] = divide(i, cols);
     out[r * ldo + c] = a[index[r] * lda + c];
   }
 }
@@ -309,7 +310,7 @@ template <class T>
 __global__ void fill_normal_kernel(i64 rows, i64 cols, std::uint64_t key, i64 first_row, double scale,
                                    const T* column_scale, const T* offset, T* out, i64 ldo) {
   for (i64 i = first_index(); i < rows * cols; i += grid_stride()) {
-    const i64 r = i / cols, c = i % cols;
+    const auto [r, c] = divide(i, cols);
     // The same draw index as the CPU backend and the NumPy reference: (first_row + r) * cols + c.
     const std::uint64_t draw =
         static_cast<std::uint64_t>(first_row + r) * static_cast<std::uint64_t>(cols) + static_cast<std::uint64_t>(c);
@@ -329,7 +330,7 @@ __global__ void add_diagonal_kernel(i64 n, T* a, i64 lda, T alpha, const T* v) {
 template <class T>
 __global__ void fold_centering_kernel(i64 n, const double* row_sum, const T* a, i64 lda, T* out, i64 ldo) {
   for (i64 i = first_index(); i < n * n; i += grid_stride()) {
-    const i64 r = i / n, c = i % n;
+    const auto [r, c] = divide(i, n);
     const T shift = static_cast<T>(row_sum[r] / static_cast<double>(n));
     out[r * ldo + c] = a[r * lda + c] - shift + (r == c ? T{1} : T{0});
   }
@@ -342,7 +343,7 @@ __global__ void scale_by_negative_step_kernel(i64 rows, i64 cols, T* a, i64 lda,
   const T h_n = static_cast<T>(sum_of_squares != nullptr ? h / (sqrt(*sum_of_squares) + eps) : h);
   if (first_index() == 0) *step = h_n;
   for (i64 i = first_index(); i < rows * cols; i += grid_stride()) {
-    const i64 r = i / cols, c = i % cols;
+    const auto [r, c] = divide(i, cols);
     a[r * lda + c] *= -h_n;
   }
 }
@@ -350,7 +351,7 @@ __global__ void scale_by_negative_step_kernel(i64 rows, i64 cols, T* a, i64 lda,
 template <class T>
 __global__ void flag_nonfinite_rows_kernel(i64 rows, i64 cols, const T* a, i64 lda, std::int32_t* flags) {
   for (i64 i = first_index(); i < rows * cols; i += grid_stride()) {
-    const i64 r = i / cols, c = i % cols;
+    const auto [r, c] = divide(i, cols);
     if (!isfinite(a[r * lda + c])) flags[r] = 1;  // every writer stores the same value: no race to resolve
   }
 }
@@ -373,7 +374,7 @@ template <class T, class Predicate>
 __global__ void count_kernel(i64 rows, i64 cols, const T* a, i64 lda, unsigned long long* counter) {
   unsigned long long count = 0;
   for (i64 i = first_index(); i < rows * cols; i += grid_stride()) {
-    const i64 r = i / cols, c = i % cols;
+    const auto [r, c] = divide(i, cols);
     count += Predicate::test(a[r * lda + c]);
   }
   if (count != 0) atomicAdd(counter, count);
@@ -382,7 +383,7 @@ __global__ void count_kernel(i64 rows, i64 cols, const T* a, i64 lda, unsigned l
 template <class T>
 __global__ void divide_rows_clamped_kernel(i64 n, i64 nrhs, const T* w, T floor, T* b, i64 ldb) {
   for (i64 k = first_index(); k < n * nrhs; k += grid_stride()) {
-    const i64 i = k % n, c = k / n;
+    const auto [c, i] = divide(k, n);
     b[i + c * ldb] /= w[i] < floor ? floor : w[i];  // std::max(w[i], floor), NaN included
   }
 }
@@ -419,7 +420,8 @@ __global__ void bias_activation_kernel(i64 batch, i64 rows, i64 cols, T* x, i64 
                                        i64 bias_stride, bool bias_per_row, Activation activation) {
   const i64 size = rows * cols;
   for (i64 k = first_index(); k < batch * size; k += grid_stride()) {
-    const i64 i = k / size, r = k % size / cols, c = k % cols;
+    const auto [i, within] = divide(k, size);
+    const auto [r, c] = divide(within, cols);
     T& value = x[i * member_stride + r * ld + c];
     const T b = bias != nullptr ? bias[i * bias_stride + (bias_per_row ? r : c)] : T{0};
     value = activate(static_cast<T>(value + b), activation);
@@ -432,7 +434,7 @@ template <class T>
 __global__ void softmax_kernel(i64 batch, i64 rows, i64 cols, T* x, i64 ld, i64 member_stride, const T* bias,
                                i64 bias_stride, bool bias_per_row) {
   for (i64 k = first_index(); k < batch * rows; k += grid_stride()) {
-    const i64 i = k / rows, r = k % rows;
+    const auto [i, r] = divide(k, rows);
     T* row = x + i * member_stride + r * ld;
     const T* b = bias != nullptr ? bias + i * bias_stride : nullptr;
     T max_v = static_cast<T>(-INFINITY);
@@ -451,7 +453,8 @@ __global__ void copy_strided_kernel(i64 batch, i64 rows, i64 cols, const T* in, 
                                     T* out, i64 out_ld, i64 out_member_stride) {
   const i64 size = rows * cols;
   for (i64 k = first_index(); k < batch * size; k += grid_stride()) {
-    const i64 i = k / size, r = k % size / cols, c = k % cols;
+    const auto [i, within] = divide(k, size);
+    const auto [r, c] = divide(within, cols);
     out[i * out_member_stride + r * out_ld + c] = in[i * in_member_stride + r * in_ld + c];
   }
 }
@@ -460,7 +463,8 @@ template <class T>
 __global__ void fill_strided_kernel(i64 batch, i64 rows, i64 cols, T value, T* out, i64 ld, i64 member_stride) {
   const i64 size = rows * cols;
   for (i64 k = first_index(); k < batch * size; k += grid_stride()) {
-    const i64 i = k / size, r = k % size / cols, c = k % cols;
+    const auto [i, within] = divide(k, size);
+    const auto [r, c] = divide(within, cols);
     out[i * member_stride + r * ld + c] = value;
   }
 }
@@ -472,12 +476,15 @@ __global__ void im2col_kernel(i64 batch, i64 images, i64 channels, i64 height, i
                               i64 padding, i64 out_h, i64 out_w, T* cols, i64 cols_member_stride) {
   const i64 q_size = channels * kernel * kernel, pixels = out_h * out_w, size = q_size * images * pixels;
   for (i64 k = first_index(); k < batch * size; k += grid_stride()) {
-    const i64 i = k / size, q = k % q_size, column = k % size / q_size;  // column = n * pixels + oy * out_w + ox
-    const i64 n = column / pixels, oy = column % pixels / out_w, ox = column % out_w;
-    const i64 ch = q / (kernel * kernel), ky = q / kernel % kernel, kx = q % kernel;
+    const auto [i, within] = divide(k, size);
+    const auto [column, q] = divide(within, q_size);  // column = n * pixels + oy * out_w + ox
+    const auto [n, pixel] = divide(column, pixels);
+    const auto [oy, ox] = divide(pixel, out_w);
+    const auto [ch, tap] = divide(q, kernel * kernel);
+    const auto [ky, kx] = divide(tap, kernel);
     const i64 iy = oy * stride - padding + ky, ix = ox * stride - padding + kx;
     const bool inside = iy >= 0 && iy < height && ix >= 0 && ix < width;
-    cols[i * cols_member_stride + q + column * q_size] =
+    cols[i * cols_member_stride + within] =
         inside ? in[i * member_stride + ch * channel_stride + n * image_stride + iy * width + ix] : T{0};
   }
 }
@@ -489,7 +496,9 @@ __global__ void maxpool2d_kernel(i64 batch, i64 channels, i64 images, i64 height
                                  i64 out_member_stride) {
   const i64 pixels = out_h * out_w, size = channels * images * pixels;
   for (i64 k = first_index(); k < batch * size; k += grid_stride()) {
-    const i64 i = k / size, cn = k % size / pixels, oy = k % pixels / out_w, ox = k % out_w;  // cn = c * images + n
+    const auto [i, within] = divide(k, size);
+    const auto [cn, pixel] = divide(within, pixels);  // cn = c * images + n
+    const auto [oy, ox] = divide(pixel, out_w);
     const T* window = in + i * in_member_stride + cn * height * width + oy * stride * width + ox * stride;
     T max_v = static_cast<T>(-INFINITY);
     for (i64 ky = 0; ky < kernel; ++ky) {
@@ -498,7 +507,7 @@ __global__ void maxpool2d_kernel(i64 batch, i64 channels, i64 images, i64 height
         if (v != v || v > max_v) max_v = v;  // once NaN, nothing compares greater: a failed member stays NaN
       }
     }
-    out[i * out_member_stride + k % size] = max_v;
+    out[i * out_member_stride + within] = max_v;
   }
 }
 
@@ -508,8 +517,10 @@ __global__ void channels_to_rows_kernel(i64 batch, i64 channels, i64 images, i64
                                         i64 in_member_stride, T* out, i64 out_member_stride) {
   const i64 row = channels * pixels, size = images * row;
   for (i64 k = first_index(); k < batch * size; k += grid_stride()) {
-    const i64 i = k / size, n = k % size / row, c = k % row / pixels, p = k % pixels;
-    out[i * out_member_stride + k % size] = in[i * in_member_stride + c * images * pixels + n * pixels + p];
+    const auto [i, within] = divide(k, size);
+    const auto [n, in_row] = divide(within, row);
+    const auto [c, p] = divide(in_row, pixels);
+    out[i * out_member_stride + within] = in[i * in_member_stride + c * images * pixels + n * pixels + p];
   }
 }
 
@@ -520,7 +531,8 @@ __global__ void lstm_cell_kernel(i64 batch, i64 rows, i64 hidden, const T* gates
                                  i64 h_member_stride) {
   const i64 size = rows * hidden;
   for (i64 k = first_index(); k < batch * size; k += grid_stride()) {
-    const i64 i = k / size, r = k % size / hidden, u = k % hidden;
+    const auto [i, within] = divide(k, size);
+    const auto [r, u] = divide(within, hidden);
     const T* g = gates + i * gates_member_stride + r * gates_ld;
     const T input = sigmoid(g[u]), forget = sigmoid(g[hidden + u]), cell = tanh(g[2 * hidden + u]),
             output = sigmoid(g[3 * hidden + u]);
@@ -592,7 +604,7 @@ struct CentredSquare {  // (A[i, c] - mean[c])^2 over the flattened matrix (one 
   i64 cols;
   const T* mean;
   __device__ double operator()(i64, i64 u, unsigned long long&) const {
-    const i64 r = u / cols, c = u % cols;
+    const auto [r, c] = divide(u, cols);
     const double d = static_cast<double>(a[r * lda + c]) - (mean != nullptr ? static_cast<double>(mean[c]) : 0.0);
     return d * d;
   }
