@@ -3,8 +3,9 @@
 Members x examples per second for MLP 784-100-10 and 784-500-300-100-10, CNN-MNIST, RNN(32) and LSTM(32) on
 sequences of 50 steps, at J in {100, 2000} and B in {64, 256}. On the CPU the native core is compared with the NumPy
 reference in the same run; on a GPU (CuPy present, CUDA core built) with PyTorch's ensembling recipe
-(torch.func.stack_module_state + functional_call + vmap) and with a Python loop over the members' modules,
-on the same device, plus one online LSTM step (J = 2000, one new observation).
+(torch.func.stack_module_state + functional_call + vmap; for the recurrent networks, whose modules vmap
+cannot batch, vmap of their steps written out in torch operations) and with a Python loop over the members'
+modules, on the same device, plus one online LSTM step (J = 2000, one new observation).
 
 Usage: python bench/forward.py [--device cpu|cuda] [--quick] [--budget SECONDS] [--out bench/results]
 Reference runs predicted to exceed the budget are recorded as skipped, and native calls that take more than a
@@ -89,6 +90,51 @@ def bench_cpu(name, network, J, B, dtype, budget):
     return row
 
 
+def torch_member_forward(network):
+    """One member's forward pass as a function of its parameters (a dict by ekinet's names) and the batch, in
+    torch operations that vmap batches over the members: the recipe for recurrent networks, whose PyTorch
+    modules (nn.RNN, nn.LSTM) call a fused kernel that vmap cannot batch ("Cannot access data pointer of Tensor
+    that doesn't have storage"). The steps are PyTorch's equations, the LSTM's gates in the order i, f, g, o."""
+    import torch
+
+    activations = {"identity": lambda v: v, "relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}
+
+    def recurrent(layer, w, x):
+        h = x.new_zeros((x.shape[0], layer.hidden))
+        c = h
+        steps = []
+        for t in range(x.shape[1]):
+            gates = x[:, t] @ w["weight_ih"].T + w["bias_ih"] + h @ w["weight_hh"].T + w["bias_hh"]
+            if isinstance(layer, nn.LSTM):
+                i, f, g, o = gates.chunk(4, dim=-1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+            else:
+                h = torch.tanh(gates)
+            steps.append(h)
+        return torch.stack(steps, dim=1) if layer.return_sequences else h
+
+    def forward(weights, x):
+        for index, layer in enumerate(network.layers):
+            w = {key.split(".", 1)[1]: value for key, value in weights.items() if key.startswith(f"{index}.")}
+            if isinstance(layer, nn.RNN):
+                x = recurrent(layer, w, x)
+            elif isinstance(layer, nn.Dense) and layer.activation in activations:
+                x = activations[layer.activation](x @ w["weight"].T + w["bias"])
+            else:
+                raise ValueError(f"torch_member_forward: layer {index} ({type(layer).__name__}) is not written out; "
+                                 "use the modules of network.to_torch")
+        return x
+
+    return forward
+
+
+def member_weights(network, U):
+    """{name: (J, *shape) view of U} for a (J, P) torch tensor: every member's weights, stacked."""
+    return {name: U[:, offset:offset + int(np.prod(shape))].reshape(U.shape[0], *shape)
+            for name, (offset, shape) in network.parameters.items()}
+
+
 def bench_cuda(name, network, J, B, dtype, budget):
     import cupy as cp
     import torch
@@ -109,10 +155,17 @@ def bench_cuda(name, network, J, B, dtype, budget):
     def one(p, b, x):
         return functional_call(base, (p, b), (x,))
 
-    vmapped = torch.vmap(one, in_dims=(0, 0, None))
+    if any(isinstance(layer, nn.RNN) for layer in network.layers):
+        weights, written_out = member_weights(network, torch.from_dlpack(U)), torch_member_forward(network)
+        vmapped_steps = torch.vmap(written_out, in_dims=(0, None))
+        run_vmap = lambda: vmapped_steps(weights, tX)  # noqa: E731
+        row["torch_vmap_recipe"] = "steps written out"
+    else:
+        vmapped = torch.vmap(one, in_dims=(0, 0, None))
+        run_vmap = lambda: vmapped(params, buffers, tX)  # noqa: E731
     with torch.no_grad():
-        try:  # vmap has no batching rule for some modules (cuDNN's recurrent layers): say so in the row
-            row["torch_vmap_s"] = timed(lambda: vmapped(params, buffers, tX), torch.cuda.synchronize)
+        try:  # vmap has no batching rule for some modules: say so in the row
+            row["torch_vmap_s"] = timed(run_vmap, torch.cuda.synchronize)
             row["speedup_over_vmap"] = row["torch_vmap_s"] / row["native_s"]
         except (RuntimeError, NotImplementedError) as error:
             row["torch_vmap_error"] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
@@ -145,9 +198,8 @@ def bench_online_step(device, J, dtype):
     import torch
 
     # PyTorch's ensembling recipe for the same step: the members' weights stacked, one step vmapped over them.
-    tU, tX, tstate = torch.from_dlpack(U), torch.from_dlpack(X)[0, 0], torch.from_dlpack(state)
-    weights = {name: tU[:, offset:offset + int(np.prod(shape))].reshape(J, *shape)
-               for name, (offset, shape) in network.parameters.items()}
+    tX, tstate = torch.from_dlpack(X)[0, 0], torch.from_dlpack(state)
+    weights = member_weights(network, torch.from_dlpack(U))
 
     def step(w, x, h, c):
         gates = w["0.weight_ih"] @ x + w["0.bias_ih"] + w["0.weight_hh"] @ h + w["0.bias_hh"]
@@ -188,6 +240,10 @@ def markdown(results):
                     else " failed | - |")
             line += vmap + loop
         lines.append(line)
+    written_out = sorted({r["network"] for r in results["rows"] if "torch_vmap_recipe" in r})
+    if written_out:
+        lines += ["", f"vmap on {', '.join(written_out)}: the steps written out in torch operations "
+                  "(PyTorch's recurrent modules cannot be vmapped)."]
     failures = {r["network"]: r["torch_vmap_error"] for r in results["rows"] if "torch_vmap_error" in r}
     lines += ["", *(f"torch vmap failed on {name}: {error}" for name, error in failures.items())] if failures else []
     return "\n".join(lines) + "\n"

@@ -128,3 +128,28 @@ def test_train_step_benchmark(monkeypatch, tmp_path):
     for row in rows:
         assert row["full_update_s"] > 0 and row["span_update_s"] > 0
         assert row["speedup"] == pytest.approx(row["full_update_s"] / row["span_update_s"])
+
+
+@pytest.mark.parametrize("layers,shape", [
+    ([nn.LSTM(4), nn.Dense(2)], (5, 3)),
+    ([nn.RNN(4, return_sequences=True), nn.LSTM(3), nn.Dense(2, "tanh")], (6, 2)),
+    ([nn.RNN(5), nn.Dense(3, "relu"), nn.Dense(1)], (4, 1)),
+])
+def test_torch_member_forward_vmapped_equals_the_network(layers, shape, monkeypatch):
+    """The GPU benchmark's vmap recipe for recurrent networks (their steps written out in torch operations, as
+    vmap cannot batch nn.RNN/nn.LSTM), vmapped over the members on the CPU, gives the network's outputs."""
+    torch = pytest.importorskip("torch")
+    forward = load("forward", monkeypatch)
+    network = nn.Sequential(layers, shape)
+    U = network.prior(6, rng=0, dtype="float64")
+    X = np.random.default_rng(1).standard_normal((3, *shape))
+    vmapped = torch.vmap(forward.torch_member_forward(network), in_dims=(0, None))
+    got = vmapped(forward.member_weights(network, torch.from_numpy(U)), torch.from_numpy(X)).numpy()
+    np.testing.assert_allclose(got, network.forward(U, X), rtol=1e-10, atol=1e-12)
+
+
+def test_torch_member_forward_names_layers_it_does_not_write_out(monkeypatch):
+    pytest.importorskip("torch")
+    forward = load("forward", monkeypatch)
+    with pytest.raises(ValueError, match=r"layer 0 \(Conv2d\) is not written out"):
+        forward.torch_member_forward(nn.from_string("cnn-mnist"))({}, None)
