@@ -419,8 +419,8 @@ def test_forward_cuda_state_carried_across_halves(cells, cp, rng):
 def test_forward_cuda_chunked_members_and_a_failed_member(cp, rng):
     """cnn-mnist with J = 70, B = 50 in float64 runs in two chunks of members (the workspace spills and regrows
     between them on a fresh context); every member equals the CPU's. U and X are temporaries of the call: their
-    views keep them alive (before they did, CuPy's pool gave U's memory to X, and member 0 came out wrong). A member with NaN parameters fails alone
-    (NaN through relu, max-pooling, heaviside and softmax on the GPU)."""
+    views keep them alive (before they did, CuPy's pool gave U's memory to X, and member 0 came out wrong). A
+    member with NaN parameters fails alone (NaN through relu, max-pooling, heaviside and softmax on the GPU)."""
     from test_nn import RTOL64, assert_close, inputs
 
     from ekinet import _core, nn
