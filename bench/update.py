@@ -181,6 +181,11 @@ class _TorchNamespace:
         return torch.eye(n, dtype=dtype, device="cuda")
 
 
+def milliseconds(row, key, decimals):
+    """row[key] seconds as milliseconds for a table, "-" where it was not measured."""
+    return f"{1e3 * row[key]:.{decimals}f}" if key in row else "-"
+
+
 def markdown(results):
     if results["environment"]["device"] == "cuda":
         return markdown_cuda(results)
@@ -193,7 +198,7 @@ def markdown(results):
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def ms(row, key):
-        return f"{1e3 * row[key]:.1f}" if key in row else "-"
+        return milliseconds(row, key, 1)
 
     def ratio(row, key):
         return f"{row[key]:.2f}" if key in row else "-"
@@ -227,7 +232,7 @@ def markdown_cuda(results):
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def ms(row, key):
-        return f"{1e3 * row[key]:.2f}" if key in row else "-"
+        return milliseconds(row, key, 2)
 
     for row in results["rows"]:
         native = [row[k] for k in ("native_ensemble_s", "native_observation_s") if k in row]
