@@ -110,10 +110,9 @@ def _orthonormal_basis(xp, X):
     rows = X.astype(xp.float64)
     gram = rows @ rows.T
     values, vectors = np.linalg.eigh(gram.get() if xp is not np else gram)
-    values, vectors = xp.asarray(values), xp.asarray(vectors)
-    keep = values > RANK_TOLERANCE * float(values[-1])
-    if not bool(keep.any()):
+    keep = values > RANK_TOLERANCE * values[-1]
+    if not keep.any():
         raise ValueError("the batch's inputs are all zero: they span no direction, and a first layer sees only "
                          "its biases")
-    basis = (rows.T @ vectors[:, keep]) / xp.sqrt(values[keep])
+    basis = (rows.T @ xp.asarray(vectors[:, keep])) / xp.asarray(np.sqrt(values[keep]))
     return basis.astype(X.dtype)
