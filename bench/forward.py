@@ -21,7 +21,8 @@ import time
 import numpy as np
 from timing import best_of, environment, header, save_results, timed
 
-from ekinet import nn
+from ekinet import _core, nn
+from ekinet._native import context_for, view
 
 NETWORKS = {
     "mlp 784-100-10": lambda: nn.from_string("mlp:784-100-10"),
@@ -190,6 +191,10 @@ def bench_online_step(device, J, dtype):
     row = {"network": "online LSTM(32) step", "J": J, "B": 1, "P": network.parameter_count, "dtype": dtype}
     row["native_s"] = timed(lambda: network.forward(U, X, state=state, return_state=True), sync)
     row["native_member_examples_per_s"] = J / row["native_s"]
+    # The core's call alone, its arguments prepared once: what the Python layer's checks and conversions add.
+    G, state_out = xp.empty((J, network.output_size), dtype=dtype), xp.empty_like(state)
+    views = [view(a) for a in (U, X.reshape(1, -1), G, state, state_out)]
+    row["core_call_s"] = timed(lambda: _core.forward(context_for(xp), network._network, *views), sync)
     if device == "cpu":
         row["reference_s"] = timed(lambda: network.forward(U, X, state=state, return_state=True,
                                                            backend="reference"))
@@ -240,6 +245,9 @@ def markdown(results):
                     else " failed | - |")
             line += vmap + loop
         lines.append(line)
+    lines += [""] + [f"{r['network']}, J = {r['J']}: the core's call alone (its arguments prepared once) "
+                     f"{1e3 * r['core_call_s']:.3g} ms of the {1e3 * r['native_s']:.3g} ms"
+                     for r in results["rows"] if "core_call_s" in r]
     written_out = sorted({r["network"] for r in results["rows"] if "torch_vmap_recipe" in r})
     if written_out:
         lines += ["", f"vmap on {', '.join(written_out)}: the steps written out in torch operations "

@@ -56,6 +56,10 @@ def test_forward_benchmark(monkeypatch, tmp_path):
         assert row["native_s"] > 0 and row["reference_s"] > 0
         assert row["native_speedup"] == pytest.approx(row["reference_s"] / row["native_s"])
         assert row["native_member_examples_per_s"] == pytest.approx(row["J"] * row["B"] / row["native_s"])
+    online = [row for row in rows if row["network"].startswith("online")]
+    assert all(0 < row["core_call_s"] for row in online)
+    with open(tmp_path / "forward-cpu-float32.md") as f:
+        assert f.read().count("the core's call alone") == len(online)
     chunked = {(r["network"], r["J"]): r.get("reference_members_per_call") for r in rows}
     assert chunked[("mlp", 7)] is None and 1 <= chunked[("cnn", 7)] < 7
     assert sum("members a call" in line for line in table) == sum(v is not None for v in chunked.values())
