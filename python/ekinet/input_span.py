@@ -106,7 +106,7 @@ def _orthonormal_basis(xp, X):
     matrix in float64 (LAPACK's QR of the tall d x B matrix is two orders slower here), r its numerical rank.
     The small eigenproblem is solved by NumPy's LAPACK on every backend: eigenvectors are defined up to sign,
     cuSOLVER picks other signs than LAPACK, and the signs decide which numbers a member's draws become, so
-    solving it in one place makes a run the same on the CPU and the GPU (and costs a B x B copy)."""
+    solving it in one place makes a run on the GPU the CPU's up to rounding (and costs a B x B copy)."""
     rows = X.astype(xp.float64)
     gram = rows @ rows.T
     values, vectors = np.linalg.eigh(gram.get() if xp is not np else gram)
