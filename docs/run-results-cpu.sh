@@ -80,3 +80,5 @@ done
 # On a GPU (docs/results/gpu: DNN 2 with seeds 2 and 3 on an NVIDIA H200, 35 s each; bench/gpu-session.sh):
 #   python -m ekinet experiment mnist-dnn2 --size paper --device cuda --methods eki-r --step 12 --step-decay 0.85 \
 #     --input-span --centred-draws --seed 2 --out docs/results/gpu/seed2
+# Heaviside on Fashion-MNIST with input-span draws, seed 1, the Heaviside network alone (24 minutes):
+#   python docs/results/heaviside-paper-cpu-span-seed1/run.py docs/results/heaviside-paper-cpu-span-seed1/heaviside-seed1.json

@@ -1,0 +1,18 @@
+"""Run as (from the repository root):
+    PYTHONPATH=python EKINET_DATA=../shared/data python docs/results/heaviside-paper-cpu-span-seed1/run.py OUT
+
+Heaviside 784-100-10 on Fashion-MNIST, the fashion-heaviside experiment's paper settings and data split with
+input-span and centred draws and h = 12 x 0.85^e, seed 1; the Heaviside network only (the experiment runs ReLU
+too, which would double the time)."""
+import dataclasses
+import json
+import sys
+
+from ekinet import experiments as E
+
+settings = dataclasses.replace(E.get("fashion-heaviside").paper, step=12.0, step_decay=0.85, centred_draws=True,
+                               input_span=True)
+data = E._classification_data("fashion-mnist", settings)
+row = E._train_eki("mlp:784-100-10:heaviside", data, "eki-r", settings, {"seed": 1, "progress": False})
+json.dump(row, open(sys.argv[1], "w"), indent=1, default=str)
+print({k: v for k, v in row.items() if k != "history"})
