@@ -417,15 +417,18 @@ def test_forward_cuda_state_carried_across_halves(cells, cp, rng):
 @pytest.mark.cuda
 @cuda
 def test_forward_cuda_chunked_members_and_a_failed_member(cp, rng):
-    """cnn-mnist with J = 70, B = 50 in float64 runs in two chunks of members (the workspace spills and regrows
-    between them on a fresh context); every member equals the CPU's. U and X are temporaries of the call: their
-    views keep them alive (before they did, CuPy's pool gave U's memory to X, and member 0 came out wrong). A
-    member with NaN parameters fails alone (NaN through relu, max-pooling, heaviside and softmax on the GPU)."""
+    """A CNN too large for the whole-network path (cnn-mnist's layers with a 600-unit head: 1 MB of float64
+    parameters, more than a block's shared memory) runs layer by layer: with J = 70, B = 50 in float64, in two
+    chunks of members (the workspace spills and regrows between them on a fresh context); every member equals
+    the CPU's. U and X are temporaries of the call: their views keep them alive (before they did, CuPy's pool
+    gave U's memory to X, and member 0 came out wrong). cnn-mnist itself runs whole per image, with nothing in
+    the workspace but the NaN counter of X. A member with NaN parameters fails alone (NaN through relu,
+    max-pooling, heaviside and softmax on the GPU)."""
     from test_nn import RTOL64, assert_close, inputs
 
     from ekinet import _core, nn
 
-    net = nn.cnn_mnist()
+    net = nn.Sequential(list(nn.cnn_mnist().layers[:-1]) + [nn.Dense(600, "tanh"), nn.Dense(10)], (1, 28, 28))
     U, X = inputs(net, 70, 50, rng)
     expected = net.forward(U, X, backend="native")  # the CPU core
     context = _core.make_cuda_context(cp.cuda.Device().id)  # fresh: every buffer of the first chunk spills
@@ -434,12 +437,23 @@ def test_forward_cuda_chunked_members_and_a_failed_member(cp, rng):
         _core.forward(context, net._network, _native_view(cp.asarray(U)),
                       _native_view(cp.asarray(X.reshape(50, -1))), _native_view(G), None, None)
         context.synchronize()
-        assert_close(_host(G).reshape(expected.shape), expected, RTOL64, f"chunked cnn-mnist ({attempt})")
-        assert context.workspace_bytes > 0
+        assert_close(_host(G).reshape(expected.shape), expected, RTOL64, f"chunked wide cnn ({attempt})")
+        assert context.workspace_bytes > 2**20
         context.release_workspace()
         assert context.workspace_bytes == 0
     got = net.forward(cp.asarray(U), cp.asarray(X), backend="native")
-    assert_close(_host(got), expected, RTOL64, "chunked cnn-mnist, cached context")
+    assert_close(_host(got), expected, RTOL64, "chunked wide cnn, cached context")
+
+    net = nn.cnn_mnist()
+    U, X = inputs(net, 70, 50, rng)
+    expected = net.forward(U, X, backend="native")
+    for attempt in range(2):  # the second call's reset turns the first one's spilled counter into the block
+        G = cp.empty((70, 50 * net.output_size))
+        _core.forward(context, net._network, _native_view(cp.asarray(U)),
+                      _native_view(cp.asarray(X.reshape(50, -1))), _native_view(G), None, None)
+        context.synchronize()
+        assert_close(_host(G).reshape(expected.shape), expected, RTOL64, f"whole cnn-mnist ({attempt})")
+    assert context.workspace_bytes <= 4096
 
     net = nn.Sequential([nn.Conv2d(2, 3, activation="relu"), nn.MaxPool2d(2), nn.Flatten(), nn.Dense(4, "heaviside"),
                          nn.Dense(3, "softmax")], (1, 6, 6))

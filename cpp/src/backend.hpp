@@ -12,6 +12,7 @@
 #include "ekinet/array.hpp"
 #include "ekinet/losses.hpp"
 #include "ekinet/network.hpp"
+#include "fused_image_network.hpp"
 
 namespace ekinet::detail {
 
@@ -201,6 +202,13 @@ class Backend {
   // A whole recurrent layer. The schedule is the backend's: the CPU runs each member through all steps on one
   // core with its weights in cache; CUDA runs one batched GEMM per step over every member (recurrent_steps.hpp).
   virtual void recurrent(const RecurrentLayer<T>& layer) = 0;
+
+  // The whole image network of `plan` for every member (parameters at u + i * ldu) on every image (at x + n *
+  // ldx), outputs of member i and image n at g + i * ldg + n * output_size, with nothing in the workspace
+  // (fused_image_network.hpp). Returns false, having done nothing, where the backend has no such path or the
+  // network does not fit on the chip; forward() then runs the layers one by one.
+  virtual bool fused_image_forward(const FusedImagePlan& plan, i64 members, i64 images, const T* u, i64 ldu,
+                                   const T* x, i64 ldx, T* g, i64 ldg) = 0;
 
   // ---- losses (eki-math section 2), row-major, scalar or diagonal noise only --------------------------
   // Loss values per member (values[r]) and, when grad != nullptr, the gradient with respect to Z. For

@@ -2,6 +2,7 @@
 // chunks whose workspace fits a fixed budget; within a chunk every layer is a strided batched GEMM over the
 // members (stride 0 for the shared input) followed by one element-wise kernel.
 #include <algorithm>
+#include <optional>
 #include <string>
 
 #include "backend.hpp"
@@ -311,6 +312,11 @@ void forward_typed(Context& ctx, const Network& network, const ConstMatrixView& 
   backend.workspace().reset();  // the finiteness count may take workspace (a counter on the GPU)
   check.finite(backend, X, "X");
 
+  if (const std::optional<FusedImagePlan> plan = fused_image_plan(network);
+      plan && backend.fused_image_forward(*plan, J, B, U.as<T>(), U.row_stride, X.as<T>(), X.row_stride, G.as<T>(),
+                                          G.row_stride)) {
+    return;
+  }
   const i64 chunk = chunk_members(network, J, B, sizeof(T));
   ForwardPass<T> pass(backend, network, U, B, state_in, state_out);
   for (i64 first = 0; first < J; first += chunk) {

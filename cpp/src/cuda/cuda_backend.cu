@@ -18,6 +18,7 @@
 #include "ekinet/context.hpp"
 #include "ekinet/errors.hpp"
 #include "ekinet/random.hpp"
+#include "fused_image_network.hpp"
 #include "index_math.hpp"
 #include "recurrent_steps.hpp"
 
@@ -150,6 +151,9 @@ class DeviceState {
  public:
   DeviceState(int device, cudaStream_t stream) : device_(device), stream_(stream) {
     const DeviceGuard guard(device);
+    check(cudaDeviceGetAttribute(&multiprocessors_, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+    check(cudaDeviceGetAttribute(&shared_bytes_per_block_, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+          "cudaDeviceGetAttribute");
     check(cublasCreate(&blas_), "cublasCreate");
     try {
       check(cusolverDnCreate(&solver_), "cusolverDnCreate");
@@ -164,6 +168,9 @@ class DeviceState {
   DeviceState& operator=(const DeviceState&) = delete;
 
   int device() const { return device_; }
+  int multiprocessors() const { return multiprocessors_; }
+  // The most shared memory one block may have (after opting in above the default 48 KiB).
+  int shared_bytes_per_block() const { return shared_bytes_per_block_; }
   cudaStream_t stream() const { return stream_; }
   cublasHandle_t blas() const { return blas_; }
   cusolverDnHandle_t solver() const { return solver_; }
@@ -191,6 +198,7 @@ class DeviceState {
   }
 
   int device_;
+  int multiprocessors_ = 0, shared_bytes_per_block_ = 0;
   cudaStream_t stream_;
   cublasHandle_t blas_ = nullptr;
   cusolverDnHandle_t solver_ = nullptr;
@@ -397,25 +405,6 @@ __global__ void inverse_sqrt_kernel(i64 n, const T* v, T* out) {
 // Member i's block starts at base + i * member_stride; a member stride of 0 shares one block (the input batch).
 
 template <class T>
-__device__ T sigmoid(T v) {
-  return T{1} / (T{1} + exp(-v));
-}
-
-// Every activation but softmax, which needs the whole row (softmax_kernel).
-template <class T>
-__device__ T activate(T v, Activation activation) {
-  switch (activation) {
-    case Activation::relu: return v < T{0} ? T{0} : v;  // std::max(v, 0): a NaN stays NaN (fmax would drop it)
-    case Activation::tanh: return tanh(v);
-    case Activation::sigmoid: return sigmoid(v);
-    case Activation::heaviside: return v > T{0} ? T{1} : (v != v ? v : T{0});  // NaN stays NaN, as in relu
-    case Activation::identity:
-    case Activation::softmax: break;
-  }
-  return v;
-}
-
-template <class T>
 __global__ void bias_activation_kernel(i64 batch, i64 rows, i64 cols, T* x, i64 ld, i64 member_stride, const T* bias,
                                        i64 bias_stride, bool bias_per_row, Activation activation) {
   const i64 size = rows * cols;
@@ -539,6 +528,38 @@ __global__ void lstm_cell_kernel(i64 batch, i64 rows, i64 hidden, const T* gates
     T& state = c[i * c_member_stride + r * hidden + u];
     state = forget * state + input * cell;
     h[i * h_member_stride + r * h_ld + u] = output * tanh(state);
+  }
+}
+
+// ---- whole image networks (fused_image_network.hpp) -------------------------------------------------------------
+
+struct BlockTeam {
+  __device__ int rank() const { return static_cast<int>(threadIdx.x); }
+  __device__ int size() const { return static_cast<int>(blockDim.x); }
+  __device__ void sync() const { __syncthreads(); }
+};
+
+// Each block runs (member, image) items first .. first + per_block - 1 in member-major order, loading a member's
+// parameters into shared memory when its items begin, so most blocks load one or two members.
+template <class T>
+__global__ void fused_image_network_kernel(FusedImagePlan plan, i64 members, i64 images, i64 per_block, const T* u,
+                                           i64 ldu, const T* x, i64 ldx, T* g, i64 ldg) {
+  extern __shared__ double shared_memory[];  // declared double so that it is aligned for either precision
+  T* parameters = reinterpret_cast<T*>(shared_memory);
+  T* const buffers[2] = {parameters + plan.parameter_count, parameters + plan.parameter_count + plan.buffer_size[0]};
+  const BlockTeam team;
+  const i64 first = static_cast<i64>(blockIdx.x) * per_block;
+  const i64 end = first + per_block < members * images ? first + per_block : members * images;
+  i64 loaded = -1;
+  for (i64 item = first; item < end; ++item) {
+    const auto [member, image] = divide(item, images);
+    if (member != loaded) {  // the previous item ended with a barrier: nobody reads the old parameters
+      for (i64 k = threadIdx.x; k < plan.parameter_count; k += blockDim.x) parameters[k] = u[member * ldu + k];
+      __syncthreads();
+      loaded = member;
+    }
+    fused_image_forward(plan, parameters, x + image * ldx, buffers, g + member * ldg + image * plan.output_size,
+                        team);
   }
 }
 
@@ -989,6 +1010,28 @@ class CudaBackend final : public Backend<T> {
   }
 
   void recurrent(const RecurrentLayer<T>& layer) override { recurrent_by_steps(*this, layer); }
+
+  bool fused_image_forward(const FusedImagePlan& plan, i64 members, i64 images, const T* u, i64 ldu, const T* x,
+                           i64 ldx, T* g, i64 ldg) override {
+    constexpr i64 kWaves = 4;  // blocks per resident block slot: evens out the members' uneven finishing times
+    const std::size_t bytes = plan.shared_bytes<T>();
+    if (bytes > static_cast<std::size_t>(state_.shared_bytes_per_block())) return false;
+    const DeviceGuard guard(state_.device());
+    const auto kernel = fused_image_network_kernel<T>;
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
+          "cudaFuncSetAttribute");
+    int resident = 0;
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kThreads, bytes),
+          "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+    if (resident == 0) return false;
+    const i64 items = members * images;
+    const i64 slots = kWaves * resident * state_.multiprocessors();
+    const i64 per_block = (items + slots - 1) / slots, blocks = (items + per_block - 1) / per_block;
+    kernel<<<static_cast<unsigned>(blocks), kThreads, bytes, stream()>>>(plan, members, images, per_block, u, ldu, x,
+                                                                         ldx, g, ldg);
+    check(cudaGetLastError(), "fused_image_network_kernel");
+    return true;
+  }
 
   i64 loss_gradient(Loss loss, i64 rows, i64 cols, i64 width, const T* z, i64 ldz, const T* y,
                     const T* inverse_variance, double scalar_inverse_variance, T* values, T* grad, i64 ldg) override {
