@@ -392,6 +392,31 @@ def test_forward_cuda(name, dtype, cp, rng):
 @pytest.mark.cuda
 @cuda
 @pytest.mark.parametrize("cells", [("lstm",), ("rnn",), ("lstm", "rnn")])
+def test_forward_cuda_one_step_at_a_time_equals_the_sequence(cells, cp, rng):
+    """Eight one-step calls (the whole-network path of online steps) carrying the device state equal one call
+    over the 8 steps (the layer-by-layer path), outputs of every step and the final state, with 40 members and
+    3 sequences."""
+    from test_nn import assert_close, inputs, random_state
+
+    from ekinet import nn
+
+    def build(steps):
+        layers = [(nn.LSTM if c == "lstm" else nn.RNN)(4, return_sequences=True) for c in cells]
+        return nn.Sequential([nn.Dense(3, "tanh")] + layers + [nn.Dense(2)], (steps, 3))
+
+    whole, step = build(8), build(1)
+    U, X = inputs(whole, 40, 3, rng)
+    U, X, state = cp.asarray(U), cp.asarray(X), cp.asarray(random_state(whole, 40, 3, rng))
+    out, final = whole.forward(U, X, state=state, return_state=True, backend="native")
+    for t in range(8):
+        got, state = step.forward(U, X[:, t:t + 1], state=state, return_state=True, backend="native")
+        assert_close(_host(got[:, :, 0]), _host(out[:, :, t]), 1e-12, f"step {t}")
+    assert_close(_host(state), _host(final), 1e-12, "state")
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("cells", [("lstm",), ("rnn",), ("lstm", "rnn")])
 def test_forward_cuda_state_carried_across_halves(cells, cp, rng):
     """Steps 1..4 then 5..8 from the returned device state equal the 8 steps at once (state in and out on CUDA)."""
     from test_nn import assert_close, inputs, random_state

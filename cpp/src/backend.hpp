@@ -12,7 +12,7 @@
 #include "ekinet/array.hpp"
 #include "ekinet/losses.hpp"
 #include "ekinet/network.hpp"
-#include "fused_image_network.hpp"
+#include "fused_network.hpp"
 
 namespace ekinet::detail {
 
@@ -203,12 +203,14 @@ class Backend {
   // core with its weights in cache; CUDA runs one batched GEMM per step over every member (recurrent_steps.hpp).
   virtual void recurrent(const RecurrentLayer<T>& layer) = 0;
 
-  // The whole image network of `plan` for every member (parameters at u + i * ldu) on every image (at x + n *
-  // ldx), outputs of member i and image n at g + i * ldg + n * output_size, with nothing in the workspace
-  // (fused_image_network.hpp). Returns false, having done nothing, where the backend has no such path or the
-  // network does not fit on the chip; forward() then runs the layers one by one.
-  virtual bool fused_image_forward(const FusedImagePlan& plan, i64 members, i64 images, const T* u, i64 ldu,
-                                   const T* x, i64 ldx, T* g, i64 ldg) = 0;
+  // The whole network of `plan` for every member (parameters at u + i * ldu) on every example (at x + n * ldx),
+  // outputs of member i and example n at g + i * ldg + n * output_size; recurrent state (one step) from the rows
+  // of state_in and into those of state_out (null: zeros, and not wanted), with nothing in the workspace
+  // (fused_network.hpp). Returns false, having done nothing, where the backend has no such path or the network
+  // does not fit on the chip; forward() then runs the layers one by one.
+  virtual bool fused_forward(const FusedPlan& plan, i64 members, i64 examples, const T* u, i64 ldu, const T* x,
+                             i64 ldx, T* g, i64 ldg, const T* state_in, i64 state_in_ld, T* state_out,
+                             i64 state_out_ld) = 0;
 
   // ---- losses (eki-math section 2), row-major, scalar or diagonal noise only --------------------------
   // Loss values per member (values[r]) and, when grad != nullptr, the gradient with respect to Z. For

@@ -312,9 +312,11 @@ void forward_typed(Context& ctx, const Network& network, const ConstMatrixView& 
   backend.workspace().reset();  // the finiteness count may take workspace (a counter on the GPU)
   check.finite(backend, X, "X");
 
-  if (const std::optional<FusedImagePlan> plan = fused_image_plan(network);
-      plan && backend.fused_image_forward(*plan, J, B, U.as<T>(), U.row_stride, X.as<T>(), X.row_stride, G.as<T>(),
-                                          G.row_stride)) {
+  if (const std::optional<FusedPlan> plan = fused_plan(network);
+      plan && backend.fused_forward(*plan, J, B, U.as<T>(), U.row_stride, X.as<T>(), X.row_stride, G.as<T>(),
+                                    G.row_stride, state_in.empty() ? nullptr : state_in.as<T>(),
+                                    state_in.row_stride, state_out.data == nullptr ? nullptr : state_out.as<T>(),
+                                    state_out.row_stride)) {
     return;
   }
   const i64 chunk = chunk_members(network, J, B, sizeof(T));

@@ -341,8 +341,9 @@ class CpuBackend final : public Backend<T> {
   }
 
   // The CPU keeps the per-layer GEMMs: its BLAS runs the convolutions' patch products faster than the fused
-  // per-image loops would, and its caches hold the activations anyway.
-  bool fused_image_forward(const FusedImagePlan&, i64, i64, const T*, i64, const T*, i64, T*, i64) override {
+  // per-example loops (docs/design.md), and a one-step recurrent layer is already one pass per member here.
+  bool fused_forward(const FusedPlan&, i64, i64, const T*, i64, const T*, i64, T*, i64, const T*, i64, T*,
+                     i64) override {
     return false;
   }
 

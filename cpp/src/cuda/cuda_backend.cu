@@ -18,7 +18,7 @@
 #include "ekinet/context.hpp"
 #include "ekinet/errors.hpp"
 #include "ekinet/random.hpp"
-#include "fused_image_network.hpp"
+#include "fused_network.hpp"
 #include "index_math.hpp"
 #include "recurrent_steps.hpp"
 
@@ -531,7 +531,7 @@ __global__ void lstm_cell_kernel(i64 batch, i64 rows, i64 hidden, const T* gates
   }
 }
 
-// ---- whole image networks (fused_image_network.hpp) -------------------------------------------------------------
+// ---- whole small networks (fused_network.hpp) -------------------------------------------------------------------
 
 struct BlockTeam {
   __device__ int rank() const { return static_cast<int>(threadIdx.x); }
@@ -539,27 +539,30 @@ struct BlockTeam {
   __device__ void sync() const { __syncthreads(); }
 };
 
-// Each block runs (member, image) items first .. first + per_block - 1 in member-major order, loading a member's
-// parameters into shared memory when its items begin, so most blocks load one or two members.
+// Each block runs (member, example) items first .. first + per_block - 1 in member-major order, loading a
+// member's parameters into shared memory when its items begin, so most blocks load one or two members.
 template <class T>
-__global__ void fused_image_network_kernel(FusedImagePlan plan, i64 members, i64 images, i64 per_block, const T* u,
-                                           i64 ldu, const T* x, i64 ldx, T* g, i64 ldg) {
+__global__ void fused_network_kernel(FusedPlan plan, i64 members, i64 examples, i64 per_block, const T* u, i64 ldu,
+                                     const T* x, i64 ldx, T* g, i64 ldg, const T* state_in, i64 state_in_ld,
+                                     T* state_out, i64 state_out_ld) {
   extern __shared__ double shared_memory[];  // declared double so that it is aligned for either precision
   T* parameters = reinterpret_cast<T*>(shared_memory);
-  T* const buffers[2] = {parameters + plan.parameter_count, parameters + plan.parameter_count + plan.buffer_size[0]};
+  T* const buffers[3] = {parameters + plan.parameter_count, parameters + plan.parameter_count + plan.buffer_size[0],
+                         parameters + plan.parameter_count + plan.buffer_size[0] + plan.buffer_size[1]};
   const BlockTeam team;
   const i64 first = static_cast<i64>(blockIdx.x) * per_block;
-  const i64 end = first + per_block < members * images ? first + per_block : members * images;
+  const i64 end = first + per_block < members * examples ? first + per_block : members * examples;
   i64 loaded = -1;
   for (i64 item = first; item < end; ++item) {
-    const auto [member, image] = divide(item, images);
+    const auto [member, example] = divide(item, examples);
     if (member != loaded) {  // the previous item ended with a barrier: nobody reads the old parameters
       for (i64 k = threadIdx.x; k < plan.parameter_count; k += blockDim.x) parameters[k] = u[member * ldu + k];
       __syncthreads();
       loaded = member;
     }
-    fused_image_forward(plan, parameters, x + image * ldx, buffers, g + member * ldg + image * plan.output_size,
-                        team);
+    fused_forward(plan, parameters, x + example * ldx, buffers, g + member * ldg + example * plan.output_size,
+                  state_in != nullptr ? state_in + member * state_in_ld : nullptr,
+                  state_out != nullptr ? state_out + member * state_out_ld : nullptr, examples, example, team);
   }
 }
 
@@ -1011,25 +1014,30 @@ class CudaBackend final : public Backend<T> {
 
   void recurrent(const RecurrentLayer<T>& layer) override { recurrent_by_steps(*this, layer); }
 
-  bool fused_image_forward(const FusedImagePlan& plan, i64 members, i64 images, const T* u, i64 ldu, const T* x,
-                           i64 ldx, T* g, i64 ldg) override {
+  bool fused_forward(const FusedPlan& plan, i64 members, i64 examples, const T* u, i64 ldu, const T* x, i64 ldx,
+                     T* g, i64 ldg, const T* state_in, i64 state_in_ld, T* state_out, i64 state_out_ld) override {
     constexpr i64 kWaves = 4;  // blocks per resident block slot: evens out the members' uneven finishing times
     const std::size_t bytes = plan.shared_bytes<T>();
     if (bytes > static_cast<std::size_t>(state_.shared_bytes_per_block())) return false;
     const DeviceGuard guard(state_.device());
-    const auto kernel = fused_image_network_kernel<T>;
-    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
-          "cudaFuncSetAttribute");
-    int resident = 0;
-    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kThreads, bytes),
-          "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-    if (resident == 0) return false;
-    const i64 items = members * images;
-    const i64 slots = kWaves * resident * state_.multiprocessors();
+    const auto kernel = fused_network_kernel<T>;
+    if (bytes != fused_bytes_) {  // the online drivers call this per observation: set up once per network size
+      // The device's whole allowance rather than `bytes`: the attribute belongs to the kernel, shared by every
+      // context in the process, and one that lowered it would break another's larger network.
+      check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 state_.shared_bytes_per_block()),
+            "cudaFuncSetAttribute");
+      check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fused_resident_, kernel, kThreads, bytes),
+            "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+      fused_bytes_ = bytes;
+    }
+    if (fused_resident_ == 0) return false;
+    const i64 items = members * examples;
+    const i64 slots = kWaves * fused_resident_ * state_.multiprocessors();
     const i64 per_block = (items + slots - 1) / slots, blocks = (items + per_block - 1) / per_block;
-    kernel<<<static_cast<unsigned>(blocks), kThreads, bytes, stream()>>>(plan, members, images, per_block, u, ldu, x,
-                                                                         ldx, g, ldg);
-    check(cudaGetLastError(), "fused_image_network_kernel");
+    kernel<<<static_cast<unsigned>(blocks), kThreads, bytes, stream()>>>(
+        plan, members, examples, per_block, u, ldu, x, ldx, g, ldg, state_in, state_in_ld, state_out, state_out_ld);
+    check(cudaGetLastError(), "fused_network_kernel");
     return true;
   }
 
@@ -1108,6 +1116,8 @@ class CudaBackend final : public Backend<T> {
 
   const DeviceState& state_;
   Workspace& workspace_;
+  std::size_t fused_bytes_ = 0;  // the shared memory of the last fused_forward, and its blocks per SM
+  int fused_resident_ = 0;
 };
 
 // ---- the context ----------------------------------------------------------------------------------------------

@@ -1,9 +1,14 @@
-// A small convolutional network (conv2d, maxpool2d, flatten and dense layers) run whole for one member on one
-// image, its activations in two on-chip buffers: the CUDA backend's forward for image networks whose parameters
-// and activations fit in a block's shared memory. The layer-by-layer path (im2col + one batched GEMM per layer)
-// sends every activation and every im2col patch through global memory, nine times the activations for 3 x 3
-// kernels: CNN-MNIST ran at 1.8 TFLOP/s that way on an H200, half the speed of torch.func + vmap at B = 256.
-// Here only the image, each member's parameters (once per block) and the outputs leave the chip.
+// Small networks run whole for one member on one example, their activations in on-chip buffers: the CUDA
+// backend's forward for
+// - image networks (conv2d, maxpool2d, flatten and dense layers). The layer-by-layer path (im2col + one batched
+//   GEMM per layer) sends every activation and every im2col patch through global memory, nine times the
+//   activations for 3 x 3 kernels: CNN-MNIST ran at 1.8 TFLOP/s that way on an H200, half the speed of
+//   torch.func + vmap at B = 256;
+// - one step of a recurrent network (RNN, LSTM and dense layers on sequences of one step: the online drivers'
+//   call). Layer by layer that is about ten launches of tiny kernels and GEMMs, whose launch costs were most of
+//   the step's time (0.10 ms for J = 2000 LSTM(32) members).
+// Only the input, each member's parameters (once per block), the recurrent state and the outputs leave the chip.
+// The networks must fit in a block's shared memory.
 //
 // The code is written once for a team of threads that share the buffers (a CUDA block) and is host-callable
 // with a team of one, so the C++ tests check it on the CPU against the layer-by-layer forward.
@@ -41,7 +46,8 @@ EKINET_HOST_DEVICE T activate(T v, Activation activation) {
   return v;
 }
 
-// One layer of the plan, its input and output as (channels, height, width) per image (dense: units x 1 x 1).
+// One layer of the plan, its input and output as (channels, height, width) per example (dense and recurrent
+// layers: features x 1 x 1 and units x 1 x 1).
 struct FusedLayer {
   Layer::Kind kind = Layer::Kind::dense;
   Activation activation = Activation::identity;
@@ -49,46 +55,51 @@ struct FusedLayer {
   int out_channels = 0, out_height = 0, out_width = 0;
   int kernel = 0, stride = 1, padding = 0;
   int weights = 0;  // offset of the layer's weights in a member's parameters; its biases follow them
+  int state = 0;    // rnn/lstm: recurrent state values per example of the layers before this one
   int source = 0;   // buffer read: 0 or 1
   int target = 0;   // buffer written: 0 or 1, or kOutput for the member's outputs
   static constexpr int kOutput = -1;
 
   EKINET_HOST_DEVICE int in_size() const { return in_channels * in_height * in_width; }
   EKINET_HOST_DEVICE int out_size() const { return out_channels * out_height * out_width; }
+  EKINET_HOST_DEVICE int gates() const { return (kind == Layer::Kind::lstm ? 4 : 1) * out_channels; }
 };
 
 // The network as a fixed-size value, so that a kernel takes it as an argument. Flatten layers are left out:
-// activations are kept per image in C order (channel, row, column), which is already the flattened order.
-struct FusedImagePlan {
+// activations are kept per example in C order (channel, row, column), which is already the flattened order.
+struct FusedPlan {
   static constexpr int kMaxLayers = 16;
   FusedLayer layers[kMaxLayers];
   int layer_count = 0;
   int input_size = 0, output_size = 0, parameter_count = 0;
-  int buffer_size[2] = {0, 0};  // elements of the two activation buffers; the image is copied into buffer 0
+  int state_size = 0;           // recurrent state values per example (Network::state_size)
+  int buffer_size[3] = {0, 0, 0};  // the two activation buffers (the input is copied into the first) and the
+                                   // recurrent layers' gates
 
-  // Shared memory of a team: the member's parameters and both buffers.
+  // Shared memory of a team: the member's parameters and the three buffers.
   template <class T>
   std::size_t shared_bytes() const {
-    return static_cast<std::size_t>(parameter_count + buffer_size[0] + buffer_size[1]) * sizeof(T);
+    return static_cast<std::size_t>(parameter_count + buffer_size[0] + buffer_size[1] + buffer_size[2]) * sizeof(T);
   }
 };
 
-// The plan of `network`, or nothing when it is not an image network this path runs: it needs a conv2d layer
-// (dense-only networks are GEMMs, which cuBLAS does best), no recurrent layer, and 32-bit sizes.
-inline std::optional<FusedImagePlan> fused_image_plan(const Network& network) {
+// The plan of `network`, or nothing when this path does not run it: an image network needs a conv2d layer
+// (dense-only networks are GEMMs, which cuBLAS does best); a recurrent network needs sequences of one step;
+// and all sizes must fit in 32 bits.
+inline std::optional<FusedPlan> fused_plan(const Network& network) {
   const std::vector<Layer>& layers = network.layers();
-  if (network.input_shape().size() != 3 || network.parameter_count() > INT_MAX) return std::nullopt;
+  const std::vector<std::int64_t>& input = network.input_shape();
+  const auto has = [&](auto kind_test) { return std::any_of(layers.begin(), layers.end(), kind_test); };
+  const bool image = input.size() == 3 && has([](const Layer& l) { return l.kind == Layer::Kind::conv2d; });
+  const bool step = input.size() == 2 && input[0] == 1 &&
+                    has([](const Layer& l) { return l.kind == Layer::Kind::rnn || l.kind == Layer::Kind::lstm; });
+  if ((!image && !step) || network.parameter_count() > INT_MAX) return std::nullopt;
   std::size_t last = layers.size();
-  bool convolutional = false;
   for (std::size_t i = 0; i < layers.size(); ++i) {
-    const Layer& layer = layers[i];
-    if (layer.kind == Layer::Kind::rnn || layer.kind == Layer::Kind::lstm) return std::nullopt;
-    convolutional = convolutional || layer.kind == Layer::Kind::conv2d;
-    if (layer.kind != Layer::Kind::flatten) last = i;
+    if (layers[i].kind != Layer::Kind::flatten) last = i;
   }
-  if (!convolutional) return std::nullopt;
 
-  // (channels, height, width) of a per-example shape; a flat shape is features x 1 x 1.
+  // (channels, height, width) of a per-example shape; any other shape is features x 1 x 1.
   const auto dims = [](const std::vector<std::int64_t>& shape, int out[3]) {
     std::int64_t size = 1;
     for (std::int64_t d : shape) size *= d;
@@ -98,18 +109,19 @@ inline std::optional<FusedImagePlan> fused_image_plan(const Network& network) {
     out[2] = static_cast<int>(shape.size() == 3 ? shape[2] : 1);
     return true;
   };
-  FusedImagePlan plan;
+  FusedPlan plan;
   int in[3], out[3];
-  if (!dims(network.input_shape(), in) || !dims(network.output_shape(), out)) return std::nullopt;
+  if (!dims(input, in) || !dims(network.output_shape(), out) || network.state_size() > INT_MAX) return std::nullopt;
   plan.input_size = in[0] * in[1] * in[2];
   plan.output_size = out[0] * out[1] * out[2];
   plan.parameter_count = static_cast<int>(network.parameter_count());
+  plan.state_size = static_cast<int>(network.state_size());
   plan.buffer_size[0] = plan.input_size;
-  int current = 0;  // the buffer holding the activation a layer reads
+  int current = 0, state = 0;  // the buffer holding the activation a layer reads; the state before the layer
   for (std::size_t i = 0; i <= last; ++i) {
     const Layer& layer = layers[i];
     if (layer.kind == Layer::Kind::flatten) continue;
-    if (plan.layer_count == FusedImagePlan::kMaxLayers) return std::nullopt;
+    if (plan.layer_count == FusedPlan::kMaxLayers) return std::nullopt;
     FusedLayer& fused = plan.layers[plan.layer_count++];
     if (!dims(network.shape(i), in) || !dims(network.shape(i + 1), out)) return std::nullopt;
     fused.kind = layer.kind;
@@ -120,6 +132,13 @@ inline std::optional<FusedImagePlan> fused_image_plan(const Network& network) {
     fused.stride = static_cast<int>(layer.stride);
     fused.padding = static_cast<int>(layer.padding);
     fused.weights = static_cast<int>(network.parameter_offset(i));
+    if (layer.kind == Layer::Kind::rnn || layer.kind == Layer::Kind::lstm) {
+      fused.out_channels = static_cast<int>(layer.units);  // one step: (1, hidden) is hidden values
+      fused.out_height = fused.out_width = 1;
+      fused.state = state;
+      state += (layer.kind == Layer::Kind::lstm ? 2 : 1) * fused.out_channels;  // h, and c for an LSTM
+      plan.buffer_size[2] = std::max(plan.buffer_size[2], fused.gates());
+    }
     fused.source = current;
     fused.target = i == last ? FusedLayer::kOutput : 1 - current;
     if (i != last) {
@@ -130,7 +149,7 @@ inline std::optional<FusedImagePlan> fused_image_plan(const Network& network) {
   return plan;
 }
 
-// The threads that run one image together: rank in [0, size), sync() a barrier for all of them.
+// The threads that run one example together: rank in [0, size), sync() a barrier for all of them.
 struct SerialTeam {
   EKINET_HOST_DEVICE int rank() const { return 0; }
   EKINET_HOST_DEVICE int size() const { return 1; }
@@ -235,16 +254,60 @@ EKINET_HOST_DEVICE void fused_dense(const FusedLayer& layer, const T* parameters
   }
 }
 
-// The outputs of one member (its parameters, all of them) on one image (input_size values, C order) into
-// output (output_size values). buffers[0] and [1] hold at least plan.buffer_size[0] and [1] values. Every rank
-// of the team calls this with the same arguments.
+// One step of an Elman RNN (h = tanh(W_ih x + b_ih + W_hh h + b_hh)) or an LSTM (PyTorch's equations and gate
+// order i, f, g, o): weights W_ih (gates, features), W_hh (gates, hidden), then b_ih and b_hh. The previous h and
+// c are read from `previous` (h, then c for an LSTM; null: zeros, a sequence's start) and the new ones written
+// to `next` (may be null) at the same places; h is also the layer's output.
 #ifdef __CUDACC__
 #pragma nv_exec_check_disable
 #endif
 template <class T, class Team>
-EKINET_HOST_DEVICE void fused_image_forward(const FusedImagePlan& plan, const T* parameters, const T* image,
-                                            T* const buffers[2], T* output, const Team& team) {
-  for (int k = team.rank(); k < plan.input_size; k += team.size()) buffers[0][k] = image[k];
+EKINET_HOST_DEVICE void fused_recurrent_step(const FusedLayer& layer, const T* parameters, const T* in,
+                                             const T* previous_h, const T* previous_c, T* next_h, T* next_c,
+                                             T* gates, T* out, const Team& team) {
+  const int features = layer.in_size(), hidden = layer.out_channels, count = layer.gates();
+  const T* w_ih = parameters + layer.weights;
+  const T* w_hh = w_ih + count * features;
+  const T* b_ih = w_hh + count * hidden;
+  const T* b_hh = b_ih + count;
+  for (int gate = team.rank(); gate < count; gate += team.size()) {
+    T sum = 0;
+    for (int f = 0; f < features; ++f) sum += w_ih[gate * features + f] * in[f];
+    if (previous_h != nullptr) {
+      for (int k = 0; k < hidden; ++k) sum += w_hh[gate * hidden + k] * previous_h[k];
+    }
+    gates[gate] = sum + b_ih[gate] + b_hh[gate];
+  }
+  team.sync();
+  using std::tanh;
+  for (int unit = team.rank(); unit < hidden; unit += team.size()) {
+    T h;
+    if (layer.kind == Layer::Kind::lstm) {
+      const T cell = previous_c != nullptr ? previous_c[unit] : T{0};
+      const T c = sigmoid(gates[hidden + unit]) * cell + sigmoid(gates[unit]) * tanh(gates[2 * hidden + unit]);
+      h = sigmoid(gates[3 * hidden + unit]) * tanh(c);
+      if (next_c != nullptr) next_c[unit] = c;
+    } else {
+      h = tanh(gates[unit]);
+    }
+    out[unit] = h;
+    if (next_h != nullptr) next_h[unit] = h;
+  }
+}
+
+// The outputs of one member (its parameters, all of them) on one example (input_size values, C order) into
+// output (output_size values). buffers[0], [1] and [2] hold at least plan.buffer_size[0], [1] and [2] values.
+// state_in and state_out are the member's rows of the recurrent state (examples * state_size values, as
+// Network::forward lays them out; null: zeros, and not wanted). Every rank of the team calls this with the
+// same arguments.
+#ifdef __CUDACC__
+#pragma nv_exec_check_disable
+#endif
+template <class T, class Team>
+EKINET_HOST_DEVICE void fused_forward(const FusedPlan& plan, const T* parameters, const T* example_input,
+                                      T* const buffers[3], T* output, const T* state_in, T* state_out,
+                                      std::int64_t examples, std::int64_t example, const Team& team) {
+  for (int k = team.rank(); k < plan.input_size; k += team.size()) buffers[0][k] = example_input[k];
   team.sync();
   for (int i = 0; i < plan.layer_count; ++i) {
     const FusedLayer& layer = plan.layers[i];
@@ -255,11 +318,21 @@ EKINET_HOST_DEVICE void fused_image_forward(const FusedImagePlan& plan, const T*
       case Layer::Kind::conv2d: fused_conv2d(layer, parameters, in, out, team); break;
       case Layer::Kind::maxpool2d: fused_maxpool2d(layer, in, out, team); break;
       case Layer::Kind::dense: fused_dense(layer, parameters, in, out, team); break;
-      case Layer::Kind::flatten:
       case Layer::Kind::rnn:
-      case Layer::Kind::lstm: break;  // not in a plan
+      case Layer::Kind::lstm: {
+        // h of every example, then (LSTM) c of every example, after the layers before
+        const std::int64_t h = layer.state * examples + example * layer.out_channels;
+        const std::int64_t c = h + examples * layer.out_channels;
+        const bool lstm = layer.kind == Layer::Kind::lstm;
+        fused_recurrent_step(layer, parameters, in, state_in != nullptr ? state_in + h : nullptr,
+                             state_in != nullptr && lstm ? state_in + c : nullptr,
+                             state_out != nullptr ? state_out + h : nullptr,
+                             state_out != nullptr && lstm ? state_out + c : nullptr, buffers[2], out, team);
+        break;
+      }
+      case Layer::Kind::flatten: break;  // not in a plan
     }
-    team.sync();  // the next layer (or image) reads what this one wrote, and overwrites what it read
+    team.sync();  // the next layer (or example) reads what this one wrote, and overwrites what it read
   }
 }
 
