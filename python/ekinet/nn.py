@@ -456,7 +456,9 @@ class Sequential:
         """Bytes of workspace the native forward pass takes for J members and B examples (members are evaluated
         in chunks within a fixed budget, so this stops growing with J once a chunk is full). It is all the pass
         allocates besides its results: G (J * B * output_size values) and, when asked for, the returned state
-        (J * B * state_size values)."""
+        (J * B * state_size values). On CUDA this is an upper bound: small image networks (CNN-MNIST) and
+        one-step recurrent networks (an online step) run whole per member in shared memory, with next to no
+        workspace."""
         return int(self._network.forward_workspace_bytes(_integer(J, "J", 1), _integer(B, "B", 1),
                                                          _dtype_name(dtype)))
 

@@ -61,7 +61,9 @@ class Network {
   std::int64_t parameter_offset(std::size_t i) const { return layer_parameter_offset_.at(i); }
   // Values of recurrent state per example and member: h (and c for LSTM) of every recurrent layer, in order.
   std::int64_t state_size() const { return state_size_; }
-  // Workspace bytes forward() needs for J members and B examples (it allocates nothing else).
+  // Workspace bytes forward() needs for J members and B examples (it allocates nothing else): exact for the
+  // layer-by-layer pass, an upper bound on CUDA, which runs small image and one-step networks whole in
+  // shared memory with next to no workspace.
   std::size_t forward_workspace_bytes(std::int64_t J, std::int64_t B, DType dtype) const;
 
  private:
