@@ -146,6 +146,7 @@ def bench_cuda(name, network, J, B, dtype, budget):
     row = {"network": name, "J": J, "B": B, "P": network.parameter_count, "dtype": dtype}
     row["native_s"] = timed(lambda: network.forward(U, X), sync)
     row["native_member_examples_per_s"] = J * B / row["native_s"]
+    time_layered(row, lambda: network.forward(U, X), sync)
 
     host_U = U.get()
     modules = [network.to_torch(host_U[j]).cuda() for j in range(J)]
@@ -175,6 +176,20 @@ def bench_cuda(name, network, J, B, dtype, budget):
     return row
 
 
+def time_layered(row, run, sync):
+    """The same call with every network layer by layer (Context.whole_networks off): what the whole-network
+    path (small CNNs, one-step recurrent networks) buys, side by side. About 1 for the networks it does not run."""
+    import cupy as cp
+
+    context = context_for(cp)
+    context.whole_networks = False
+    try:
+        row["layered_s"] = timed(run, sync)
+    finally:
+        context.whole_networks = True
+    row["whole_over_layered"] = row["layered_s"] / row["native_s"]
+
+
 def online_step_network():
     return nn.Sequential([nn.LSTM(32), nn.Dense(1)], input_shape=(1, 1))
 
@@ -195,6 +210,8 @@ def bench_online_step(device, J, dtype):
     G, state_out = xp.empty((J, network.output_size), dtype=dtype), xp.empty_like(state)
     context, views = context_for(xp), [view(a) for a in (U, X.reshape(1, -1), G, state, state_out)]
     row["core_call_s"] = timed(lambda: _core.forward(context, network._network, *views), sync)
+    if device == "cuda":
+        time_layered(row, lambda: network.forward(U, X, state=state, return_state=True), sync)
     if device == "cpu":
         row["reference_s"] = timed(lambda: network.forward(U, X, state=state, return_state=True,
                                                            backend="reference"))
@@ -248,6 +265,12 @@ def markdown(results):
     lines += [""] + [f"{r['network']}, J = {r['J']}: the core's call alone (its arguments prepared once) "
                      f"{1e3 * r['core_call_s']:.3g} ms of the {1e3 * r['native_s']:.3g} ms"
                      for r in results["rows"] if "core_call_s" in r]
+    differs = [r for r in results["rows"] if abs(r.get("whole_over_layered", 1) - 1) > 0.05]
+    if differs:
+        lines += ["", "Native with every network layer by layer (Context.whole_networks off), where that differs "
+                  "by more than 5%:", ""] + [
+            f"- {r['network']}, J = {r['J']}, B = {r['B']}: {1e3 * r['layered_s']:.3g} ms layer by layer, "
+            f"{1e3 * r['native_s']:.3g} ms whole ({r['whole_over_layered']:.1f}x)" for r in differs]
     written_out = sorted({r["network"] for r in results["rows"] if "torch_vmap_recipe" in r})
     if written_out:
         lines += ["", f"vmap on {', '.join(written_out)}: the steps written out in torch operations "

@@ -66,6 +66,19 @@ def test_forward_benchmark(monkeypatch, tmp_path):
     assert data["environment"]["device"] == "cpu" and data["environment"]["cores"] >= 1
 
 
+def test_forward_markdown_reports_the_layered_path_where_it_differs(monkeypatch):
+    """A GPU table lists the rows whose layer-by-layer time (whole_networks off) differs by more than 5%."""
+    forward = load("forward", monkeypatch)
+    environment = dict(forward.environment("cpu"), device="cuda", gpu="a GPU")
+    cnn = {"network": "cnn-mnist", "J": 2000, "B": 256, "P": 6150, "dtype": "float32", "native_s": 0.05,
+           "native_member_examples_per_s": 1.0e7, "torch_vmap_s": 0.125, "speedup_over_vmap": 2.5,
+           "torch_loop_s": 0.4, "speedup_over_loop": 8.0, "layered_s": 0.25, "whole_over_layered": 5.0}
+    mlp = dict(cnn, network="mlp 784-100-10", layered_s=0.0501, whole_over_layered=1.002)
+    text = forward.markdown({"environment": environment, "rows": [cnn, mlp]})
+    assert "- cnn-mnist, J = 2000, B = 256: 250 ms layer by layer, 50 ms whole (5.0x)" in text
+    assert "- mlp" not in text
+
+
 def test_forward_reference_chunks_fit_the_memory_limit(monkeypatch):
     """The chunk keeps the reference's activations (outputs, patches) of one call under the limit."""
     forward = load("forward", monkeypatch)

@@ -395,10 +395,11 @@ def test_forward_cuda(name, dtype, cp, rng):
 def test_forward_cuda_one_step_at_a_time_equals_the_sequence(cells, cp, rng):
     """Eight one-step calls (the whole-network path of online steps) carrying the device state equal one call
     over the 8 steps (the layer-by-layer path), outputs of every step and the final state, with 40 members and
-    3 sequences."""
+    3 sequences; and so do the eight steps with Context.whole_networks off."""
     from test_nn import assert_close, inputs, random_state
 
     from ekinet import nn
+    from ekinet._native import context_for
 
     def build(steps):
         layers = [(nn.LSTM if c == "lstm" else nn.RNN)(4, return_sequences=True) for c in cells]
@@ -408,10 +409,18 @@ def test_forward_cuda_one_step_at_a_time_equals_the_sequence(cells, cp, rng):
     U, X = inputs(whole, 40, 3, rng)
     U, X, state = cp.asarray(U), cp.asarray(X), cp.asarray(random_state(whole, 40, 3, rng))
     out, final = whole.forward(U, X, state=state, return_state=True, backend="native")
-    for t in range(8):
-        got, state = step.forward(U, X[:, t:t + 1], state=state, return_state=True, backend="native")
-        assert_close(_host(got[:, :, 0]), _host(out[:, :, t]), 1e-12, f"step {t}")
-    assert_close(_host(state), _host(final), 1e-12, "state")
+    context = context_for(cp)
+    initial = state
+    try:
+        for whole_networks in (True, False):  # one launch a step, then layer by layer
+            context.whole_networks = whole_networks
+            state = initial
+            for t in range(8):
+                got, state = step.forward(U, X[:, t:t + 1], state=state, return_state=True, backend="native")
+                assert_close(_host(got[:, :, 0]), _host(out[:, :, t]), 1e-12, f"step {t} ({whole_networks})")
+            assert_close(_host(state), _host(final), 1e-12, f"state ({whole_networks})")
+    finally:
+        context.whole_networks = True
 
 
 @pytest.mark.cuda
@@ -479,6 +488,13 @@ def test_forward_cuda_chunked_members_and_a_failed_member(cp, rng):
         context.synchronize()
         assert_close(_host(G).reshape(expected.shape), expected, RTOL64, f"whole cnn-mnist ({attempt})")
     assert context.workspace_bytes <= 4096
+    context.whole_networks = False  # layer by layer, as before the whole-network path: the same outputs
+    for attempt in range(2):
+        _core.forward(context, net._network, _native_view(cp.asarray(U)),
+                      _native_view(cp.asarray(X.reshape(50, -1))), _native_view(G), None, None)
+        context.synchronize()
+        assert_close(_host(G).reshape(expected.shape), expected, RTOL64, f"layered cnn-mnist ({attempt})")
+    assert context.workspace_bytes > 2**20
 
     net = nn.Sequential([nn.Conv2d(2, 3, activation="relu"), nn.MaxPool2d(2), nn.Flatten(), nn.Dense(4, "heaviside"),
                          nn.Dense(3, "softmax")], (1, 6, 6))

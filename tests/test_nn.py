@@ -646,6 +646,27 @@ def test_forward_reuses_its_workspace_across_calls(model):
     assert sizes[1] > 0 and sizes[1:] == sizes[1:2] * 4
 
 
+@pytest.mark.parametrize("model", ["cnn-mnist", "lstm:1-8-1"])
+def test_context_whole_networks_switch(model):
+    """Context.whole_networks is on by default and can be turned off (CUDA then runs small networks layer by
+    layer too, for benchmarks: test_cuda compares the two). The CPU always runs layer by layer: the same numbers."""
+    from ekinet._native import view
+
+    net = nn.from_string(model, **({"steps": 1} if model.startswith("lstm") else {}))
+    U = net.prior(3, rng=0)
+    X = np.random.default_rng(1).standard_normal((2, net.input_size)).astype(np.float32)
+    context = _core.make_cpu_context()
+    assert context.whole_networks
+    outputs = []
+    for whole in (True, False):
+        context.whole_networks = whole
+        assert context.whole_networks is whole
+        G = np.empty((3, 2 * net.output_size), dtype=np.float32)
+        _core.forward(context, net._network, view(U), view(X), view(G), None, None)
+        outputs.append(G)
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
 # --------------------------------------------------------------------------------------------------------------
 # bad input
 # --------------------------------------------------------------------------------------------------------------

@@ -312,7 +312,7 @@ void forward_typed(Context& ctx, const Network& network, const ConstMatrixView& 
   backend.workspace().reset();  // the finiteness count may take workspace (a counter on the GPU)
   check.finite(backend, X, "X");
 
-  if (const std::optional<FusedPlan> plan = fused_plan(network);
+  if (const std::optional<FusedPlan> plan = ctx.whole_networks() ? fused_plan(network) : std::nullopt;
       plan && backend.fused_forward(*plan, J, B, U.as<T>(), U.row_stride, X.as<T>(), X.row_stride, G.as<T>(),
                                     G.row_stride, state_in.empty() ? nullptr : state_in.as<T>(),
                                     state_in.row_stride, state_out.data == nullptr ? nullptr : state_out.as<T>(),

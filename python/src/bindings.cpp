@@ -160,6 +160,7 @@ PYBIND11_MODULE(_core, m) {
       .def("set_stream", [](Context& c, std::uintptr_t stream) { c.set_stream(reinterpret_cast<void*>(stream)); })
       .def("synchronize", &Context::synchronize)
       .def_property_readonly("workspace_bytes", &Context::workspace_bytes)
+      .def_property("whole_networks", &Context::whole_networks, &Context::set_whole_networks)
       .def("release_workspace", &Context::release_workspace);
   m.def("make_cpu_context", &make_cpu_context);
   m.def("make_cuda_context", [](int device) { return make_cuda_context(device, nullptr); }, py::arg("device") = 0);

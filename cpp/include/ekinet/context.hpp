@@ -31,6 +31,15 @@ class Context {
 
   virtual detail::Backend<float>& backend(float) = 0;
   virtual detail::Backend<double>& backend(double) = 0;
+
+  // Whether forward() may run a small network whole per member and example in on-chip memory (CUDA: image
+  // networks such as CNN-MNIST and one-step recurrent networks; docs/design.md). On by default; off runs every
+  // network layer by layer, to compare the two in benchmarks or to isolate a suspected fault.
+  void set_whole_networks(bool enabled) { whole_networks_ = enabled; }
+  bool whole_networks() const { return whole_networks_; }
+
+ private:
+  bool whole_networks_ = true;
 };
 
 std::unique_ptr<Context> make_cpu_context();
