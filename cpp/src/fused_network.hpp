@@ -164,9 +164,6 @@ EKINET_HOST_DEVICE inline int larger(int a, int b) { return a > b ? a : b; }
 
 // Weights (out_channels, in_channels, kernel, kernel) as PyTorch's, then the biases. Neighbouring ranks take
 // neighbouring pixels of the same channels: their inputs are neighbours and their weights the same.
-#ifdef __CUDACC__
-#pragma nv_exec_check_disable
-#endif
 template <class T, class Team>
 EKINET_HOST_DEVICE void fused_conv2d(const FusedLayer& layer, const T* parameters, const T* in, T* out,
                                      const Team& team) {
@@ -203,9 +200,6 @@ EKINET_HOST_DEVICE void fused_conv2d(const FusedLayer& layer, const T* parameter
   }
 }
 
-#ifdef __CUDACC__
-#pragma nv_exec_check_disable
-#endif
 template <class T, class Team>
 EKINET_HOST_DEVICE void fused_maxpool2d(const FusedLayer& layer, const T* in, T* out, const Team& team) {
   const int pixels = layer.out_height * layer.out_width;
@@ -225,9 +219,6 @@ EKINET_HOST_DEVICE void fused_maxpool2d(const FusedLayer& layer, const T* in, T*
 }
 
 // Weights (units, features) as PyTorch's, then the biases; softmax in double by one rank, as the other paths.
-#ifdef __CUDACC__
-#pragma nv_exec_check_disable
-#endif
 template <class T, class Team>
 EKINET_HOST_DEVICE void fused_dense(const FusedLayer& layer, const T* parameters, const T* in, T* out,
                                     const Team& team) {
@@ -258,9 +249,6 @@ EKINET_HOST_DEVICE void fused_dense(const FusedLayer& layer, const T* parameters
 // order i, f, g, o): weights W_ih (gates, features), W_hh (gates, hidden), then b_ih and b_hh. The previous h and
 // c are read from `previous` (h, then c for an LSTM; null: zeros, a sequence's start) and the new ones written
 // to `next` (may be null) at the same places; h is also the layer's output.
-#ifdef __CUDACC__
-#pragma nv_exec_check_disable
-#endif
 template <class T, class Team>
 EKINET_HOST_DEVICE void fused_recurrent_step(const FusedLayer& layer, const T* parameters, const T* in,
                                              const T* previous_h, const T* previous_c, T* next_h, T* next_c,
@@ -300,9 +288,6 @@ EKINET_HOST_DEVICE void fused_recurrent_step(const FusedLayer& layer, const T* p
 // state_in and state_out are the member's rows of the recurrent state (examples * state_size values, as
 // Network::forward lays them out; null: zeros, and not wanted). Every rank of the team calls this with the
 // same arguments.
-#ifdef __CUDACC__
-#pragma nv_exec_check_disable
-#endif
 template <class T, class Team>
 EKINET_HOST_DEVICE void fused_forward(const FusedPlan& plan, const T* parameters, const T* example_input,
                                       T* const buffers[3], T* output, const T* state_in, T* state_out,
