@@ -79,7 +79,9 @@ struct FusedPlan {
   // Shared memory of a team: the member's parameters and the three buffers.
   template <class T>
   std::size_t shared_bytes() const {
-    return static_cast<std::size_t>(parameter_count + buffer_size[0] + buffer_size[1] + buffer_size[2]) * sizeof(T);
+    const std::size_t values = static_cast<std::size_t>(parameter_count) + static_cast<std::size_t>(buffer_size[0]) +
+                               static_cast<std::size_t>(buffer_size[1]) + static_cast<std::size_t>(buffer_size[2]);
+    return values * sizeof(T);
   }
 };
 
@@ -160,6 +162,17 @@ struct SerialTeam {
 constexpr int kFusedChannelsPerThread = 4;
 
 EKINET_HOST_DEVICE inline int smaller(int a, int b) { return a < b ? a : b; }
+
+// w . x over n values, starting at `start` and wrapping around. Ranks that each take one row of a row-major
+// weight matrix read at a stride of the row length; rows of 32 or 192 values would put every rank of a warp in
+// the same shared-memory bank at each step. Starting each row at its own index spreads them over the banks.
+template <class T>
+EKINET_HOST_DEVICE T rotated_dot(const T* w, const T* x, int n, int start) {
+  T sum = 0;
+  for (int k = start; k < n; ++k) sum += w[k] * x[k];
+  for (int k = 0; k < start; ++k) sum += w[k] * x[k];
+  return sum;
+}
 EKINET_HOST_DEVICE inline int larger(int a, int b) { return a > b ? a : b; }
 
 // Weights (out_channels, in_channels, kernel, kernel) as PyTorch's, then the biases. Neighbouring ranks take
@@ -227,9 +240,7 @@ EKINET_HOST_DEVICE void fused_dense(const FusedLayer& layer, const T* parameters
   const T* weights = parameters + layer.weights;
   const T* bias = weights + units * features;
   for (int unit = team.rank(); unit < units; unit += team.size()) {
-    const T* w = weights + unit * features;
-    T sum = 0;
-    for (int f = 0; f < features; ++f) sum += w[f] * in[f];
+    const T sum = rotated_dot(weights + unit * features, in, features, unit % features);
     out[unit] = activate(static_cast<T>(sum + bias[unit]), layer.activation);
   }
   if (layer.activation != Activation::softmax) return;
@@ -259,11 +270,8 @@ EKINET_HOST_DEVICE void fused_recurrent_step(const FusedLayer& layer, const T* p
   const T* b_ih = w_hh + count * hidden;
   const T* b_hh = b_ih + count;
   for (int gate = team.rank(); gate < count; gate += team.size()) {
-    T sum = 0;
-    for (int f = 0; f < features; ++f) sum += w_ih[gate * features + f] * in[f];
-    if (previous_h != nullptr) {
-      for (int k = 0; k < hidden; ++k) sum += w_hh[gate * hidden + k] * previous_h[k];
-    }
+    T sum = rotated_dot(w_ih + gate * features, in, features, gate % features);
+    if (previous_h != nullptr) sum += rotated_dot(w_hh + gate * hidden, previous_h, hidden, gate % hidden);
     gates[gate] = sum + b_ih[gate] + b_hh[gate];
   }
   team.sync();

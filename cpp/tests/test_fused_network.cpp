@@ -3,8 +3,11 @@
 // (pooling first, strides, padding, channel counts that are not a multiple of a thread's four, a convolution as
 // the output, softmax, every activation, NaN parameters). One recurrent step: LSTM and Elman layers, stacked,
 // with dense layers before and after, from a given state or zeros, several examples, and the state returned.
+#include <condition_variable>
 #include <limits>
+#include <mutex>
 #include <optional>
+#include <thread>
 #include <vector>
 
 #include "fused_network.hpp"
@@ -35,6 +38,39 @@ Network edge_network() {
 // A convolution (6 channels, padded) as the output layer.
 Network convolution_output() { return Network({Layer::conv2d(6, 3, 1, 1)}, {3, 5, 5}); }
 
+// A team of real threads meeting at a barrier, as a GPU block's do: it exercises the ranks' partition of the
+// work and the barriers between layers, which a team of one cannot.
+class Barrier {
+ public:
+  explicit Barrier(int count) : count_(count) {}
+  void wait() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    const long generation = generation_;
+    if (++arrived_ == count_) {
+      arrived_ = 0;
+      ++generation_;
+      all_arrived_.notify_all();
+    } else {
+      all_arrived_.wait(lock, [&] { return generation_ != generation; });
+    }
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable all_arrived_;
+  const int count_;
+  int arrived_ = 0;
+  long generation_ = 0;
+};
+
+struct ThreadTeam {
+  int rank_, size_;
+  Barrier* barrier;
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  void sync() const { barrier->wait(); }
+};
+
 // Outputs (J x B * output_size) and, for recurrent networks, the state after the step (J x B * state_size).
 struct Outputs {
   Matrix outputs, state;
@@ -42,7 +78,7 @@ struct Outputs {
 
 template <class T>
 Outputs fused_outputs(const Network& network, const Matrix& u, const Matrix& x, std::int64_t J, std::int64_t B,
-                      const Matrix& state = {}) {
+                      const Matrix& state = {}, int threads = 1) {
   const std::optional<FusedPlan> plan = detail::fused_plan(network);
   if (!plan) throw std::runtime_error("no fused plan");
   const std::int64_t P = network.parameter_count(), in = network.input_size(), out = network.output_size();
@@ -53,11 +89,23 @@ Outputs fused_outputs(const Network& network, const Matrix& u, const Matrix& x, 
       second(static_cast<std::size_t>(plan->buffer_size[1])), gates(static_cast<std::size_t>(plan->buffer_size[2])),
       outputs(static_cast<std::size_t>(J * B * out)), state_out(static_cast<std::size_t>(J * S));
   T* const buffers[3] = {first.data(), second.data(), gates.data()};
-  for (std::int64_t j = 0; j < J; ++j)
-    for (std::int64_t b = 0; b < B; ++b)
-      detail::fused_forward(*plan, &parameters[j * P], &examples[b * in], buffers, &outputs[(j * B + b) * out],
-                            state.empty() ? nullptr : &state_in[j * S], S == 0 ? nullptr : &state_out[j * S], B, b,
-                            detail::SerialTeam{});
+  const auto run = [&](const auto& team) {
+    for (std::int64_t j = 0; j < J; ++j)
+      for (std::int64_t b = 0; b < B; ++b)
+        detail::fused_forward(*plan, &parameters[j * P], &examples[b * in], buffers, &outputs[(j * B + b) * out],
+                              state.empty() ? nullptr : &state_in[j * S], S == 0 ? nullptr : &state_out[j * S], B,
+                              b, team);
+  };
+  if (threads == 1) {
+    run(detail::SerialTeam{});
+  } else {
+    Barrier barrier(threads);
+    std::vector<std::thread> team;
+    for (int rank = 0; rank < threads; ++rank) {
+      team.emplace_back([&, rank] { run(ThreadTeam{rank, threads, &barrier}); });
+    }
+    for (std::thread& thread : team) thread.join();
+  }
   return {Matrix(outputs.begin(), outputs.end()), Matrix(state_out.begin(), state_out.end())};
 }
 
@@ -77,11 +125,11 @@ Outputs layered_outputs(const Network& network, const Matrix& u, const Matrix& x
 
 template <class T>
 void expect_equal_to_layered(const Network& network, double tolerance, std::int64_t J = 3, std::int64_t B = 2,
-                             bool with_state = false) {
+                             bool with_state = false, int threads = 1) {
   const Matrix u = random_matrix(J, network.parameter_count(), 11, 0.3);
   const Matrix x = random_matrix(B, network.input_size(), 12);
   const Matrix state = with_state ? random_matrix(J, B * network.state_size(), 13, 0.5) : Matrix{};
-  const Outputs fused = fused_outputs<T>(network, u, x, J, B, state);
+  const Outputs fused = fused_outputs<T>(network, u, x, J, B, state, threads);
   const Outputs layered = layered_outputs<T>(network, u, x, J, B, state);
   ASSERT_EQ(fused.outputs.size(), layered.outputs.size());
   EXPECT_LE(max_abs_difference(fused.outputs, layered.outputs), tolerance * (1 + max_abs(layered.outputs)));
@@ -190,6 +238,14 @@ TEST(FusedNetwork, StackedStepEqualsTheLayeredForwardForSeveralExamples) {
   expect_equal_to_layered<double>(stacked_step(), 1e-12, 3, 4, true);
   expect_equal_to_layered<double>(stacked_step(), 1e-12, 3, 4, false);
   expect_equal_to_layered<double>(Network({Layer::rnn(8), Layer::dense(2)}, {1, 2}), 1e-12, 2, 3, true);
+}
+
+TEST(FusedNetwork, TeamsOfThreadsEqualTheLayeredForward) {
+  for (const int threads : {2, 7}) {  // 7: ranks with uneven shares of every layer
+    expect_equal_to_layered<double>(cnn_mnist(), 1e-12, 2, 2, false, threads);
+    expect_equal_to_layered<double>(edge_network(), 1e-12, 2, 3, false, threads);
+    expect_equal_to_layered<double>(stacked_step(), 1e-12, 2, 3, true, threads);
+  }
 }
 
 }  // namespace

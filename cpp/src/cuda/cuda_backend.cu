@@ -1017,6 +1017,7 @@ class CudaBackend final : public Backend<T> {
   bool fused_forward(const FusedPlan& plan, i64 members, i64 examples, const T* u, i64 ldu, const T* x, i64 ldx,
                      T* g, i64 ldg, const T* state_in, i64 state_in_ld, T* state_out, i64 state_out_ld) override {
     constexpr i64 kWaves = 4;  // blocks per resident block slot: evens out the members' uneven finishing times
+    if (members * examples == 0) return true;
     const std::size_t bytes = plan.shared_bytes<T>();
     if (bytes > static_cast<std::size_t>(state_.shared_bytes_per_block())) return false;
     const DeviceGuard guard(state_.device());
