@@ -83,6 +83,7 @@ done
 # Heaviside on Fashion-MNIST with input-span draws, seed 1, the Heaviside network alone (24 minutes):
 #   python docs/results/heaviside-paper-cpu-span-seed1/run.py docs/results/heaviside-paper-cpu-span-seed1/heaviside-seed1.json
 # The ReLU network, seed 1 (42 minutes beside other work):
-#   python docs/results/heaviside-paper-cpu-span-seed1/run.py docs/results/relu-paper-cpu-span-seed1/relu-seed1.json relu
+#   python docs/results/heaviside-paper-cpu-span-seed1/run.py \
+#     docs/results/relu-paper-cpu-span-seed1/relu-seed1.json relu
 #   python -m ekinet experiment mnist-dnn2 --size paper --methods eki-r --step 12 --step-decay 0.85 --input-span \
 #     --centred-draws --seed 4 --out docs/results/paper-cpu-span-seed4
