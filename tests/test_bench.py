@@ -79,6 +79,22 @@ def test_forward_markdown_reports_the_layered_path_where_it_differs(monkeypatch)
     assert "- mlp" not in text
 
 
+def test_python_overhead_benchmark(monkeypatch, tmp_path):
+    """Both routes to a view give a working forward call, the results are written, and the benchmark puts
+    ekinet's own route back."""
+    from ekinet import _native
+
+    monkeypatch.syspath_prepend(BENCH)
+    spec = importlib.util.spec_from_file_location("bench_python_overhead", os.path.join(BENCH, "python_overhead.py"))
+    overhead = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(overhead)
+    micros = overhead.main(["--calls", "20", "--out", str(tmp_path)])
+    assert set(micros) == {"C++ views", "Python views"} and all(v > 0 for v in micros.values())
+    assert nn.view is _native.view
+    data, table = results(tmp_path, "python-overhead-cpu")
+    assert data["rows"] == pytest.approx(micros) and len(table) == 3  # the header and a row per route
+
+
 def test_forward_reference_chunks_fit_the_memory_limit(monkeypatch):
     """The chunk keeps the reference's activations (outputs, patches) of one call under the limit."""
     forward = load("forward", monkeypatch)

@@ -4,6 +4,7 @@ problems, the counter-based generator, failed members, argument checking and rob
 
 import gc
 import warnings
+import types
 import weakref
 
 import numpy as np
@@ -757,6 +758,45 @@ def test_native_view_keeps_its_array_alive(cpu_context):
     mean = np.empty((1, 3))
     _core.ensemble_mean(cpu_context, view(np.ascontiguousarray(np.arange(6.0).reshape(3, 2).T)), view(mean))
     np.testing.assert_array_equal(mean, [[0.5, 2.5, 4.5]])
+
+
+def test_native_view_of_numpy_layouts(cpu_context):
+    """view() reads a NumPy array's layout in C++ (_core.host_view): rows at a stride longer than a row, a 1-D
+    array as one row; and it refuses what the core cannot take, naming the problem."""
+    mean = np.empty((1, 2))
+    _core.ensemble_mean(cpu_context, view(np.arange(12.0).reshape(3, 4)[:, 1:3]), view(mean))  # row stride 4
+    np.testing.assert_array_equal(mean, [[5.0, 6.0]])
+    row = np.empty(3)
+    _core.ensemble_mean(cpu_context, view(np.array([1.0, 2.0, 3.0])), view(row))  # 1-D in and out: one row
+    np.testing.assert_array_equal(row, [1.0, 2.0, 3.0])
+    with pytest.raises(TypeError, match=r"unsupported dtype int32"):
+        view(np.zeros((2, 2), np.int32))
+    with pytest.raises(ValueError, match=r"contiguous rows"):
+        view(np.zeros((2, 6))[:, ::2])
+    with pytest.raises(ValueError, match=r"1-D or 2-D"):
+        view(np.zeros((2, 2, 2)))
+
+
+class _CupyLike:
+    """The attributes of a CuPy array that _core.device_view reads, over a NumPy array's memory."""
+
+    def __init__(self, array, device):
+        self.shape, self.strides, self.dtype = array.shape, array.strides, array.dtype
+        self.data = types.SimpleNamespace(ptr=array.__array_interface__["data"][0])
+        self.device = types.SimpleNamespace(id=device)
+
+
+def test_native_device_view_reads_cupy_attributes(cpu_context):
+    """_core.device_view (view() of a CuPy array) reads the layout, dtype and device from the array's attributes:
+    the core then names the device (here against a CPU context), and the view refuses what the core cannot take."""
+    with pytest.raises(ValueError, match=r"U is on cuda:3 but the context runs on cpu"):
+        _core.ensemble_mean(cpu_context, _core.device_view(_CupyLike(np.zeros((3, 2)), 3)), view(np.empty((1, 2))))
+    with pytest.raises(TypeError, match=r"unsupported dtype int64"):
+        _core.device_view(_CupyLike(np.zeros((2, 2), np.int64), 0))
+    with pytest.raises(ValueError, match=r"contiguous rows"):
+        _core.device_view(_CupyLike(np.zeros((2, 6))[:, ::2], 0))
+    with pytest.raises(ValueError, match=r"1-D or 2-D"):
+        _core.device_view(_CupyLike(np.zeros((2, 2, 2)), 0))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

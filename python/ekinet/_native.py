@@ -33,21 +33,10 @@ def context_for(xp):
 
 
 def view(a):
-    """A _core.View of a 2-D (or 1-D, as one row) array with unit stride along its last axis; the view keeps
-    the array alive, so a temporary passed straight into a native call is not freed before the call reads it."""
-    if a.ndim == 1:
-        a = a.reshape(1, -1)
-    itemsize = a.itemsize
-    if a.shape[1] > 1 and a.strides[1] != itemsize:
-        raise ValueError("internal: arrays passed to the native core need contiguous rows")
-    row_stride = a.strides[0] // itemsize if a.shape[0] > 1 else a.shape[1]
-    dtype = _DTYPE_NAMES.get(a.dtype.char) or a.dtype.name  # dtype.name is slow, and views are made per call
-    if is_cupy(a):
-        return _core.View(a.data.ptr, dtype, "cuda", a.device.id, a.shape[0], a.shape[1], row_stride, a)
-    return _core.View(a.__array_interface__["data"][0], dtype, "cpu", 0, a.shape[0], a.shape[1], row_stride, a)
-
-
-_DTYPE_NAMES = {"f": "float32", "d": "float64"}
+    """A _core.View of a 2-D (or 1-D, as one row) NumPy or CuPy array with unit stride along its last axis,
+    read in C++; the view keeps the array alive, so a temporary passed straight into a native call is not freed
+    before the call reads it."""
+    return _core.device_view(a) if is_cupy(a) else _core.host_view(a)
 
 
 def rows_contiguous(xp, a):
