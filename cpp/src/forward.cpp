@@ -1,6 +1,7 @@
 // The batched forward pass of J member networks on one shared input batch. Members are processed in
 // chunks whose workspace fits a fixed budget; within a chunk every layer is a strided batched GEMM over the
-// members (stride 0 for the shared input) followed by one element-wise kernel.
+// members (stride 0 for the shared input) followed by one element-wise kernel. A backend may instead run a
+// small network whole per member and example (CUDA: fused_network.hpp).
 #include <algorithm>
 #include <optional>
 #include <string>
