@@ -391,6 +391,27 @@ def test_forward_cuda(name, dtype, cp, rng):
 
 @pytest.mark.cuda
 @cuda
+@pytest.mark.parametrize("model, window", [("lstm:1-8-1", 1), ("rnn:1-8-1", 1), ("lstm:1-8-1", 3)])
+def test_online_regression_on_cuda_equals_the_cpu(model, window, cp):
+    """online_regression(device="cuda") keeps the ensemble, the state and the predictions on the GPU (one-step
+    networks run whole) and gives the CPU's run in float64: the same draws, up to rounding; results as NumPy."""
+    from ekinet import online
+
+    y = np.sin(np.linspace(0, 12, 90)) + 0.1 * np.cos(np.linspace(0, 40, 90))
+    runs = [online.online_regression(y, model, ensemble=30, passes=2, window=window, noise=1e-3, rng=4,
+                                     dtype="float64", progress=False, device=device,
+                                     randomization=ekinet.Randomization(scale=0.01, every=25))
+            for device in ("cpu", "cuda")]
+    assert isinstance(runs[1].predictions, np.ndarray) and isinstance(runs[1].ensemble, np.ndarray)
+    assert runs[1].settings["device"] == "cuda"
+    np.testing.assert_allclose(runs[1].predictions, runs[0].predictions, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(runs[1].spread, runs[0].spread, rtol=1e-6, atol=1e-10)
+    np.testing.assert_allclose(runs[1].ensemble, runs[0].ensemble, rtol=1e-8, atol=1e-10)
+    assert runs[1].final < runs[1].persistence_error
+
+
+@pytest.mark.cuda
+@cuda
 @pytest.mark.parametrize("cells", [("lstm",), ("rnn",), ("lstm", "rnn")])
 def test_forward_cuda_one_step_at_a_time_equals_the_sequence(cells, cp, rng):
     """Eight one-step calls (the whole-network path of online steps) carrying the device state equal one call

@@ -3,6 +3,7 @@ the report, and the `ekinet train / experiment / report` command line with its e
 
 import json
 import re
+import sys
 
 import pytest
 
@@ -70,8 +71,9 @@ def test_methods_of_an_experiment_that_always_runs_the_same_ones_are_refused():
         experiments.run("melbourne-rnn", size="smoke", methods=["eki"], out=None, progress=False)
 
 
-def test_online_experiments_refuse_a_device_they_would_not_use():
-    with pytest.raises(ValueError, match="online driver runs on the CPU"):
+def test_online_experiments_on_cuda_without_cupy_say_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy raises ImportError, with or without a GPU
+    with pytest.raises(ImportError, match=r"device='cuda' needs CuPy: pip install 'ekinet\[cuda\]'"):
         experiments.run("sunspots-rnn", size="smoke", device="cuda", out=None, progress=False)
 
 

@@ -11,6 +11,19 @@ def is_cupy(a):
     return type(a).__module__.startswith("cupy")
 
 
+def device_namespace(device):
+    """NumPy for device="cpu", CuPy for "cuda" (ImportError saying how to install it when it is missing)."""
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device = {device!r} must be 'cpu' or 'cuda'")
+    if device == "cpu":
+        return np
+    try:
+        import cupy
+    except ImportError as error:
+        raise ImportError("device='cuda' needs CuPy: pip install 'ekinet[cuda]'") from error
+    return cupy
+
+
 def namespace_of(a):
     if is_cupy(a):
         import cupy

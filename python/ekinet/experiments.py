@@ -293,10 +293,6 @@ def _online(series_name, models, window=1):
     def run(settings, options):
         from . import online
 
-        if options.get("device", "cpu") != "cpu":
-            raise ValueError("the online driver runs on the CPU (NumPy arrays; its recurrent ensemble is small): "
-                             "run the online experiments with --device cpu (and --size paper for the paper's "
-                             "settings)")
         if settings.step_decay is not None:
             raise ValueError("step_decay applies to the epochs of the training experiments; an online experiment "
                              "makes one update per observation (use step)")
@@ -306,7 +302,8 @@ def _online(series_name, models, window=1):
             result = online.online_regression(series, model, ensemble=settings.ensemble, passes=settings.passes,
                                               window=window, noise=_ONLINE_NOISE[model.split(":")[0]], bias_std=0.1,
                                               **({} if settings.step is None else {"step": settings.step}),
-                                              rng=options.get("seed", 0), progress=options.get("progress", True))
+                                              rng=options.get("seed", 0), progress=options.get("progress", True),
+                                              device=options.get("device", "cpu"))
             rows.append({**result.to_dict(), "method": "eki", "model": model, "window": window})
             ogd = None
             try:

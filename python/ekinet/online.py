@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from . import datasets, nn
+from ._arrays import device_namespace
 from .ensemble import randomize
 from .updates import kalman_update
 
@@ -232,9 +233,19 @@ def _initial_ensemble(model, J, spread, bias_std, generator, dtype):
     return (centre + spread * offsets.astype(np.float64)).astype(offsets.dtype)
 
 
+def _moments(xp, G, finite):
+    """Per column of G, the mean and standard deviation (float64) over the members whose row is finite, without
+    reading `finite` on the host: on a GPU that would wait for the device at every observation."""
+    weight = finite.astype(xp.float64)[:, None]
+    kept = xp.where(finite[:, None], G, 0).astype(xp.float64)
+    count = weight.sum()
+    mean = kept.sum(axis=0) / count
+    return mean, xp.sqrt((((kept - mean) ** 2) * weight).sum(axis=0) / count)
+
+
 def online_regression(series, model="lstm:1-32-1", *, ensemble=100, passes=1, window=1, noise=1e-2, step=1.0,
                       randomization=None, perturb=True, bias_std=0.0, scale=True, rng=0, progress=True,
-                      backend="auto", dtype="float32", spread="auto"):
+                      backend="auto", dtype="float32", spread="auto", device="cpu"):
     """Train a recurrent regressor by EKI while it predicts the series one step ahead.
 
     series : 1-D values or a datasets.TimeSeries; NaN/Inf is an error. With scale=True it is min-max scaled to
@@ -268,6 +279,8 @@ def online_regression(series, model="lstm:1-32-1", *, ensemble=100, passes=1, wi
         Randomization's prior_std, which may be a scalar factor or one value per parameter).
     rng : seed or numpy Generator for the prior, the perturbations and the randomisation (same seed, same run).
     backend, dtype : of the forward pass and the update ("auto": the native core).
+    device : "cpu" (NumPy) or "cuda" (CuPy: the ensemble, the recurrent state and the predictions stay on the
+        GPU, where a one-step network runs whole in one launch; the results come back as NumPy arrays).
 
     Returns an OnlineResult.
     """
@@ -282,23 +295,25 @@ def online_regression(series, model="lstm:1-32-1", *, ensemble=100, passes=1, wi
     spread = _spread(spread, model)
     if randomization is not None and not hasattr(randomization, "gamma"):
         raise TypeError(f"randomization must be an ekinet.Randomization or None, got {type(randomization).__name__}")
+    xp = device_namespace(device)
     values, lo, hi, times, name = _prepare_series(series, scale, window)
     generator = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
 
     inputs, targets = values[:-1], values[1:]
     blocks = _windows(targets.shape[0], window)
     networks = {size: _window_network(model, size) for size in {stop - start for start, stop in blocks}}
-    U = _initial_ensemble(model, J, spread, bias_std, generator, dtype)
-    X = inputs.astype(U.dtype).reshape(1, -1, 1)
+    U = xp.asarray(_initial_ensemble(model, J, spread, bias_std, generator, dtype))
+    X = xp.asarray(inputs.astype(U.dtype).reshape(1, -1, 1))
+    y = xp.asarray(targets)
     prior_std = None
     if randomization is not None:
         factor = np.asarray(randomization.prior_std, U.dtype)
         if factor.size not in (1, model.parameter_count):
             raise ValueError(f"randomization.prior_std has {factor.size} values; pass one factor for the network's "
                              f"prior or one value per parameter ({model.parameter_count})")
-        prior_std = model.prior_std(U.dtype, bias_std=bias_std) * factor.reshape(-1)
-    predictions = np.empty((passes, targets.shape[0]))
-    deviations = np.empty_like(predictions)
+        prior_std = xp.asarray(model.prior_std(U.dtype, bias_std=bias_std) * factor.reshape(-1))
+    predictions = xp.empty((passes, targets.shape[0]))
+    deviations = xp.empty_like(predictions)
 
     updates = 0
     started = time.perf_counter()
@@ -309,26 +324,28 @@ def online_regression(series, model="lstm:1-32-1", *, ensemble=100, passes=1, wi
                 G, state = networks[stop - start].forward(U, X[:, start:stop], state=state, return_state=True,
                                                           backend=backend)
                 G = G.reshape(J, stop - start)
-                finite = np.isfinite(G).all(axis=1)
-                if not finite.all():  # kalman_update redraws these members; restart their memory too
-                    state[~finite] = 0
-                predictions[p, start:stop] = G[finite].mean(axis=0, dtype=np.float64)
-                deviations[p, start:stop] = G[finite].std(axis=0, dtype=np.float64)
-                U = kalman_update(U, G, targets[start:stop], noise, rng=generator if perturb else None, step=step,
+                finite = xp.isfinite(G).all(axis=1)
+                state[~finite] = 0  # kalman_update redraws these members; restart their memory too
+                predictions[p, start:stop], deviations[p, start:stop] = _moments(xp, G, finite)
+                U = kalman_update(U, G, y[start:stop], noise, rng=generator if perturb else None, step=step,
                                   backend=backend)
                 updates += 1
                 if randomization is not None and randomization.every and updates % randomization.every == 0:
                     U = randomize(U, randomization.gamma(updates), prior_std=prior_std, rng=generator,
                                   backend=backend)
                 bar.update()
-                if updates % 100 == 0 or stop == targets.shape[0]:
-                    bar.set_postfix(pass_=p + 1, mse=f"{np.mean((predictions[p, :stop] - targets[:stop]) ** 2):.3e}")
+                if progress and (updates % 100 == 0 or stop == targets.shape[0]):
+                    error = float(xp.mean((predictions[p, :stop] - y[:stop]) ** 2))
+                    bar.set_postfix(pass_=p + 1, mse=f"{error:.3e}")
     seconds = time.perf_counter() - started
+    host = (lambda a: a.get()) if xp is not np else (lambda a: a)
 
     settings = {"model": repr(model.layers), "ensemble": J, "window": window, "noise": noise, "step": step,
                 "perturb": bool(perturb), "bias_std": float(bias_std),
                 "spread": None if spread is None else float(spread), "scale": bool(scale), "dtype": str(U.dtype),
+                "device": device,
                 "randomization": None if randomization is None else {
                     "scale": float(randomization.scale), "every": int(randomization.every),
                     "decay": float(randomization.decay)}}
-    return _result(predictions, deviations, targets, inputs, U, model, seconds, lo, hi, times, name, "EKI", settings)
+    return _result(host(predictions), host(deviations), targets, inputs, host(U), model, seconds, lo, hi, times, name,
+                   "EKI", settings)

@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from . import losses, nn
+from ._arrays import device_namespace
 from .datasets import Dataset, batches
 from .eki import EKI, Randomization
 from .ensemble import ensemble_mean, ensemble_spread
@@ -122,8 +123,6 @@ class Trainer:
             raise ValueError(f"update = {update!r} is not one of {', '.join(UPDATES)}")
         if ensemble_eval not in ("final", "epoch", "never"):
             raise ValueError(f"ensemble_eval = {ensemble_eval!r} must be 'final', 'epoch' or 'never'")
-        if device not in ("cpu", "cuda"):
-            raise ValueError(f"device = {device!r} must be 'cpu' or 'cuda'")
         self.train_set = _check_dataset(train, "train")
         self.validation_set = None if validation is None else _check_dataset(validation, "validation")
         self.test_set = None if test is None else _check_dataset(test, "test")
@@ -168,7 +167,7 @@ class Trainer:
             raise TypeError(f"rng must be an integer seed (checkpoints record it for an exact resume), "
                             f"got {type(rng).__name__}")
         self.seed = int(rng)
-        self.xp = _namespace(device)
+        self.xp = device_namespace(device)
 
         seeds = np.random.SeedSequence(self.seed).spawn(3)
         # Biases get a prior spread too: EKI keeps every member in the span of the initial ensemble, so biases
@@ -636,16 +635,6 @@ def _positive_int(value, name, minimum):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} = {value!r} must be an integer >= {minimum}")
     return int(value)
-
-
-def _namespace(device):
-    if device == "cpu":
-        return np
-    try:
-        import cupy
-    except ImportError as error:
-        raise ImportError("device='cuda' needs CuPy: pip install 'ekinet[cuda]'") from error
-    return cupy
 
 
 def _softmax(xp, z):
