@@ -24,6 +24,11 @@ def device_namespace(device):
     return cupy
 
 
+def to_host(a):
+    """A NumPy array of a (CuPy arrays are copied from the device)."""
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
 def namespace_of(a):
     if is_cupy(a):
         import cupy

@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 
 from . import losses
-from ._arrays import namespace_of
+from ._arrays import namespace_of, to_host
 from ._inputs import ensemble, seed_from
 from .ensemble import ensemble_mean, ensemble_spread, randomize, randomize_around
 from .schedulers import AdaptiveStep, ConstantStep, DataMisfitController
@@ -164,7 +164,7 @@ class EKI:
         if self.method == "kalman":
             if y is None:
                 raise ValueError("method='kalman' needs the data y: tell(G, y)")
-            step = self.scheduler.next_step(_host(misfits), G.shape[1])
+            step = self.scheduler.next_step(to_host(misfits), G.shape[1])
             U_new, info = kalman_update(
                 V, G, y, self.noise_cov, rng=self._rng if self.perturb else None, step=step,
                 formulation=self.formulation, backend=self.backend, on_failure=self.on_failure, output=output,
@@ -176,12 +176,12 @@ class EKI:
                 grad = grad_squared
             if loss_values is None and y is not None:
                 loss_values = misfits
-            step = self.scheduler.next_step(None if loss_values is None else _host(loss_values), G.shape[1])
+            step = self.scheduler.next_step(None if loss_values is None else to_host(loss_values), G.shape[1])
             U_new, _, info = loss_update(V, G, grad, step=step, adaptive=self.scheduler.adaptive,
                                          eps=getattr(self.scheduler, "eps", 1e-8), backend=self.backend,
                                          on_failure=self.on_failure, rng=self._rng, output=output,
                                          return_info=True)
-        member_loss = _host(misfits) if y is not None else (None if loss_values is None else _host(loss_values))
+        member_loss = to_host(misfits) if y is not None else (None if loss_values is None else to_host(loss_values))
         self._record(V, G, member_loss, info)
         if self._pending is not None and member_loss is not None:
             subspace, centre, reduced_centre, _ = self._pending
@@ -190,7 +190,7 @@ class EKI:
             mean_output = xp.asarray(mean_output, dtype=G.dtype).reshape(1, -1)
             mean_loss, _ = losses.squared(xp.concatenate([mean_output, mean_output]), xp.asarray(y, dtype=G.dtype),
                                           noise_cov=self.noise_cov, backend=self.backend)
-            self.history[-1]["mean_particle_loss"] = float(_host(mean_loss)[0])
+            self.history[-1]["mean_particle_loss"] = float(to_host(mean_loss)[0])
         self._advance(U_new)
         return self._centre if self._U is None else self._U
 
@@ -328,5 +328,3 @@ def minimize(forward, U0, y, *, noise_cov=1.0, iterations=20, batched=True, prog
     return MinimizeResult(optimizer.mean, optimizer.best, optimizer.ensemble, optimizer.history, optimizer)
 
 
-def _host(a):
-    return a.get() if hasattr(a, "get") else np.asarray(a)

@@ -21,7 +21,7 @@ import dataclasses
 import numpy as np
 
 from . import nn
-from ._arrays import namespace_of
+from ._arrays import namespace_of, to_host
 
 
 class InputSpan:
@@ -109,7 +109,7 @@ def _orthonormal_basis(xp, X):
     solving it in one place makes a run on the GPU the CPU's up to rounding (and costs a B x B copy)."""
     rows = X.astype(xp.float64)
     gram = rows @ rows.T
-    values, vectors = np.linalg.eigh(gram.get() if xp is not np else gram)
+    values, vectors = np.linalg.eigh(to_host(gram))
     keep = values > RANK_TOLERANCE * values[-1]
     if not keep.any():
         raise ValueError("the batch's inputs are all zero: they span no direction, and a first layer sees only "

@@ -28,7 +28,8 @@ import numbers
 import numpy as np
 
 from . import _core, reference
-from ._arrays import FLOAT_DTYPES, floating, like_input, namespace_of, same_dtype, same_namespace, to_array
+from ._arrays import (FLOAT_DTYPES, floating, like_input, namespace_of, same_dtype, same_namespace, to_array,
+                      to_host)
 from ._backend import resolve
 from ._inputs import require_finite
 from ._native import context_for, rows_contiguous, view
@@ -472,7 +473,7 @@ class Sequential:
         import torch
 
         u = to_array(u, "u")
-        u = np.asarray(u.get() if hasattr(u, "get") else u)
+        u = to_host(u)
         if u.ndim == 2 and u.shape[0] == 1:
             u = u[0]
         u = floating(u, "u")

@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from . import datasets, nn
-from ._arrays import device_namespace
+from ._arrays import device_namespace, to_host
 from .ensemble import randomize
 from .updates import kalman_update
 
@@ -338,7 +338,6 @@ def online_regression(series, model="lstm:1-32-1", *, ensemble=100, passes=1, wi
                     error = float(xp.mean((predictions[p, :stop] - y[:stop]) ** 2))
                     bar.set_postfix(pass_=p + 1, mse=f"{error:.3e}")
     seconds = time.perf_counter() - started
-    host = (lambda a: a.get()) if xp is not np else (lambda a: a)
 
     settings = {"model": repr(model.layers), "ensemble": J, "window": window, "noise": noise, "step": step,
                 "perturb": bool(perturb), "bias_std": float(bias_std),
@@ -347,5 +346,5 @@ def online_regression(series, model="lstm:1-32-1", *, ensemble=100, passes=1, wi
                 "randomization": None if randomization is None else {
                     "scale": float(randomization.scale), "every": int(randomization.every),
                     "decay": float(randomization.decay)}}
-    return _result(host(predictions), host(deviations), targets, inputs, host(U), model, seconds, lo, hi, times, name,
-                   "EKI", settings)
+    return _result(to_host(predictions), to_host(deviations), targets, inputs, to_host(U), model, seconds, lo, hi,
+                   times, name, "EKI", settings)

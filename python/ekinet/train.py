@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from . import losses, nn
-from ._arrays import device_namespace
+from ._arrays import device_namespace, to_host
 from .datasets import Dataset, batches
 from .eki import EKI, Randomization
 from .ensemble import ensemble_mean, ensemble_spread
@@ -439,7 +439,7 @@ class Trainer:
             X, y = self._device_data("validation")
             X, y = X[:1000], y[:1000]
             values, _ = self._loss(self.network.forward(U, X, backend=self.backend), y)
-            values = _host(values)
+            values = to_host(values)
             return U[int(np.argmin(np.where(np.isfinite(values), values, np.inf)))]
         best = self.optimizer.best
         return ensemble_mean(U, backend=self.backend) if best is None else best
@@ -501,17 +501,17 @@ class Trainer:
                  "optimizer_rng": opt._rng.bit_generator.state, "batch_rng": self._batch_rng.bit_generator.state,
                  "scheduler": vars(opt.scheduler), "best_metric": self._best_metric,
                  "best_epoch": self._best_epoch, "stopped_early": self.stopped_early}
-        arrays = {"U": _host(opt.ensemble), "V": _host(opt._V)}
+        arrays = {"U": to_host(opt.ensemble), "V": to_host(opt._V)}
         if opt._centre is not None:  # the last update's centre, where the next members are drawn
-            arrays["centre"] = _host(opt._centre)
+            arrays["centre"] = to_host(opt._centre)
         if opt.best is not None:
-            arrays["best"] = _host(opt.best)
+            arrays["best"] = to_host(opt.best)
         if self._best_U is not None:
-            arrays["best_epoch_U"] = _host(self._best_U)
+            arrays["best_epoch_U"] = to_host(self._best_U)
         if self._best_average is not None:
-            arrays["best_epoch_average"] = _host(self._best_average)
+            arrays["best_epoch_average"] = to_host(self._best_average)
         if self._average is not None:
-            arrays["average"] = _host(self._average)
+            arrays["average"] = to_host(self._average)
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=directory, prefix=".checkpoint-", suffix=".npz")
@@ -605,8 +605,8 @@ class Trainer:
             raise ValueError("plot_predictions is for regression tasks")
         x, y = self._device_data(data) if isinstance(data, str) else (data.x, data.y)
         mean, spread = self.predict(x[:limit], which="ensemble")
-        mean, spread = _host(mean), _host(spread)
-        y = _host(y[:limit]).reshape(len(mean), -1)[:, 0]
+        mean, spread = to_host(mean), to_host(spread)
+        y = to_host(y[:limit]).reshape(len(mean), -1)[:, 0]
         band, label = spread[:, 0], "+-2 ensemble std"
         if self.loss == "gaussian-nll":  # the network's own sigma (averaged over members) and the ensemble spread
             k = self._outputs_per_example()
@@ -650,5 +650,3 @@ def _sigmoid(xp, s):
     return 1 / (1 + xp.exp(-s))
 
 
-def _host(a):
-    return a.get() if hasattr(a, "get") else np.asarray(a)
