@@ -105,6 +105,27 @@ def test_state_is_reset_at_each_pass_and_ensemble_carried():
     assert two.predictions[1, 0] == pytest.approx(first.mean(), rel=1e-5)
 
 
+def test_a_failed_member_is_redrawn_and_its_memory_restarted(monkeypatch):
+    """A member whose outputs and state turn NaN (injected at the first observation) is left out of the
+    prediction, redrawn by the update, and its recurrent state zeroed: from the next observation on every
+    member's output is finite again (a NaN state kept would fail it at every later step)."""
+    from ekinet import online
+
+    forward, calls = nn.Sequential.forward, []
+
+    def failing_once(self, U, X, **kwargs):
+        G, state = forward(self, U, X, **kwargs)
+        if not calls:
+            G[3], state[3] = np.nan, np.nan
+        calls.append(int(np.isfinite(G).all(axis=(1, 2)).sum()))
+        return G, state
+
+    monkeypatch.setattr(nn.Sequential, "forward", failing_once)
+    r = online_regression(_sine(n=40), "lstm:1-6-1", ensemble=10, noise=1e-2, rng=0, progress=False)
+    assert calls[0] == 9 and set(calls[1:]) == {10}, calls
+    assert np.all(np.isfinite(r.predictions)) and np.all(np.isfinite(r.ensemble))
+
+
 def test_reproducible_with_the_same_seed(sine_result):
     again = online_regression(_sine(), "lstm:1-16-1", ensemble=50, passes=3, rng=1, progress=False)
     np.testing.assert_array_equal(again.predictions, sine_result.predictions)

@@ -325,7 +325,8 @@ def online_regression(series, model="lstm:1-32-1", *, ensemble=100, passes=1, wi
                                                           backend=backend)
                 G = G.reshape(J, stop - start)
                 finite = xp.isfinite(G).all(axis=1)
-                state[~finite] = 0  # kalman_update redraws these members; restart their memory too
+                # kalman_update redraws failed members: restart their memory too (a select, not a masked write)
+                state = xp.where(finite[:, None], state, 0)
                 predictions[p, start:stop], deviations[p, start:stop] = _moments(xp, G, finite)
                 U = kalman_update(U, G, y[start:stop], noise, rng=generator if perturb else None, step=step,
                                   backend=backend)
