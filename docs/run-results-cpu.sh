@@ -87,4 +87,4 @@ done
 #     docs/results/relu-paper-cpu-span-seed1/relu-seed1.json relu
 #   python -m ekinet experiment mnist-dnn2 --size paper --methods eki-r --step 12 --step-decay 0.85 --input-span \
 #     --centred-draws --seed 4 --out docs/results/paper-cpu-span-seed4
-#   (and --seed 5, 6, 7 into docs/results/paper-cpu-span-seed5, -seed6, -seed7)
+#   (and --seed 5, 6 into docs/results/paper-cpu-span-seed5, -seed6)
