@@ -77,6 +77,8 @@ done
 #     --centred-draws --seed 1 --checkpoints ckpt --out docs/results/paper-cpu-span-seed1
 #   python -m ekinet experiment mnist-dnn3 --size paper --methods eki-r --step 12 --step-decay 0.85 --input-span \
 #     --centred-draws --out docs/results/paper-cpu-span-dnn3
+#   python -m ekinet experiment mnist-dnn1 --size paper --methods eki-r --step 12 --step-decay 0.85 --input-span \
+#     --centred-draws --out docs/results/paper-cpu-span-dnn1
 # On a GPU (docs/results/gpu: DNN 2 with seeds 2 and 3 on an NVIDIA H200, 35 s each; bench/gpu-session.sh):
 #   python -m ekinet experiment mnist-dnn2 --size paper --device cuda --methods eki-r --step 12 --step-decay 0.85 \
 #     --input-span --centred-draws --seed 2 --out docs/results/gpu/seed2
