@@ -192,6 +192,20 @@ def test_cli_train_passes_every_option_to_the_trainer(tmp_path, capsys, monkeypa
     assert plt.get_fignums() == figures  # the figure was closed after saving
 
 
+def test_learning_curves_draw_ekis_and_the_gradient_baselines():
+    plt = pytest.importorskip("matplotlib.pyplot")
+    eki = {"method": "eki-r", "model": "mlp:784-10", "ensemble": 8,
+           "history": [{"epoch": e, "train_loss": 1.0 / e, "test_accuracy_mean": 0.5 + e / 10} for e in (1, 2)]}
+    sgd = {"method": "sgd", "model": "mlp:784-10", "history": [{"epoch": e, "test_accuracy": 0.6 + e / 10}
+                                                                for e in (1, 2, 3)]}
+    figure, ax = plt.subplots()
+    experiments._learning_curves([eki, sgd], "both")(ax)
+    labels = {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()}
+    plt.close(figure)
+    assert labels == {"eki-r (mlp:784-10, J=8)": pytest.approx([0.6, 0.7]),
+                      "sgd (mlp:784-10, one network)": pytest.approx([0.7, 0.8, 0.9])}
+
+
 def test_cli_experiment_and_report(tmp_path, capsys):
     assert cli.main(["experiment", "--list"]) == 0
     assert "mnist-dnn2" in capsys.readouterr().out

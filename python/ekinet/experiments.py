@@ -95,8 +95,12 @@ def _learning_curves(rows, title):
                 averaged = [(r["epoch"], r["test_accuracy_average"]) for r in history if "test_accuracy_average" in r]
                 if averaged:
                     ax.plot(*zip(*averaged), ":", color=line.get_color(), label="  its epoch-averaged mean")
+            gradient = [r for r in row.get("history") or [] if "test_accuracy" in r]
+            if gradient:
+                ax.plot([r["epoch"] for r in gradient], [r["test_accuracy"] for r in gradient], "s--",
+                        label=f"{row['method']} ({row['model']}, one network)")
         ax.set_xlabel("epoch")
-        ax.set_ylabel("test accuracy (mean particle; dotted: averaged)")
+        ax.set_ylabel("test accuracy (EKI: mean particle, dotted: averaged; dashed: gradient baselines)")
         ax.set_title(title)
         ax.legend()
 
