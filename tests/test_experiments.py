@@ -192,6 +192,16 @@ def test_cli_train_passes_every_option_to_the_trainer(tmp_path, capsys, monkeypa
     assert plt.get_fignums() == figures  # the figure was closed after saving
 
 
+def test_gradient_baselines_keep_the_learning_rate_best_on_validation():
+    result = experiments.run("mnist-dnn1", size="smoke", methods=["sgd", "momentum-sgd"], out=None, progress=False)
+    for row in result["rows"]:
+        by_lr = row["validation_accuracy_by_lr"]
+        assert list(by_lr) == [str(lr) for lr in experiments.LEARNING_RATES[row["method"]]]
+        assert by_lr[str(row["lr"])] == max(by_lr.values())
+        assert row["history"][-1]["validation_accuracy"] == by_lr[str(row["lr"])]
+        assert row["test_accuracy"] == row["history"][-1]["test_accuracy"]
+
+
 def test_learning_curves_draw_ekis_and_the_gradient_baselines():
     plt = pytest.importorskip("matplotlib.pyplot")
     eki = {"method": "eki-r", "model": "mlp:784-10", "ensemble": 8,
