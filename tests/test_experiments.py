@@ -200,6 +200,8 @@ def test_gradient_baselines_keep_the_learning_rate_best_on_validation():
         assert by_lr[str(row["lr"])] == max(by_lr.values())
         assert row["history"][-1]["validation_accuracy"] == by_lr[str(row["lr"])]
         assert row["test_accuracy"] == row["history"][-1]["test_accuracy"]
+        assert f"| {row['test_accuracy']:.4f} (lr {row['lr']:g}) |" in experiments._report_line("mnist-dnn1", result,
+                                                                                                  row)
 
 
 def test_learning_curves_draw_ekis_and_the_gradient_baselines():

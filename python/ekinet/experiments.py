@@ -509,7 +509,7 @@ def _report_line(name, result, row):
     elif "rmse_mean_usd1000" in row:
         ours = f"RMSE {row['rmse_mean_usd1000']:.2f} k$"
     elif "test_accuracy" in row:
-        ours = f"{row['test_accuracy']:.4f}"
+        ours = f"{row['test_accuracy']:.4f}" + (f" (lr {row['lr']:g})" if "lr" in row else "")
     else:
         ours = "-"
     if isinstance(paper, dict):
