@@ -128,8 +128,11 @@ def test_experiment_checkpoints_resume_an_interrupted_run_exactly(tmp_path):
     assert rest["history"][-1]["train_loss"] == whole["history"][-1]["train_loss"]
     again = experiments.run("quickstart", size="smoke", out=None, progress=False, checkpoints=tmp_path)["rows"][0]
     assert again["resumed_at_epoch"] == 2 and again["accuracy_mean"] == whole["accuracy_mean"]
-    with pytest.raises(ValueError, match="another configuration.*step"):
-        experiments.run("quickstart", size="smoke", step=7.5, out=None, progress=False, checkpoints=tmp_path)
+    other = experiments.run("quickstart", size="smoke", step=7.5, step_decay=0.5, seed=3, epochs=1, out=None,
+                            progress=False, checkpoints=tmp_path)["rows"][0]
+    assert other["resumed_at_epoch"] == 0
+    name = "quickstart-eki-r-mlp_784-100-10-J40-seed=3-step=7.5-step_decay=0.5.npz"
+    assert other["checkpoint"] == str(tmp_path / name)
 
 
 def test_cli_experiment_checkpoints(tmp_path, capsys):

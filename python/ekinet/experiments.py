@@ -143,7 +143,11 @@ def _train_eki(model, data, method, settings, options, **kw):
     start = time.perf_counter()
     schedule = {"centred": settings.centred_draws and method.endswith("-r"),
                 "input_span": settings.input_span and method == "eki-r"}
-    named = {**kw, **{k: 1 for k, v in schedule.items() if v}}
+    # A seed or step sweep into one checkpoint directory gets a file per run (the Trainer refuses to resume
+    # a checkpoint written with other settings).
+    named = {**kw, **{k: 1 for k, v in schedule.items() if v},
+             **{k: v for k, v in (("step", settings.step), ("step_decay", settings.step_decay),
+                                  ("seed", options.get("seed", 0) or None)) if v is not None}}
     checkpoint = _checkpoint_path(options, model, method, settings.ensemble, named)
     if any(schedule.values()):
         kw = {"randomization": RandomizationSchedule(**schedule), **kw}
