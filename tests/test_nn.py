@@ -134,6 +134,8 @@ CONV_CASES = {
     "1x1": ((2, 4, 4), 3, 1, 1, 0, "identity"),
     "stride3-kernel2": ((1, 9, 8), 2, 2, 3, 0, "heaviside"),
     "pad2-stride2": ((2, 5, 6), 3, 3, 2, 2, "relu"),
+    # more output channels than the CPU computes at once (16 float, 8 double lanes), the last block part-full
+    "channels20-pad1": ((2, 6, 7), 20, 3, 1, 1, "relu"),
 }
 
 
@@ -160,6 +162,8 @@ POOL_CASES = {
     "pool-first-overlapping": [nn.MaxPool2d(3, stride=1), nn.Conv2d(2, 2, activation="relu")],
     "conv-pool": [nn.Conv2d(3, 3, activation="relu"), nn.MaxPool2d(2)],
     "conv-pool-stride": [nn.Conv2d(3, 2, padding=1), nn.MaxPool2d(3, stride=2), nn.Flatten(), nn.Dense(2, "sigmoid")],
+    "conv-pool-wide": [nn.Conv2d(18, 2, activation="tanh"), nn.MaxPool2d(2, stride=1), nn.Conv2d(3, 2),
+                       nn.MaxPool2d(2)],
     "pool-pool": [nn.MaxPool2d(2, stride=1), nn.MaxPool2d(2)],
     "flatten-images": [nn.Flatten(), nn.Dense(4, "relu"), nn.Dense(2)],
     "flatten-only": [nn.Flatten()],

@@ -84,6 +84,49 @@ struct RecurrentLayer {
   i64 h_member_stride() const { return steps * examples * hidden; }
 };
 
+// One convolutional layer over every member and image, for Backend::conv2d, with the max-pooling layer that
+// follows it when there is one.
+template <class T>
+struct ConvolutionLayer {
+  i64 members = 0, images = 0, channels = 0, height = 0, width = 0;
+  // Input of member i, image n, channel c, pixel (y, x) at in + i * in_member_stride + n * image_stride +
+  // c * channel_stride + y * width + x (in_member_stride 0: shared by all members).
+  const T* in = nullptr;
+  i64 channel_stride = 0, image_stride = 0, in_member_stride = 0;
+  i64 kernel = 0, stride = 1, padding = 0;
+  i64 out_channels = 0, out_h = 0, out_w = 0;  // of the convolution
+  // Member i's weights (out_channels x channels x kernel x kernel, PyTorch's order), then its bias, at
+  // params + i * params_stride.
+  const T* params = nullptr;
+  i64 params_stride = 0;
+  Activation activation = Activation::identity;
+  // Max-pooling windows of the activations (0: no pooling), no padding.
+  i64 pool_kernel = 0, pool_stride = 0;
+  // CNHW result (pooled, if pooling): member i, channel c, image n, pixel p at out + i * out_member_stride() +
+  // c * images * result_pixels() + n * result_pixels() + p.
+  T* out = nullptr;
+
+  i64 patch_size() const { return channels * kernel * kernel; }
+  i64 result_h() const { return pool_kernel == 0 ? out_h : (out_h - pool_kernel) / pool_stride + 1; }
+  i64 result_w() const { return pool_kernel == 0 ? out_w : (out_w - pool_kernel) / pool_stride + 1; }
+  i64 result_pixels() const { return result_h() * result_w(); }
+  i64 out_member_stride() const { return out_channels * images * result_pixels(); }
+
+  // Elements of scratch each thread of the CPU's direct convolution takes, for `lanes` output channels at once:
+  // a member's weight blocks with their biases, one image's activations and pooled activations, and a
+  // zero-padded copy of the image (whole vectors). Besides: the patch offsets, patch_size() + out_h * out_w
+  // 64-bit integers.
+  i64 thread_scratch(i64 lanes) const {
+    const i64 channel_lanes = (out_channels + lanes - 1) / lanes * lanes;
+    const i64 plane = padding > 0 ? channels * (height + 2 * padding) * (width + 2 * padding) : 0;
+    return channel_lanes * (patch_size() + 1 + out_h * out_w + (pool_kernel > 0 ? result_pixels() : 0)) +
+           (plane + lanes - 1) / lanes * lanes;
+  }
+};
+
+// The most threads the CPU backend splits a pass over (its per-thread scratch is counted this many times).
+i64 cpu_threads();
+
 template <class T>
 class Backend {
  public:
@@ -180,13 +223,11 @@ class Backend {
                             i64 out_ld, i64 out_member_stride) = 0;
   // out[i, r, c] = value
   virtual void fill_strided(i64 batch, i64 rows, i64 cols, T value, T* out, i64 ld, i64 member_stride) = 0;
-  // Column-major patches of every image for a convolution: for member i, image n, output pixel (oy, ox) and
-  // patch entry q = (ch * kernel + ky) * kernel + kx, cols_i[q + (n * out_h * out_w + oy * out_w + ox) * Q] =
-  // in_i[ch * channel_stride + n * image_stride + (oy * stride - padding + ky) * width + (ox * stride - padding
-  // + kx)], zero outside the image; Q = channels * kernel^2.
-  virtual void im2col(i64 batch, i64 images, i64 channels, i64 height, i64 width, const T* in, i64 channel_stride,
-                      i64 image_stride, i64 member_stride, i64 kernel, i64 stride, i64 padding, i64 out_h, i64 out_w,
-                      T* cols, i64 cols_member_stride) = 0;
+  // A whole convolutional layer, bias, activation and a following max-pooling included. The schedule is the
+  // backend's: the CPU convolves and pools each member's images directly (its weights and the image's
+  // activations in cache, vectorised over output channels); CUDA forms im2col patches, runs one batched GEMM
+  // over the members, and pools.
+  virtual void conv2d(const ConvolutionLayer<T>& layer) = 0;
   // Max-pooling of CNHW activations (channels x images*height*width per member) into CNHW
   // (channels x images*out_h*out_w), windows kernel x kernel moved by stride, no padding.
   virtual void maxpool2d(i64 batch, i64 channels, i64 images, i64 height, i64 width, const T* in, i64 in_member_stride,

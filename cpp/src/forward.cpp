@@ -1,7 +1,8 @@
 // The batched forward pass of J member networks on one shared input batch. Members are processed in
-// chunks whose workspace fits a fixed budget; within a chunk every layer is a strided batched GEMM over the
-// members (stride 0 for the shared input) followed by one element-wise kernel. A backend may instead run a
-// small network whole per member and example (CUDA: fused_network.hpp).
+// chunks whose workspace fits a fixed budget; within a chunk a dense layer is a strided batched GEMM over the
+// members (stride 0 for the shared input) followed by one element-wise kernel, and a convolutional or recurrent
+// layer is one backend call that schedules it. A backend may instead run a small network whole per member and
+// example (CUDA: fused_network.hpp).
 #include <algorithm>
 #include <optional>
 #include <string>
@@ -21,7 +22,8 @@ constexpr std::size_t kChunkBudgetBytes = std::size_t{1} << 30;  // workspace of
 using detail::i64;
 using detail::Trans;
 
-// Per-example sizes a layer adds to the workspace: its output, plus im2col patches for a convolution.
+// Per-example sizes a layer adds to the workspace: its output, plus im2col patches for a convolution (CUDA's
+// schedule; the CPU's direct convolution needs only each thread's copy of a member's weights, far less).
 struct LayerFootprint {
   i64 per_member = 0;  // elements for each member of the chunk
   i64 shared = 0;      // elements once per chunk (computed from the shared input only)
@@ -41,6 +43,38 @@ bool reads_shared_input(const Network& network, std::size_t i) {
   });
 }
 
+// A convolution takes the max-pooling layer after it into the same backend call.
+bool pools_next(const Network& network, std::size_t i) {
+  const std::vector<Layer>& layers = network.layers();
+  return layers[i].kind == Layer::Kind::conv2d && i + 1 < layers.size() &&
+         layers[i + 1].kind == Layer::Kind::maxpool2d;
+}
+
+// The geometry of convolutional layer i (and of the pooling it takes) on B images; no data yet.
+template <class T>
+detail::ConvolutionLayer<T> convolution_geometry(const Network& network, std::size_t i, i64 B) {
+  const Layer& layer = network.layers()[i];
+  const std::vector<i64>& shape = network.shape(i);
+  const std::vector<i64>& out_shape = network.shape(i + 1);
+  detail::ConvolutionLayer<T> geometry;
+  geometry.images = B;
+  geometry.channels = shape[0];
+  geometry.height = shape[1];
+  geometry.width = shape[2];
+  geometry.kernel = layer.kernel;
+  geometry.stride = layer.stride;
+  geometry.padding = layer.padding;
+  geometry.out_channels = layer.units;
+  geometry.out_h = out_shape[1];
+  geometry.out_w = out_shape[2];
+  geometry.activation = layer.activation;
+  if (pools_next(network, i)) {
+    geometry.pool_kernel = network.layers()[i + 1].kernel;
+    geometry.pool_stride = network.layers()[i + 1].stride;
+  }
+  return geometry;
+}
+
 LayerFootprint footprint(const Network& network, std::size_t i, i64 B) {
   const Layer& layer = network.layers()[i];
   const std::vector<i64>& in = network.shape(i);
@@ -50,13 +84,19 @@ LayerFootprint footprint(const Network& network, std::size_t i, i64 B) {
     case Layer::Kind::dense: return {B * out, 0};
     case Layer::Kind::flatten: return shared ? LayerFootprint{0, B * out} : LayerFootprint{B * out, 0};
     case Layer::Kind::maxpool2d: {
-      // + a CNHW copy of X when pooling comes first
+      // + a CNHW copy of X when pooling comes first; + a row for each CPU thread
       const i64 elements = B * out + (i == 0 ? B * product(in) : 0);
-      return shared ? LayerFootprint{0, elements} : LayerFootprint{elements, 0};
+      const i64 rows = detail::cpu_threads() * in[2];
+      return shared ? LayerFootprint{0, elements + rows} : LayerFootprint{elements, rows};
     }
     case Layer::Kind::conv2d: {
-      const i64 patches = in[0] * layer.kernel * layer.kernel * product(network.shape(i + 1)) / layer.units * B;
-      return shared ? LayerFootprint{B * out, patches} : LayerFootprint{B * out + patches, 0};
+      // + CUDA's im2col patches, or the CPU's scratch for each thread (16 float lanes) and its patch offsets
+      // (64-bit: 2 elements each)
+      const detail::ConvolutionLayer<float> geometry = convolution_geometry<float>(network, i, B);
+      const i64 patches = geometry.patch_size() * geometry.out_h * geometry.out_w * B;
+      const i64 cpu = detail::cpu_threads() * geometry.thread_scratch(16) +
+                      2 * (geometry.patch_size() + geometry.out_h * geometry.out_w);
+      return shared ? LayerFootprint{B * out, patches + cpu} : LayerFootprint{B * out + patches, cpu};
     }
     case Layer::Kind::rnn:
     case Layer::Kind::lstm: {
@@ -95,7 +135,7 @@ std::size_t Network::forward_workspace_bytes(std::int64_t J, std::int64_t B, DTy
   const LayerFootprint f = total_footprint(*this, B);
   const i64 members = chunk_members(*this, J, B, element);
   // + 256 bytes of alignment per buffer
-  return static_cast<std::size_t>(f.shared + members * f.per_member) * element + 256 * (2 * layers_.size() + 2);
+  return static_cast<std::size_t>(f.shared + members * f.per_member) * element + 256 * (3 * layers_.size() + 2);
 }
 
 namespace detail {
@@ -129,7 +169,7 @@ class ForwardPass {
     // One row per example (images in NCHW order), or per (example, step) for sequences (steps, features).
     Activations<T> a = input.size() == 2 ? Activations<T>{x, 0, B_ * input[0], input[1], input[1], false}
                                          : Activations<T>{x, 0, B_, product(input), product(input), false};
-    for (std::size_t i = 0; i < network_.layers().size(); ++i) a = layer(i, a);
+    for (std::size_t i = 0; i < network_.layers().size(); i += pools_next(network_, i) ? 2 : 1) a = layer(i, a);
     store(a, g + first * ldg, ldg);
   }
 
@@ -170,27 +210,22 @@ class ForwardPass {
     return {out, rows * units, rows, units, units, false};
   }
 
-  // Patches (Q x N, N = images * out pixels) once per member, or once for the shared input; then
-  // column-major C (N x channels) = patches^T W^T, i.e. CNHW output.
+  // CNHW output, bias and activation applied, and pooled when a max-pooling layer follows; the backend chooses
+  // the schedule.
   Activations<T> conv2d(std::size_t i, const Activations<T>& in) {
-    const Layer& layer = network_.layers()[i];
-    const std::vector<i64>& shape = network_.shape(i);
-    const std::vector<i64>& out_shape = network_.shape(i + 1);
-    const i64 channels = shape[0], height = shape[1], width = shape[2];
-    const i64 out_h = out_shape[1], out_w = out_shape[2], pixels = height * width;
-    const i64 q = channels * layer.kernel * layer.kernel, n = B_ * out_h * out_w;
-    const bool shared = in.member_stride == 0;
-    const i64 channel_stride = in.channel_major ? B_ * pixels : pixels;
-    const i64 image_stride = in.channel_major ? pixels : channels * pixels;
-    T* patches = backend_.workspace().template take<T>((shared ? 1 : count_) * q * n);
-    backend_.im2col(shared ? 1 : count_, B_, channels, height, width, in.data, channel_stride, image_stride,
-                    in.member_stride, layer.kernel, layer.stride, layer.padding, out_h, out_w, patches, q * n);
-    T* out = take(layer.units * n);
-    backend_.gemm_strided_batched(Trans::yes, Trans::no, n, layer.units, q, T{1}, patches, q, shared ? 0 : q * n,
-                                  parameters(i, 0), q, ldu_, T{0}, out, n, layer.units * n, count_);
-    backend_.bias_activation(count_, layer.units, n, out, n, layer.units * n, parameters(i, layer.units * q), ldu_,
-                             true, layer.activation);
-    return {out, layer.units * n, layer.units, n, n, true};
+    ConvolutionLayer<T> args = convolution_geometry<T>(network_, i, B_);
+    const i64 pixels = args.height * args.width;
+    args.members = count_;
+    args.in = in.data;
+    args.channel_stride = in.channel_major ? B_ * pixels : pixels;
+    args.image_stride = in.channel_major ? pixels : args.channels * pixels;
+    args.in_member_stride = in.member_stride;
+    args.params = parameters(i, 0);
+    args.params_stride = ldu_;
+    args.out = take(args.out_member_stride());
+    backend_.conv2d(args);
+    const i64 n = B_ * args.result_pixels();
+    return {args.out, args.out_member_stride(), args.out_channels, n, n, true};
   }
 
   // Pooling the shared input (no parameters before it) is done once for the chunk and stays shared.

@@ -255,48 +255,63 @@ class CpuBackend final : public Backend<T> {
       for (i64 r = 0; r < rows; ++r) std::fill_n(out + i * member_stride + r * ld, cols, value);
   }
 
-  void im2col(i64 batch, i64 images, i64 channels, i64 height, i64 width, const T* in, i64 channel_stride,
-              i64 image_stride, i64 member_stride, i64 kernel, i64 stride, i64 padding, i64 out_h, i64 out_w, T* cols,
-              i64 cols_member_stride) override {
-    const i64 q = channels * kernel * kernel;
-    parallel_ranges(batch * images, out_h * out_w * q, [&](i64 first, i64 last, i64) {
-      for (i64 index = first; index < last; ++index) {
-        const i64 i = index / images, n = index % images;
-        const T* image = in + i * member_stride + n * image_stride;
-        T* column = cols + i * cols_member_stride + n * out_h * out_w * q;
-        for (i64 oy = 0; oy < out_h; ++oy)
-          for (i64 ox = 0; ox < out_w; ++ox, column += q)
-            for (i64 ch = 0; ch < channels; ++ch)
-              for (i64 ky = 0; ky < kernel; ++ky) {
-                const i64 iy = oy * stride - padding + ky;
-                for (i64 kx = 0; kx < kernel; ++kx) {
-                  const i64 ix = ox * stride - padding + kx;
-                  const bool inside = iy >= 0 && iy < height && ix >= 0 && ix < width;
-                  column[(ch * kernel + ky) * kernel + kx] =
-                      inside ? image[ch * channel_stride + iy * width + ix] : T{0};
-                }
-              }
+  // Each member's images convolved directly, members split over the cores: a thread lays out a member's weights
+  // in channel blocks once (they stay in cache) and computes each output pixel as one vector of output channels per
+  // patch entry, into an image-sized buffer where activation and pooling act on whole vectors before the
+  // result is written out. im2col + GEMM wrote and packed every patch, 9 x the activations, through memory.
+  void conv2d(const ConvolutionLayer<T>& layer) override {
+    constexpr i64 kLanes = fast::kConvolutionLanes<T>;
+    const i64 q = layer.patch_size(), pixels = layer.out_h * layer.out_w, images = layer.images;
+    const i64 blocks = (layer.out_channels + kLanes - 1) / kLanes;
+    const bool pooled = layer.pool_kernel > 0;
+    // A padded layer reads a zero-bordered copy of each image, so that no patch entry needs a bounds test.
+    const bool pad = layer.padding > 0;
+    const i64 plane_w = layer.width + 2 * layer.padding, plane_h = layer.height + 2 * layer.padding;
+    const i64 row_width = pad ? plane_w : layer.width, channel_stride = pad ? plane_h * plane_w : layer.channel_stride;
+    i64* offsets = workspace_.take<i64>(q + pixels);
+    i64* base = offsets + q;
+    for (i64 ch = 0; ch < layer.channels; ++ch)
+      for (i64 ky = 0; ky < layer.kernel; ++ky)
+        for (i64 kx = 0; kx < layer.kernel; ++kx)
+          offsets[(ch * layer.kernel + ky) * layer.kernel + kx] = ch * channel_stride + ky * row_width + kx;
+    for (i64 oy = 0; oy < layer.out_h; ++oy)
+      for (i64 ox = 0; ox < layer.out_w; ++ox)
+        base[oy * layer.out_w + ox] = oy * layer.stride * row_width + ox * layer.stride;
+
+    const i64 weights_size = blocks * (q + 1) * kLanes, conv_size = blocks * pixels * kLanes;
+    const i64 result_pixels = layer.result_pixels(), scratch = layer.thread_scratch(kLanes);
+    T* buffers = workspace_.take<T>(std::min(worker_slots(), layer.members) * scratch);
+    parallel_ranges(layer.members, images * q * pixels * layer.out_channels, [&](i64 first, i64 last, i64 slot) {
+      T* wt = buffers + slot * scratch;
+      T* conv = wt + weights_size;
+      T* result = pooled ? conv + conv_size : conv;
+      T* plane = result + (pooled ? blocks * result_pixels * kLanes : conv_size);
+      for (i64 i = first; i < last; ++i) {
+        block_convolution_weights(layer.params + i * layer.params_stride, layer.out_channels, q, wt);
+        for (i64 n = 0; n < images; ++n) {
+          const T* image = layer.in + i * layer.in_member_stride + n * layer.image_stride;
+          if (pad) image = pad_image(layer, image, plane);
+          fast::convolve_image(image, base, pixels, offsets, q, wt, blocks, conv);
+          activate(conv, conv_size, layer.activation);
+          for (i64 block = 0; pooled && block < blocks; ++block) {
+            fast::maxpool_vectors(conv + block * pixels * kLanes, layer.out_w, layer.pool_kernel, layer.pool_stride,
+                                  layer.result_h(), layer.result_w(), result + block * result_pixels * kLanes);
+          }
+          fast::unblock_channels(result, result_pixels, layer.out_channels,
+                                 layer.out + i * layer.out_member_stride() + n * result_pixels, images * result_pixels);
+        }
       }
     });
   }
 
   void maxpool2d(i64 batch, i64 channels, i64 images, i64 height, i64 width, const T* in, i64 in_member_stride,
                  i64 kernel, i64 stride, i64 out_h, i64 out_w, T* out, i64 out_member_stride) override {
-    parallel_ranges(batch * channels * images, out_h * out_w * kernel * kernel, [&](i64 first, i64 last, i64) {
+    T* rows = workspace_.take<T>(std::min(worker_slots(), batch * channels * images) * width);
+    parallel_ranges(batch * channels * images, out_h * out_w * kernel * kernel, [&](i64 first, i64 last, i64 slot) {
       for (i64 index = first; index < last; ++index) {
         const i64 i = index / (channels * images), plane = index % (channels * images);
-        const T* source = in + i * in_member_stride + plane * height * width;
-        T* target = out + i * out_member_stride + plane * out_h * out_w;
-        for (i64 oy = 0; oy < out_h; ++oy)
-          for (i64 ox = 0; ox < out_w; ++ox) {
-            T best = -std::numeric_limits<T>::infinity();
-            for (i64 ky = 0; ky < kernel; ++ky)
-              for (i64 kx = 0; kx < kernel; ++kx) {
-                const T v = source[(oy * stride + ky) * width + ox * stride + kx];
-                best = (v > best || v != v) ? v : best;  // NaN propagates: a failed member stays visible
-              }
-            target[oy * out_w + ox] = best;
-          }
+        fast::maxpool_plane(in + i * in_member_stride + plane * height * width, width, kernel, stride, out_h, out_w,
+                            out + i * out_member_stride + plane * out_h * out_w, rows + slot * width);
       }
     });
   }
@@ -599,11 +614,37 @@ class CpuBackend final : public Backend<T> {
     if (layer.c_out != nullptr) std::copy(c, c + B * H, layer.c_out + i * layer.c_out_stride);
   }
 
+  // The blocks of fast::convolve_image: for channels [b L, (b + 1) L), their L biases, then W[c, e] at
+  // e * L + c % L; zero past the last channel.
+  static void block_convolution_weights(const T* w, i64 out_channels, i64 q, T* wt) {
+    constexpr i64 kLanes = fast::kConvolutionLanes<T>;
+    const i64 blocks = (out_channels + kLanes - 1) / kLanes;
+    std::fill_n(wt, blocks * (q + 1) * kLanes, T{0});
+    const T* bias = w + out_channels * q;
+    for (i64 c = 0; c < out_channels; ++c) {
+      T* block = wt + (c / kLanes) * (q + 1) * kLanes + c % kLanes;
+      block[0] = bias[c];
+      for (i64 e = 0; e < q; ++e) block[(e + 1) * kLanes] = w[c * q + e];
+    }
+  }
+
+  // The image with a border of `padding` zeros, channel planes one after another.
+  static const T* pad_image(const ConvolutionLayer<T>& layer, const T* image, T* plane) {
+    const i64 p = layer.padding, plane_w = layer.width + 2 * p, plane_h = layer.height + 2 * p;
+    std::fill_n(plane, layer.channels * plane_h * plane_w, T{0});
+    for (i64 ch = 0; ch < layer.channels; ++ch)
+      for (i64 y = 0; y < layer.height; ++y) {
+        const T* source = image + ch * layer.channel_stride + y * layer.width;
+        std::copy(source, source + layer.width, plane + (ch * plane_h + y + p) * plane_w + p);
+      }
+    return plane;
+  }
+
   static void activate(T* row, i64 cols, Activation activation) {
     switch (activation) {
       case Activation::identity: break;
       case Activation::relu:
-        for (i64 c = 0; c < cols; ++c) row[c] = row[c] < T{0} ? T{0} : row[c];  // NaN stays NaN (a failed member)
+        fast::relu_row(row, cols);
         break;
       case Activation::tanh:
         fast::tanh_row(row, cols);
@@ -685,6 +726,9 @@ class CpuContext final : public Context {
 };
 
 }  // namespace
+
+i64 cpu_threads() { return worker_slots(); }
+
 }  // namespace ekinet::detail
 
 namespace ekinet {

@@ -313,6 +313,123 @@ __attribute__((always_inline)) inline void standard_normal_row_impl(std::uint64_
   }
 }
 
+template <class T>
+struct Vector64;  // 64-byte vectors: one AVX-512 register, two AVX2 or four SSE registers
+template <>
+struct Vector64<float> {
+  typedef float type __attribute__((vector_size(64)));
+};
+template <>
+struct Vector64<double> {
+  typedef double type __attribute__((vector_size(64)));
+};
+
+// kPixels output pixels of one block of L channels: a broadcast input value times a vector of L weights per
+// pixel and patch entry, kPixels independent accumulators to hide the FMA latency.
+template <class T, int kPixels>
+__attribute__((always_inline)) inline void convolve_pixels(const T* in, const std::int64_t (&base)[kPixels],
+                                                           const std::int64_t* offsets, std::int64_t q, const T* wt,
+                                                           typename Vector64<T>::type (&acc)[kPixels]) {
+  using V = typename Vector64<T>::type;
+  V bias;
+  std::memcpy(&bias, wt, sizeof bias);
+  for (int p = 0; p < kPixels; ++p) acc[p] = bias;
+  for (std::int64_t e = 0; e < q; ++e) {
+    V w;
+    std::memcpy(&w, wt + (e + 1) * kConvolutionLanes<T>, sizeof w);
+    const T* x = in + offsets[e];
+    for (int p = 0; p < kPixels; ++p) acc[p] += w * x[base[p]];
+  }
+}
+
+template <class T>
+__attribute__((always_inline)) inline void convolve_image_impl(const T* in, const std::int64_t* base,
+                                                               std::int64_t pixels, const std::int64_t* offsets,
+                                                               std::int64_t q, const T* wt, std::int64_t blocks,
+                                                               T* out) {
+  using V = typename Vector64<T>::type;
+  constexpr std::int64_t kLanes = kConvolutionLanes<T>;
+  constexpr int kPixels = 4;  // 4 accumulators: 4 AVX-512 or 8 AVX2 registers
+  for (std::int64_t block = 0; block < blocks; ++block) {
+    const T* block_weights = wt + block * (q + 1) * kLanes;
+    T* block_out = out + block * pixels * kLanes;
+    for (std::int64_t first = 0; first < pixels; first += kPixels) {
+      const std::int64_t valid = std::min<std::int64_t>(kPixels, pixels - first);
+      std::int64_t block_base[kPixels];  // a short last block repeats its last pixel
+      for (int p = 0; p < kPixels; ++p) block_base[p] = base[first + std::min<std::int64_t>(p, valid - 1)];
+      V acc[kPixels];
+      convolve_pixels<T, kPixels>(in, block_base, offsets, q, block_weights, acc);
+      std::memcpy(block_out + first * kLanes, acc, static_cast<std::size_t>(valid) * sizeof(V));
+    }
+  }
+}
+
+template <class T>
+inline T nan_max(T best, T v) {
+  return (v > best || v != v) ? v : best;  // NaN propagates: a failed member stays visible
+}
+
+template <class T>
+__attribute__((always_inline)) inline void maxpool_vectors_impl(const T* in, std::int64_t width, std::int64_t kernel,
+                                                                std::int64_t stride, std::int64_t out_h,
+                                                                std::int64_t out_w, T* out) {
+  constexpr std::int64_t kLanes = kConvolutionLanes<T>;
+  for (std::int64_t oy = 0; oy < out_h; ++oy)
+    for (std::int64_t ox = 0; ox < out_w; ++ox) {
+      const T* corner = in + (oy * stride * width + ox * stride) * kLanes;
+      T best[kLanes];
+      std::copy(corner, corner + kLanes, best);
+      for (std::int64_t ky = 0; ky < kernel; ++ky)
+        for (std::int64_t kx = 0; kx < kernel; ++kx) {
+          const T* v = corner + (ky * width + kx) * kLanes;
+          // the loop vectoriser, not SLP, which leaves this select scalar (GCC 12)
+#pragma omp simd
+          for (std::int64_t l = 0; l < kLanes; ++l) best[l] = nan_max(best[l], v[l]);
+        }
+      std::copy(best, best + kLanes, out + (oy * out_w + ox) * kLanes);
+    }
+}
+
+template <class T>
+__attribute__((always_inline)) inline void unblock_channels_impl(const T* in, std::int64_t pixels,
+                                                                 std::int64_t channels, T* out,
+                                                                 std::int64_t out_channel_stride) {
+  constexpr std::int64_t kLanes = kConvolutionLanes<T>;
+  for (std::int64_t first = 0; first < channels; first += kLanes) {
+    const std::int64_t lanes = std::min(kLanes, channels - first);
+    const T* block = in + first * pixels;
+    T* target = out + first * out_channel_stride;
+    for (std::int64_t l = 0; l < lanes; ++l)
+      for (std::int64_t p = 0; p < pixels; ++p) target[l * out_channel_stride + p] = block[p * kLanes + l];
+  }
+}
+
+template <class T>
+__attribute__((always_inline)) inline void relu_row_impl(T* row, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i) row[i] = row[i] < T{0} ? T{0} : row[i];
+}
+
+// Each output row: the column maxima of its kernel input rows over the columns the windows read (contiguous,
+// vectorised), then the maxima of those along each window.
+template <class T>
+__attribute__((always_inline)) inline void maxpool_plane_impl(const T* in, std::int64_t width, std::int64_t kernel,
+                                                              std::int64_t stride, std::int64_t out_h,
+                                                              std::int64_t out_w, T* out, T* row) {
+  const std::int64_t span = (out_w - 1) * stride + kernel;
+  for (std::int64_t oy = 0; oy < out_h; ++oy) {
+    const T* top = in + oy * stride * width;
+    std::copy(top, top + span, row);
+    for (std::int64_t ky = 1; ky < kernel; ++ky) {
+      const T* line = top + ky * width;
+      for (std::int64_t x = 0; x < span; ++x) row[x] = nan_max(row[x], line[x]);
+    }
+    T* target = out + oy * out_w;
+    for (std::int64_t ox = 0; ox < out_w; ++ox) target[ox] = row[ox * stride];
+    for (std::int64_t kx = 1; kx < kernel; ++kx)
+      for (std::int64_t ox = 0; ox < out_w; ++ox) target[ox] = nan_max(target[ox], row[ox * stride + kx]);
+  }
+}
+
 }  // namespace
 
 // Float rows are compiled for baseline x86-64 (SSE2) and the x86-64-v3 (AVX2 + FMA: the products need the FMA)
@@ -324,6 +441,16 @@ __attribute__((always_inline)) inline void standard_normal_row_impl(std::uint64_
 #define EKINET_VECTOR_CLONES
 #endif
 
+EKINET_VECTOR_CLONES void relu_row(float* row, std::int64_t n) { relu_row_impl(row, n); }
+EKINET_VECTOR_CLONES void relu_row(double* row, std::int64_t n) { relu_row_impl(row, n); }
+EKINET_VECTOR_CLONES void unblock_channels(const float* in, std::int64_t pixels, std::int64_t channels, float* out,
+                                           std::int64_t out_channel_stride) {
+  unblock_channels_impl(in, pixels, channels, out, out_channel_stride);
+}
+EKINET_VECTOR_CLONES void unblock_channels(const double* in, std::int64_t pixels, std::int64_t channels,
+                                           double* out, std::int64_t out_channel_stride) {
+  unblock_channels_impl(in, pixels, channels, out, out_channel_stride);
+}
 EKINET_VECTOR_CLONES void tanh_row(float* row, std::int64_t n) { tanh_row_impl(row, n); }
 EKINET_VECTOR_CLONES void sigmoid_row(float* row, std::int64_t n) { sigmoid_row_impl(row, n); }
 EKINET_VECTOR_CLONES void lstm_cell_row(const float* gates, std::int64_t hidden, float* cell, float* h) {
@@ -355,6 +482,34 @@ EKINET_VECTOR_CLONES void standard_normal_row(std::uint64_t key, std::uint64_t f
                                               double scale, const double* column_scale, const double* offset,
                                               double* out) {
   standard_normal_row_impl(key, first_index, n, scale, column_scale, offset, out);
+}
+EKINET_VECTOR_CLONES void convolve_image(const float* in, const std::int64_t* base, std::int64_t pixels,
+                                         const std::int64_t* offsets, std::int64_t q, const float* wt,
+                                         std::int64_t blocks, float* out) {
+  convolve_image_impl(in, base, pixels, offsets, q, wt, blocks, out);
+}
+EKINET_VECTOR_CLONES void convolve_image(const double* in, const std::int64_t* base, std::int64_t pixels,
+                                         const std::int64_t* offsets, std::int64_t q, const double* wt,
+                                         std::int64_t blocks, double* out) {
+  convolve_image_impl(in, base, pixels, offsets, q, wt, blocks, out);
+}
+EKINET_VECTOR_CLONES void maxpool_vectors(const float* in, std::int64_t width, std::int64_t kernel,
+                                          std::int64_t stride, std::int64_t out_h, std::int64_t out_w, float* out) {
+  maxpool_vectors_impl(in, width, kernel, stride, out_h, out_w, out);
+}
+EKINET_VECTOR_CLONES void maxpool_vectors(const double* in, std::int64_t width, std::int64_t kernel,
+                                          std::int64_t stride, std::int64_t out_h, std::int64_t out_w, double* out) {
+  maxpool_vectors_impl(in, width, kernel, stride, out_h, out_w, out);
+}
+EKINET_VECTOR_CLONES void maxpool_plane(const float* in, std::int64_t width, std::int64_t kernel,
+                                        std::int64_t stride, std::int64_t out_h, std::int64_t out_w, float* out,
+                                        float* row) {
+  maxpool_plane_impl(in, width, kernel, stride, out_h, out_w, out, row);
+}
+EKINET_VECTOR_CLONES void maxpool_plane(const double* in, std::int64_t width, std::int64_t kernel,
+                                        std::int64_t stride, std::int64_t out_h, std::int64_t out_w, double* out,
+                                        double* row) {
+  maxpool_plane_impl(in, width, kernel, stride, out_h, out_w, out, row);
 }
 void tanh_row(double* row, std::int64_t n) { tanh_row_impl(row, n); }
 void sigmoid_row(double* row, std::int64_t n) { sigmoid_row_impl(row, n); }

@@ -982,13 +982,27 @@ class CudaBackend final : public Backend<T> {
            member_stride);
   }
 
-  void im2col(i64 batch, i64 images, i64 channels, i64 height, i64 width, const T* in, i64 channel_stride,
-              i64 image_stride, i64 member_stride, i64 kernel, i64 stride, i64 padding, i64 out_h, i64 out_w, T* cols,
-              i64 cols_member_stride) override {
+  // Patches (Q x N, N = images * out pixels; once for a shared input) and one batched GEMM over the members,
+  // column-major C (N x out_channels) = patches^T W^T: the CNHW output; then the pooling, if any.
+  void conv2d(const ConvolutionLayer<T>& layer) override {
     const DeviceGuard guard(state_.device());
-    launch("im2col_kernel", batch * channels * kernel * kernel * images * out_h * out_w, im2col_kernel<T>, batch,
-           images, channels, height, width, in, channel_stride, image_stride, member_stride, kernel, stride, padding,
-           out_h, out_w, cols, cols_member_stride);
+    const bool shared = layer.in_member_stride == 0, pooled = layer.pool_kernel > 0;
+    const i64 q = layer.patch_size(), n = layer.images * layer.out_h * layer.out_w;
+    const i64 blocks = shared ? 1 : layer.members, conv_stride = layer.out_channels * n;
+    T* patches = workspace_.take<T>(blocks * q * n);
+    launch("im2col_kernel", blocks * q * n, im2col_kernel<T>, blocks, layer.images, layer.channels, layer.height,
+           layer.width, layer.in, layer.channel_stride, layer.image_stride, layer.in_member_stride, layer.kernel,
+           layer.stride, layer.padding, layer.out_h, layer.out_w, patches, q * n);
+    T* conv = pooled ? workspace_.take<T>(layer.members * conv_stride) : layer.out;
+    gemm_strided_batched(Trans::yes, Trans::no, n, layer.out_channels, q, T{1}, patches, q, shared ? 0 : q * n,
+                         layer.params, q, layer.params_stride, T{0}, conv, n, conv_stride, layer.members);
+    bias_activation(layer.members, layer.out_channels, n, conv, n, conv_stride, layer.params + layer.out_channels * q,
+                    layer.params_stride, true, layer.activation);
+    if (pooled) {
+      maxpool2d(layer.members, layer.out_channels, layer.images, layer.out_h, layer.out_w, conv, conv_stride,
+                layer.pool_kernel, layer.pool_stride, layer.result_h(), layer.result_w(), layer.out,
+                layer.out_member_stride());
+    }
   }
 
   void maxpool2d(i64 batch, i64 channels, i64 images, i64 height, i64 width, const T* in, i64 in_member_stride,
