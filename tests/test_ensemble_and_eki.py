@@ -314,6 +314,23 @@ def test_momentum_extrapolates_where_the_model_is_evaluated(decay_problem):
     assert np.max(np.abs(opt.ask() - opt.ensemble)) > 0
 
 
+def test_restart_momentum_evaluates_at_the_ensemble_and_counts_n_from_zero(decay_problem):
+    """After restart_momentum() the model is evaluated at u itself, and the coefficients start again at
+    0, 1/4, 2/5, ... as for a new run from the current ensemble."""
+    U0, y = decay_problem
+    opt = ekinet.EKI(U0, noise_cov=NOISE_STD**2, momentum=True, perturb=False)
+    for _ in range(3):
+        opt.tell(decay(opt.ask()), y)
+    assert np.max(np.abs(opt.ask() - opt.ensemble)) > 0
+    opt.restart_momentum()
+    np.testing.assert_array_equal(opt.ask(), opt.ensemble)
+    fresh = ekinet.EKI(opt.ensemble.copy(), noise_cov=NOISE_STD**2, momentum=True, perturb=False)
+    for _ in range(3):
+        opt.tell(decay(opt.ask()), y)
+        fresh.tell(decay(fresh.ask()), y)
+        np.testing.assert_allclose(opt.ask(), fresh.ask(), rtol=1e-12, atol=1e-12)
+
+
 def test_randomization_keeps_the_ensemble_spread(decay_problem):
     """EKI(R): without randomisation the ensemble collapses; randomising every update around the mean with
     scale s keeps a spread of about s^2 P prior_std^2."""

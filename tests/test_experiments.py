@@ -175,7 +175,8 @@ def test_cli_train_passes_every_option_to_the_trainer(tmp_path, capsys, monkeypa
                  "--ensemble-eval", "epoch", "--randomize-every", "epoch", "--randomization-scale", "0.2",
                  "--randomization-decay", "0.5", "--centred-draws", "--dtype", "float64", "--step", "2",
                  "--step-decay", "0.5", "--noise", "0.3", "--batch-size", "50", "--validation", "0.2", "--patience",
-                 "3", "--seed", "4", "--plot", str(tmp_path / "curves.png")]
+                 "3", "--seed", "4", "--plot", str(tmp_path / "curves.png"), "--method", "meki-r",
+                 "--momentum-restart", "epoch"]
     assert cli.main(arguments) == 2  # a squared loss on labels
     assert "does not fit a classification task" in capsys.readouterr().err
     arguments[arguments.index("squared")] = "cross-entropy"
@@ -187,10 +188,11 @@ def test_cli_train_passes_every_option_to_the_trainer(tmp_path, capsys, monkeypa
     schedule = seen.pop("randomization")
     assert (schedule.when, schedule.scale, schedule.decay, schedule.centred) == ("epoch", 0.2, 0.5, True)
     assert {k: seen[k] for k in ("update", "loss", "tikhonov", "bias_std", "ensemble_eval", "dtype", "step",
-                                 "step_decay", "noise", "batch_size", "patience", "rng", "ensemble", "epochs")} == {
+                                 "step_decay", "noise", "batch_size", "patience", "rng", "ensemble", "epochs",
+                                 "method", "momentum_restart")} == {
         "update": "kalman", "loss": "cross-entropy", "tikhonov": 0.5, "bias_std": 0.2, "ensemble_eval": "epoch",
         "dtype": "float64", "step": 2.0, "step_decay": 0.5, "noise": 0.3, "batch_size": 50, "patience": 3,
-        "rng": 4, "ensemble": 6, "epochs": 2}
+        "rng": 4, "ensemble": 6, "epochs": 2, "method": "meki-r", "momentum_restart": "epoch"}
     assert len(seen["validation"]) == 60 and (tmp_path / "curves.png").stat().st_size > 0
     assert plt.get_fignums() == figures  # the figure was closed after saving
 

@@ -144,21 +144,39 @@ def test_gaussian_nll_learns_a_larger_sigma_where_the_noise_is_larger():
     assert sigma[test.x[:, 0] > 0.2].mean() > 1.3 * sigma[test.x[:, 0] < -0.2].mean()
 
 
-@pytest.mark.parametrize("step_decay", [1.0, 0.5])
-def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(digits, tmp_path, step_decay):
-    whole = small_trainer(digits, method="meki-r", epochs=3, step_decay=step_decay)
+@pytest.mark.parametrize("step_decay, restart", [(1.0, None), (0.5, None), (1.0, "epoch")])
+def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(digits, tmp_path, step_decay, restart):
+    whole = small_trainer(digits, method="meki-r", epochs=3, step_decay=step_decay, momentum_restart=restart)
     whole.fit()
     path = tmp_path / "run.npz"
-    first = small_trainer(digits, method="meki-r", epochs=1, checkpoint=path, step_decay=step_decay)
+    first = small_trainer(digits, method="meki-r", epochs=1, checkpoint=path, step_decay=step_decay,
+                          momentum_restart=restart)
     first.fit()
     assert path.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".checkpoint-")]
     assert stat.S_IMODE(path.stat().st_mode) == 0o644  # an ordinary file, not the temporary file's 0600
-    resumed = small_trainer(digits, method="meki-r", epochs=3, checkpoint=path, resume=True, step_decay=step_decay)
+    resumed = small_trainer(digits, method="meki-r", epochs=3, checkpoint=path, resume=True, step_decay=step_decay,
+                            momentum_restart=restart)
     assert resumed.epoch == 1
     resumed.fit()
     np.testing.assert_array_equal(resumed.optimizer.ensemble, whole.optimizer.ensemble)
     assert [r["test_accuracy_mean"] for r in resumed.history] == [r["test_accuracy_mean"] for r in whole.history]
     np.testing.assert_array_equal(resumed._particle("average"), whole._particle("average"))
+
+
+def test_momentum_restart_restarts_at_each_epoch_and_only_for_momentum(digits, monkeypatch):
+    trainer = small_trainer(digits, method="meki-r", epochs=3, momentum_restart="epoch")
+    restarts = []
+    restart = trainer.optimizer.restart_momentum
+    monkeypatch.setattr(trainer.optimizer, "restart_momentum",
+                        lambda: restarts.append(trainer.optimizer.iteration) or restart())
+    trainer.fit()
+    updates = -(-len(digits[0]) // trainer.batch_size)
+    assert restarts == [0, updates, 2 * updates]
+    assert trainer.history[-1]["test_accuracy_mean"] > 0.45  # as every "-r" method (above)
+    with pytest.raises(ValueError, match=r"momentum_restart applies to the momentum methods"):
+        small_trainer(digits, method="eki-r", momentum_restart="epoch")
+    with pytest.raises(ValueError, match=r"momentum_restart = 'update' must be 'epoch' or None"):
+        small_trainer(digits, method="meki", momentum_restart="update")
 
 
 def test_step_decay_scales_the_step_of_each_epoch(digits):

@@ -49,6 +49,8 @@ def build_parser():
     train.add_argument("--input-span", action="store_true",
                        help="eki-r: draw the first Dense layer's weights in the span of each batch's inputs (less "
                             "noise, and an update on fewer parameters; needs --randomize-every update)")
+    train.add_argument("--momentum-restart", choices=("epoch",),
+                       help="meki, meki-r: restart the Nesterov momentum at every epoch (default: never)")
     train.add_argument("--tikhonov", type=_nonnegative_float, default=0.0)
     train.add_argument("--bias-std", type=_nonnegative_float, default=0.1,
                        help="prior standard deviation of the biases (the weights are Glorot)")
@@ -87,6 +89,9 @@ def build_parser():
     experiment.add_argument("--input-span", action="store_true", default=None,
                             help="eki-r draws the first Dense layer's weights in the span of each batch's inputs "
                                  "(RandomizationSchedule(input_span=True)); training experiments with eki-r")
+    experiment.add_argument("--momentum-restart", choices=("epoch",),
+                            help="meki, meki-r: restart the Nesterov momentum at every epoch (training "
+                                 "experiments; default: never, as the paper)")
     experiment.add_argument("--methods", help="comma-separated subset, e.g. eki,eki-r,sgd")
     experiment.add_argument("--out", default="results", help="results directory (default results/)")
     experiment.add_argument("--checkpoints", metavar="DIR",
@@ -149,7 +154,7 @@ def _train(args):
     trainer = Trainer(args.model, train, validation=validation, test=test, method=args.method, update=args.update,
                       loss=args.loss, ensemble=args.ensemble, batch_size=args.batch_size, epochs=args.epochs,
                       step=args.step, step_decay=args.step_decay, noise=args.noise, randomization=randomization,
-                      tikhonov=args.tikhonov, bias_std=args.bias_std, ensemble_eval=args.ensemble_eval,
+                      momentum_restart=args.momentum_restart, tikhonov=args.tikhonov, bias_std=args.bias_std, ensemble_eval=args.ensemble_eval,
                       patience=args.patience, checkpoint=args.checkpoint, resume=args.resume,
                       rng=args.seed, progress=not args.no_progress, device=args.device, dtype=args.dtype)
     trainer.fit()
@@ -180,7 +185,7 @@ def _experiment(args):
     result = experiments.run(args.name, size="smoke" if args.smoke else args.size, ensemble=args.ensemble,
                              epochs=args.epochs, train_size=args.train_size, step=args.step,
                              step_decay=args.step_decay, centred_draws=args.centred_draws,
-                             input_span=args.input_span, out=args.out,
+                             input_span=args.input_span, momentum_restart=args.momentum_restart, out=args.out,
                              progress=not args.no_progress, device=args.device, seed=args.seed,
                              data_dir=args.data_dir, methods=methods, checkpoints=args.checkpoints)
     print(experiments.report(args.out) if args.out else json.dumps(result.get("rows"), default=str)[:2000])

@@ -43,7 +43,8 @@ class EKI:
         least-squares loss).
     scheduler : ConstantStep(h), AdaptiveStep(h) (loss scheme) or DataMisfitController() (Kalman); default
         ConstantStep(1) for "kalman" and AdaptiveStep(1) for "loss".
-    momentum : Nesterov acceleration (MEKI), v_{n+1} = u_{n+1} + n/(n+3) (u_{n+1} - u_n).
+    momentum : Nesterov acceleration (MEKI), v_{n+1} = u_{n+1} + n/(n+3) (u_{n+1} - u_n); restart_momentum()
+        starts n again from 0.
     randomization : a Randomization for EKI(R), or None. An update after which every member is redrawn computes
         only the mean of the updated ensemble (output="mean"; without momentum), which is all the redraw uses.
         ask(subspace=...) then draws each update's members in a subspace chosen for it (see ask).
@@ -73,6 +74,7 @@ class EKI:
         self._members = U0.shape[0]
         self._pending = None  # (subspace, centre, reduced centre, members) of an ask(subspace=...)
         self.iteration = 0
+        self._momentum_start = 0  # the iteration of the last restart_momentum(); n counts updates since
         self.history = []
         self._best = None
 
@@ -217,6 +219,15 @@ class EKI:
         self._V = self._U
         return self._U
 
+    def restart_momentum(self):
+        """Nesterov restart: the next update is taken from the current ensemble (v = u) and the momentum
+        coefficient n/(n+3) counts n from 0 again. Its limit 1 suits a deterministic descent; with the noise of
+        mini-batch updates, momentum that never restarts accumulates that noise, and MEKI at J = 2000 diverged
+        in its fifth epoch on MNIST (docs/results.md, "MEKI at the paper's size"). No-op without momentum."""
+        if self.momentum and self._U is not None:
+            self._V = self._U
+        self._momentum_start = self.iteration
+
     def _redraws_after_update(self):
         spec = self.randomization
         return bool(spec is not None and spec.every and (self.iteration + 1) % spec.every == 0)
@@ -241,7 +252,8 @@ class EKI:
         if randomized:
             self.randomize()
         if self.momentum:
-            coefficient = (self.iteration - 1) / (self.iteration + 2)  # n / (n + 3) with n = iteration - 1
+            n = self.iteration - 1 - self._momentum_start
+            coefficient = n / (n + 3)
             V = nesterov_extrapolate(U_new, U_old, coefficient, backend=self.backend)
             # MEKI(R): the randomised members keep the update's velocity c (u_new - u_old), so randomisation
             # neither cancels the momentum nor is amplified by it.

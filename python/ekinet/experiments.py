@@ -54,6 +54,7 @@ class Settings:
     step_decay: float = None  # the Trainer's step_decay (None: its default, a constant step); not for online runs
     centred_draws: bool = False  # EKI(R): RandomizationSchedule(centred=True); not for online runs
     input_span: bool = False  # eki-r: RandomizationSchedule(input_span=True) (not meki-r: momentum); not online
+    momentum_restart: str = None  # meki, meki-r: the Trainer's momentum_restart ("epoch"); None: the paper's
 
 
 @dataclasses.dataclass
@@ -148,6 +149,9 @@ def _train_eki(model, data, method, settings, options, **kw):
     named = {**kw, **{k: 1 for k, v in schedule.items() if v},
              **{k: v for k, v in (("step", settings.step), ("step_decay", settings.step_decay),
                                   ("seed", options.get("seed", 0) or None)) if v is not None}}
+    if settings.momentum_restart and method.startswith("meki"):
+        named["restart"] = settings.momentum_restart
+        kw = {"momentum_restart": settings.momentum_restart, **kw}
     checkpoint = _checkpoint_path(options, model, method, settings.ensemble, named)
     if any(schedule.values()):
         kw = {"randomization": RandomizationSchedule(**schedule), **kw}
@@ -165,7 +169,7 @@ def _train_eki(model, data, method, settings, options, **kw):
     final = trainer.history[-1]
     metrics = {k[len("test_"):]: v for k, v in final.items() if k.startswith("test_")}
     return {"method": method, "model": model, "ensemble": settings.ensemble, "epochs": trainer.epoch,
-            "step": trainer.step, "step_decay": trainer.step_decay,
+            "step": trainer.step, "step_decay": trainer.step_decay, "momentum_restart": trainer.momentum_restart,
             "randomization": None if trainer.randomization is None else dataclasses.asdict(trainer.randomization),
             "seconds": time.perf_counter() - start,
             **({"checkpoint": checkpoint, "resumed_at_epoch": resumed_at} if checkpoint else {}),
@@ -411,7 +415,7 @@ def get(name):
 
 
 def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, step=None, step_decay=None,
-        centred_draws=None, input_span=None, out="results", progress=True, device="cpu", seed=0, data_dir=None,
+        centred_draws=None, input_span=None, momentum_restart=None, out="results", progress=True, device="cpu", seed=0, data_dir=None,
         methods=None, checkpoints=None):
     """Run an experiment at size "paper", "cpu" (reduced, labelled as such), "smoke" or "auto" (paper on a GPU,
     cpu otherwise), with optional overrides; writes out/NAME.json and returns the result dict.
@@ -428,7 +432,8 @@ def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, step=
     settings = getattr(experiment, size)
     overrides = {k: v for k, v in (("ensemble", ensemble), ("epochs", epochs), ("train_size", train_size),
                                    ("step", step), ("step_decay", step_decay), ("centred_draws", centred_draws),
-                                   ("input_span", input_span)) if v is not None}
+                                   ("input_span", input_span), ("momentum_restart", momentum_restart))
+                 if v is not None}
     settings = dataclasses.replace(settings, **overrides)
     if methods:
         _check_methods(experiment, methods)
@@ -438,6 +443,9 @@ def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, step=
                          f"{', '.join(runs)}: leave it out")
     if settings.input_span and "eki-r" not in runs:
         raise ValueError(f"input_span applies to eki-r, and {name} runs {', '.join(runs)}: leave it out")
+    if settings.momentum_restart and not any(m.startswith("meki") for m in runs):
+        raise ValueError(f"momentum_restart applies to the momentum methods (meki, meki-r), and {name} runs "
+                         f"{', '.join(runs)}: leave it out")
     if out:
         os.makedirs(out, exist_ok=True)
     options = {"progress": progress, "device": device, "seed": seed, "data_dir": data_dir, "methods": methods,

@@ -36,7 +36,7 @@ UPDATES = ("loss", "kalman")
 LOSSES = {"classification": ("cross-entropy",), "regression": ("squared", "gaussian-nll")}
 CHECKPOINT_VERSION = 1
 # Settings added after checkpoints of this version were written, with the value that reproduces those runs.
-CONFIG_ADDED_SINCE_VERSION = {"step_decay": 1.0}
+CONFIG_ADDED_SINCE_VERSION = {"step_decay": 1.0, "momentum_restart": None}
 
 
 @dataclasses.dataclass
@@ -92,6 +92,10 @@ class Trainer:
         ensemble's gradient estimate late in training, as a learning-rate decay does for SGD.
     noise : Kalman observation noise variance gamma (Gamma = gamma I).
     randomization : a RandomizationSchedule for the "-r" methods (default RandomizationSchedule()).
+    momentum_restart : "epoch" restarts the Nesterov momentum of "meki" and "meki-r" at the start of every epoch
+        (EKI.restart_momentum); None (the paper's scheme) never does. Without restarts the coefficient n/(n+3)
+        tends to 1 and the momentum accumulates the noise of the mini-batch updates: MEKI at J = 2000 diverged
+        on MNIST in its fifth epoch (docs/results.md).
     tikhonov : lambda of the regulariser lambda |u|^2, applied by augmenting the outputs with the parameters.
     bias_std : prior standard deviation of the biases (the weights are Glorot): nonzero, so biases can learn.
     patience : stop when the validation metric of the mean particle has not improved for this many epochs (and
@@ -111,7 +115,7 @@ class Trainer:
 
     def __init__(self, model, train, *, validation=None, test=None, method="eki-r", update="loss", loss=None,
                  ensemble=500, batch_size=100, epochs=10, step=3.0, step_decay=1.0, noise=1e-2, randomization=None,
-                 tikhonov=0.0, bias_std=0.1, patience=None, ensemble_eval="final", checkpoint=None, resume=False, rng=0,
+                 momentum_restart=None, tikhonov=0.0, bias_std=0.1, patience=None, ensemble_eval="final", checkpoint=None, resume=False, rng=0,
                  progress=True, device="cpu", dtype="float32", backend="auto"):
         self.network = nn.from_string(model) if isinstance(model, str) else model
         if not isinstance(self.network, nn.Sequential):
@@ -153,6 +157,12 @@ class Trainer:
             self.randomization = randomization or RandomizationSchedule()
         elif randomization is not None:
             raise ValueError(f"randomization applies to the '-r' methods, not to method={method!r}")
+        if momentum_restart not in (None, "epoch"):
+            raise ValueError(f"momentum_restart = {momentum_restart!r} must be 'epoch' or None")
+        if momentum_restart is not None and not METHODS[method]["momentum"]:
+            raise ValueError(f"momentum_restart applies to the momentum methods (meki, meki-r), not to "
+                             f"method={method!r}")
+        self.momentum_restart = momentum_restart
         self.patience = None if patience is None else _positive_int(patience, "patience", 1)
         if self.patience is not None and self.validation_set is None:
             raise ValueError("patience (early stopping) watches the validation metric: pass validation=... "
@@ -318,6 +328,8 @@ class Trainer:
             losses_seen, failed = [], 0
             mean_sum = self.xp.zeros(self.network.parameter_count, dtype=np.float64)
             self.optimizer.scheduler.step = self.step * self.step_decay**self.epoch
+            if self.momentum_restart == "epoch":
+                self.optimizer.restart_momentum()
             for index in batches(N, self.batch_size, rng=self._batch_rng):
                 index = self.xp.asarray(index)
                 losses_seen.append(self._update(X[index], y[index]))
@@ -488,6 +500,7 @@ class Trainer:
         return {"model": self.model_name, "parameters": self.network.parameter_count, "method": self.method,
                 "update": self.update, "loss": self.loss, "ensemble": self.ensemble_size,
                 "batch_size": self.batch_size, "step": self.step, "step_decay": self.step_decay, "noise": self.noise,
+                "momentum_restart": self.momentum_restart,
                 "tikhonov": self.tikhonov, "bias_std": self.bias_std,
                 "randomization": None if self.randomization is None else dataclasses.asdict(self.randomization),
                 "dtype": self.dtype.name, "rng": self.seed, "train_size": len(self.train_set)}
