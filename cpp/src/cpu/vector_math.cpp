@@ -81,21 +81,17 @@ __attribute__((always_inline)) inline void lstm_cell_row_impl(const T* gates, st
   }
 }
 
-template <class T>
-struct Vector32;  // 32-byte vectors of GCC's vector extension (two SSE registers on the baseline build)
-template <>
-struct Vector32<float> {
-  typedef float type __attribute__((vector_size(32)));
-};
-template <>
-struct Vector32<double> {
-  typedef double type __attribute__((vector_size(32)));
+// Vectors of GCC's vector extension, kBytes long: a 64-byte one is one AVX-512 register, two AVX2 or four SSE
+// registers; the baseline build splits them.
+template <class T, std::size_t kBytes>
+struct Vector {
+  typedef T type __attribute__((vector_size(kBytes)));
 };
 
 // sums[r] = the sum of the lanes of acc[r], r < 4. For float, a transposing reduction by shuffles (eight
 // vector operations instead of 28 lane extractions and adds).
 template <class T>
-__attribute__((always_inline)) inline void horizontal_sums(const typename Vector32<T>::type (&acc)[4], T (&sums)[4]) {
+__attribute__((always_inline)) inline void horizontal_sums(const typename Vector<T, 32>::type (&acc)[4], T (&sums)[4]) {
   if constexpr (sizeof(T) == 4) {
     typedef std::int32_t Mask __attribute__((vector_size(32)));
     // pairs of rows interleaved, each lane summing two of a row's lanes
@@ -130,7 +126,7 @@ __attribute__((always_inline)) inline void gemm_tn_impl(std::int64_t m, std::int
   }
   // Dot products, four rows of A^T at a time: four independent vector accumulators over l, then one
   // horizontal sum each.
-  using Vector = typename Vector32<T>::type;
+  using V = typename Vector<T, 32>::type;
   constexpr std::int64_t kLanes = 32 / sizeof(T), kRows = 4;
   const std::int64_t k_vectors = k / kLanes * kLanes;
   for (std::int64_t j = 0; j < n; ++j) {
@@ -139,12 +135,12 @@ __attribute__((always_inline)) inline void gemm_tn_impl(std::int64_t m, std::int
       const std::int64_t block = std::min(kRows, m - i);
       T sums[kRows] = {};
       if (block == kRows) {
-        Vector acc[kRows] = {};
+        V acc[kRows] = {};
         for (std::int64_t l = 0; l < k_vectors; l += kLanes) {
-          Vector yv;
+          V yv;
           std::memcpy(&yv, y + l, sizeof yv);
           for (std::int64_t r = 0; r < kRows; ++r) {
-            Vector xv;
+            V xv;
             std::memcpy(&xv, a + (i + r) * lda + l, sizeof xv);
             acc[r] += xv * yv;
           }
@@ -168,19 +164,19 @@ template <class T>
 __attribute__((always_inline)) inline void accumulate_product_impl(std::int64_t rows, std::int64_t n,
                                                                    std::int64_t k, const T* a, std::int64_t lda,
                                                                    const T* wt, T* c, std::int64_t ldc) {
-  using Vector = typename Vector32<T>::type;
+  using V = typename Vector<T, 32>::type;
   constexpr std::int64_t kLanes = 32 / sizeof(T), kRows = 4, kVectors = 2, kCols = kLanes * kVectors;
   std::int64_t r = 0;
   for (; r + kRows <= rows; r += kRows) {
     std::int64_t j = 0;
     for (; j + kCols <= n; j += kCols) {
-      Vector acc[kRows][kVectors];
+      V acc[kRows][kVectors];
       for (std::int64_t i = 0; i < kRows; ++i)
         for (std::int64_t v = 0; v < kVectors; ++v)
-          std::memcpy(&acc[i][v], c + (r + i) * ldc + j + v * kLanes, sizeof(Vector));
+          std::memcpy(&acc[i][v], c + (r + i) * ldc + j + v * kLanes, sizeof(V));
       for (std::int64_t l = 0; l < k; ++l) {
-        Vector w[kVectors];
-        for (std::int64_t v = 0; v < kVectors; ++v) std::memcpy(&w[v], wt + l * n + j + v * kLanes, sizeof(Vector));
+        V w[kVectors];
+        for (std::int64_t v = 0; v < kVectors; ++v) std::memcpy(&w[v], wt + l * n + j + v * kLanes, sizeof(V));
         for (std::int64_t i = 0; i < kRows; ++i) {
           const T s = a[(r + i) * lda + l];
           for (std::int64_t v = 0; v < kVectors; ++v) acc[i][v] += s * w[v];
@@ -188,7 +184,7 @@ __attribute__((always_inline)) inline void accumulate_product_impl(std::int64_t 
       }
       for (std::int64_t i = 0; i < kRows; ++i)
         for (std::int64_t v = 0; v < kVectors; ++v)
-          std::memcpy(c + (r + i) * ldc + j + v * kLanes, &acc[i][v], sizeof(Vector));
+          std::memcpy(c + (r + i) * ldc + j + v * kLanes, &acc[i][v], sizeof(V));
     }
     for (std::int64_t i = 0; i < kRows && j < n; ++i)  // the columns past the last full block
       for (std::int64_t l = 0; l < k; ++l) {
@@ -313,24 +309,13 @@ __attribute__((always_inline)) inline void standard_normal_row_impl(std::uint64_
   }
 }
 
-template <class T>
-struct Vector64;  // 64-byte vectors: one AVX-512 register, two AVX2 or four SSE registers
-template <>
-struct Vector64<float> {
-  typedef float type __attribute__((vector_size(64)));
-};
-template <>
-struct Vector64<double> {
-  typedef double type __attribute__((vector_size(64)));
-};
-
 // kPixels output pixels of one block of L channels: a broadcast input value times a vector of L weights per
 // pixel and patch entry, kPixels independent accumulators to hide the FMA latency.
 template <class T, int kPixels>
 __attribute__((always_inline)) inline void convolve_pixels(const T* in, const std::int64_t (&base)[kPixels],
                                                            const std::int64_t* offsets, std::int64_t q, const T* wt,
-                                                           typename Vector64<T>::type (&acc)[kPixels]) {
-  using V = typename Vector64<T>::type;
+                                                           typename Vector<T, 64>::type (&acc)[kPixels]) {
+  using V = typename Vector<T, 64>::type;
   V bias;
   std::memcpy(&bias, wt, sizeof bias);
   for (int p = 0; p < kPixels; ++p) acc[p] = bias;
@@ -347,7 +332,7 @@ __attribute__((always_inline)) inline void convolve_image_impl(const T* in, cons
                                                                std::int64_t pixels, const std::int64_t* offsets,
                                                                std::int64_t q, const T* wt, std::int64_t blocks,
                                                                T* out) {
-  using V = typename Vector64<T>::type;
+  using V = typename Vector<T, 64>::type;
   constexpr std::int64_t kLanes = kConvolutionLanes<T>;
   constexpr int kPixels = 4;  // 4 accumulators: 4 AVX-512 or 8 AVX2 registers
   for (std::int64_t block = 0; block < blocks; ++block) {
