@@ -292,11 +292,12 @@ class CpuBackend final : public Backend<T> {
           const T* image = layer.in + i * layer.in_member_stride + n * layer.image_stride;
           if (pad) image = pad_image(layer, image, plane);
           fast::convolve_image(image, base, pixels, offsets, q, wt, blocks, conv);
-          activate(conv, conv_size, layer.activation);
           for (i64 block = 0; pooled && block < blocks; ++block) {
             fast::maxpool_vectors(conv + block * pixels * kLanes, layer.out_w, layer.pool_kernel, layer.pool_stride,
                                   layer.result_h(), layer.result_w(), result + block * result_pixels * kLanes);
           }
+          // The activations are monotone, so they commute with the maxima: applied to the smaller pooled result.
+          activate(result, blocks * result_pixels * kLanes, layer.activation);
           fast::unblock_channels(result, result_pixels, layer.out_channels,
                                  layer.out + i * layer.out_member_stride() + n * result_pixels, images * result_pixels);
         }

@@ -327,14 +327,13 @@ __attribute__((always_inline)) inline void convolve_pixels(const T* in, const st
   }
 }
 
-template <class T>
+template <class T, int kPixels>
 __attribute__((always_inline)) inline void convolve_image_impl(const T* in, const std::int64_t* base,
                                                                std::int64_t pixels, const std::int64_t* offsets,
                                                                std::int64_t q, const T* wt, std::int64_t blocks,
                                                                T* out) {
   using V = typename Vector<T, 64>::type;
   constexpr std::int64_t kLanes = kConvolutionLanes<T>;
-  constexpr int kPixels = 4;  // 4 accumulators: 4 AVX-512 or 8 AVX2 registers
   for (std::int64_t block = 0; block < blocks; ++block) {
     const T* block_weights = wt + block * (q + 1) * kLanes;
     T* block_out = out + block * pixels * kLanes;
@@ -354,25 +353,39 @@ inline T nan_max(T best, T v) {
   return (v > best || v != v) ? v : best;  // NaN propagates: a failed member stays visible
 }
 
+// Separable: first each input row's maxima along the windows' columns, written in place (a window starts at or
+// after its output column), then each output's maxima down its window's rows. Each output is a chain of kernel
+// dependent maxima, not kernel^2, and consecutive outputs are independent.
 template <class T>
-__attribute__((always_inline)) inline void maxpool_vectors_impl(const T* in, std::int64_t width, std::int64_t kernel,
+__attribute__((always_inline)) inline void maxpool_vectors_impl(T* plane, std::int64_t width, std::int64_t kernel,
                                                                 std::int64_t stride, std::int64_t out_h,
                                                                 std::int64_t out_w, T* out) {
   constexpr std::int64_t kLanes = kConvolutionLanes<T>;
-  for (std::int64_t oy = 0; oy < out_h; ++oy)
+  const std::int64_t rows = (out_h - 1) * stride + kernel;
+  for (std::int64_t y = 0; y < rows; ++y)
     for (std::int64_t ox = 0; ox < out_w; ++ox) {
-      const T* corner = in + (oy * stride * width + ox * stride) * kLanes;
+      const T* window = plane + (y * width + ox * stride) * kLanes;
       T best[kLanes];
-      std::copy(corner, corner + kLanes, best);
-      for (std::int64_t ky = 0; ky < kernel; ++ky)
-        for (std::int64_t kx = 0; kx < kernel; ++kx) {
-          const T* v = corner + (ky * width + kx) * kLanes;
-          // the loop vectoriser, not SLP, which leaves this select scalar (GCC 12)
+      std::copy(window, window + kLanes, best);
+      for (std::int64_t kx = 1; kx < kernel; ++kx) {
+        // the loop vectoriser, not SLP, which leaves this select scalar (GCC 12)
 #pragma omp simd
-          for (std::int64_t l = 0; l < kLanes; ++l) best[l] = nan_max(best[l], v[l]);
-        }
-      std::copy(best, best + kLanes, out + (oy * out_w + ox) * kLanes);
+        for (std::int64_t l = 0; l < kLanes; ++l) best[l] = nan_max(best[l], window[kx * kLanes + l]);
+      }
+      std::copy(best, best + kLanes, plane + (y * width + ox) * kLanes);
     }
+  const std::int64_t n = out_w * kLanes;
+  for (std::int64_t oy = 0; oy < out_h; ++oy) {
+    T* target = out + oy * n;
+    const T* top = plane + oy * stride * width * kLanes;
+#pragma omp simd
+    for (std::int64_t i = 0; i < n; ++i) target[i] = top[i];
+    for (std::int64_t ky = 1; ky < kernel; ++ky) {
+      const T* v = top + ky * width * kLanes;
+#pragma omp simd
+      for (std::int64_t i = 0; i < n; ++i) target[i] = nan_max(target[i], v[i]);
+    }
+  }
 }
 
 template <class T>
@@ -426,6 +439,19 @@ __attribute__((always_inline)) inline void maxpool_plane_impl(const T* in, std::
 #define EKINET_VECTOR_CLONES
 #endif
 
+// The convolution's pixels per block: 8 accumulators (8 AVX-512 registers, with the weights and inputs well
+// within 32) keep both FMA units busy; with 16 registers (AVX2: 2 per 64-byte vector) 4 avoid spills.
+namespace {
+bool has_32_vector_registers() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  return avx512;
+#else
+  return false;
+#endif
+}
+}  // namespace
+
 EKINET_VECTOR_CLONES void relu_row(float* row, std::int64_t n) { relu_row_impl(row, n); }
 EKINET_VECTOR_CLONES void relu_row(double* row, std::int64_t n) { relu_row_impl(row, n); }
 EKINET_VECTOR_CLONES void unblock_channels(const float* in, std::int64_t pixels, std::int64_t channels, float* out,
@@ -471,20 +497,26 @@ EKINET_VECTOR_CLONES void standard_normal_row(std::uint64_t key, std::uint64_t f
 EKINET_VECTOR_CLONES void convolve_image(const float* in, const std::int64_t* base, std::int64_t pixels,
                                          const std::int64_t* offsets, std::int64_t q, const float* wt,
                                          std::int64_t blocks, float* out) {
-  convolve_image_impl(in, base, pixels, offsets, q, wt, blocks, out);
+  if (has_32_vector_registers())
+    convolve_image_impl<float, 8>(in, base, pixels, offsets, q, wt, blocks, out);
+  else
+    convolve_image_impl<float, 4>(in, base, pixels, offsets, q, wt, blocks, out);
 }
 EKINET_VECTOR_CLONES void convolve_image(const double* in, const std::int64_t* base, std::int64_t pixels,
                                          const std::int64_t* offsets, std::int64_t q, const double* wt,
                                          std::int64_t blocks, double* out) {
-  convolve_image_impl(in, base, pixels, offsets, q, wt, blocks, out);
+  if (has_32_vector_registers())
+    convolve_image_impl<double, 8>(in, base, pixels, offsets, q, wt, blocks, out);
+  else
+    convolve_image_impl<double, 4>(in, base, pixels, offsets, q, wt, blocks, out);
 }
-EKINET_VECTOR_CLONES void maxpool_vectors(const float* in, std::int64_t width, std::int64_t kernel,
+EKINET_VECTOR_CLONES void maxpool_vectors(float* plane, std::int64_t width, std::int64_t kernel,
                                           std::int64_t stride, std::int64_t out_h, std::int64_t out_w, float* out) {
-  maxpool_vectors_impl(in, width, kernel, stride, out_h, out_w, out);
+  maxpool_vectors_impl(plane, width, kernel, stride, out_h, out_w, out);
 }
-EKINET_VECTOR_CLONES void maxpool_vectors(const double* in, std::int64_t width, std::int64_t kernel,
+EKINET_VECTOR_CLONES void maxpool_vectors(double* plane, std::int64_t width, std::int64_t kernel,
                                           std::int64_t stride, std::int64_t out_h, std::int64_t out_w, double* out) {
-  maxpool_vectors_impl(in, width, kernel, stride, out_h, out_w, out);
+  maxpool_vectors_impl(plane, width, kernel, stride, out_h, out_w, out);
 }
 EKINET_VECTOR_CLONES void maxpool_plane(const float* in, std::int64_t width, std::int64_t kernel,
                                         std::int64_t stride, std::int64_t out_h, std::int64_t out_w, float* out,

@@ -57,10 +57,11 @@ void unblock_channels(const double* in, std::int64_t pixels, std::int64_t channe
                       std::int64_t out_channel_stride);
 
 // Max-pooling of a plane of vectors (height x width pixels of L = kConvolutionLanes lanes each, as
-// convolve_image writes them) into out_h x out_w, windows kernel x kernel moved by stride; NaN propagates.
-void maxpool_vectors(const float* in, std::int64_t width, std::int64_t kernel, std::int64_t stride,
+// convolve_image writes them) into out_h x out_w, windows kernel x kernel moved by stride; NaN propagates. The
+// plane is overwritten (it holds the row maxima).
+void maxpool_vectors(float* plane, std::int64_t width, std::int64_t kernel, std::int64_t stride,
                      std::int64_t out_h, std::int64_t out_w, float* out);
-void maxpool_vectors(const double* in, std::int64_t width, std::int64_t kernel, std::int64_t stride,
+void maxpool_vectors(double* plane, std::int64_t width, std::int64_t kernel, std::int64_t stride,
                      std::int64_t out_h, std::int64_t out_w, double* out);
 
 // Max-pooling of one plane (height x width, row-major) into out_h x out_w, windows kernel x kernel moved by
