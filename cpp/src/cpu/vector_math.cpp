@@ -9,6 +9,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+#include <utility>
 
 namespace ekinet::detail::fast {
 namespace {
@@ -388,17 +390,59 @@ __attribute__((always_inline)) inline void maxpool_vectors_impl(T* plane, std::i
   }
 }
 
+// Lane j of one butterfly shuffle of two n-lane vectors a, b (index n + k is b's lane k): within each group of
+// 2h lanes, the low result takes the low h lanes of a and then of b, the high result their high h lanes.
+constexpr int butterfly_lane(int j, int n, int h, bool high) {
+  const int group = j / (2 * h) * (2 * h), o = j % (2 * h), from = group + (high ? h : 0);
+  return o < h ? from + o : n + from + o - h;
+}
+
+template <class M, int n, int h, class Lanes = std::make_integer_sequence<int, n>>
+struct ButterflyMasks;
+template <class M, int n, int h, int... j>
+struct ButterflyMasks<M, n, h, std::integer_sequence<int, j...>> {
+  static constexpr M low{butterfly_lane(j, n, h, false)...};
+  static constexpr M high{butterfly_lane(j, n, h, true)...};
+};
+
+// Transposes an n x n block held as n vectors of n lanes (rows[p] lane l -> rows[l] lane p), n a power of two:
+// stages h = n/2, ..., 1, each exchanging, between the rows h apart, their lanes in halves of 2h-lane groups.
+template <class V, int n, int h = n / 2>
+__attribute__((always_inline)) inline void transpose_block(V (&rows)[n]) {
+  using Lane = std::conditional_t<sizeof(V) / n == 4, std::int32_t, std::int64_t>;
+  using M = typename Vector<Lane, sizeof(V)>::type;
+  using Masks = ButterflyMasks<M, n, h>;
+  for (int i = 0; i < n; ++i) {
+    if (i & h) continue;
+    const V a = rows[i], b = rows[i + h];
+    rows[i] = __builtin_shuffle(a, b, Masks::low);
+    rows[i + h] = __builtin_shuffle(a, b, Masks::high);
+  }
+  if constexpr (h > 1) transpose_block<V, n, h / 2>(rows);
+}
+
+// Whole blocks of kLanes pixels by in-register transposes where shuffles of 64-byte vectors are single
+// instructions (AVX-512); the rest, and every pixel elsewhere, element by element.
 template <class T>
 __attribute__((always_inline)) inline void unblock_channels_impl(const T* in, std::int64_t pixels,
                                                                  std::int64_t channels, T* out,
-                                                                 std::int64_t out_channel_stride) {
-  constexpr std::int64_t kLanes = kConvolutionLanes<T>;
+                                                                 std::int64_t out_channel_stride,
+                                                                 bool transpose_in_registers) {
+  using V = typename Vector<T, 64>::type;
+  constexpr int kLanes = static_cast<int>(kConvolutionLanes<T>);
+  const std::int64_t transposed = transpose_in_registers ? pixels / kLanes * kLanes : 0;
   for (std::int64_t first = 0; first < channels; first += kLanes) {
-    const std::int64_t lanes = std::min(kLanes, channels - first);
+    const std::int64_t lanes = std::min<std::int64_t>(kLanes, channels - first);
     const T* block = in + first * pixels;
     T* target = out + first * out_channel_stride;
+    for (std::int64_t p0 = 0; p0 < transposed; p0 += kLanes) {
+      V rows[kLanes];
+      std::memcpy(rows, block + p0 * kLanes, sizeof rows);
+      transpose_block<V, kLanes>(rows);
+      for (std::int64_t l = 0; l < lanes; ++l) std::memcpy(target + l * out_channel_stride + p0, &rows[l], sizeof(V));
+    }
     for (std::int64_t l = 0; l < lanes; ++l)
-      for (std::int64_t p = 0; p < pixels; ++p) target[l * out_channel_stride + p] = block[p * kLanes + l];
+      for (std::int64_t p = transposed; p < pixels; ++p) target[l * out_channel_stride + p] = block[p * kLanes + l];
   }
 }
 
@@ -439,10 +483,11 @@ __attribute__((always_inline)) inline void maxpool_plane_impl(const T* in, std::
 #define EKINET_VECTOR_CLONES
 #endif
 
-// The convolution's pixels per block: 8 accumulators (8 AVX-512 registers, with the weights and inputs well
-// within 32) keep both FMA units busy; with 16 registers (AVX2: 2 per 64-byte vector) 4 avoid spills.
+// Whether the CPU runs the x86-64-v4 clones: its 32 registers hold a convolution's 8 accumulators (8 keep both
+// FMA units busy; AVX2's 16 registers, 2 per 64-byte vector, take 4 without spills), and a shuffle of two
+// 64-byte vectors is one instruction.
 namespace {
-bool has_32_vector_registers() {
+bool cpu_has_avx512() {
 #if defined(__x86_64__) && defined(__GNUC__)
   static const bool avx512 = __builtin_cpu_supports("avx512f");
   return avx512;
@@ -456,11 +501,11 @@ EKINET_VECTOR_CLONES void relu_row(float* row, std::int64_t n) { relu_row_impl(r
 EKINET_VECTOR_CLONES void relu_row(double* row, std::int64_t n) { relu_row_impl(row, n); }
 EKINET_VECTOR_CLONES void unblock_channels(const float* in, std::int64_t pixels, std::int64_t channels, float* out,
                                            std::int64_t out_channel_stride) {
-  unblock_channels_impl(in, pixels, channels, out, out_channel_stride);
+  unblock_channels_impl(in, pixels, channels, out, out_channel_stride, cpu_has_avx512());
 }
 EKINET_VECTOR_CLONES void unblock_channels(const double* in, std::int64_t pixels, std::int64_t channels,
                                            double* out, std::int64_t out_channel_stride) {
-  unblock_channels_impl(in, pixels, channels, out, out_channel_stride);
+  unblock_channels_impl(in, pixels, channels, out, out_channel_stride, cpu_has_avx512());
 }
 EKINET_VECTOR_CLONES void tanh_row(float* row, std::int64_t n) { tanh_row_impl(row, n); }
 EKINET_VECTOR_CLONES void sigmoid_row(float* row, std::int64_t n) { sigmoid_row_impl(row, n); }
@@ -497,7 +542,7 @@ EKINET_VECTOR_CLONES void standard_normal_row(std::uint64_t key, std::uint64_t f
 EKINET_VECTOR_CLONES void convolve_image(const float* in, const std::int64_t* base, std::int64_t pixels,
                                          const std::int64_t* offsets, std::int64_t q, const float* wt,
                                          std::int64_t blocks, float* out) {
-  if (has_32_vector_registers())
+  if (cpu_has_avx512())
     convolve_image_impl<float, 8>(in, base, pixels, offsets, q, wt, blocks, out);
   else
     convolve_image_impl<float, 4>(in, base, pixels, offsets, q, wt, blocks, out);
@@ -505,7 +550,7 @@ EKINET_VECTOR_CLONES void convolve_image(const float* in, const std::int64_t* ba
 EKINET_VECTOR_CLONES void convolve_image(const double* in, const std::int64_t* base, std::int64_t pixels,
                                          const std::int64_t* offsets, std::int64_t q, const double* wt,
                                          std::int64_t blocks, double* out) {
-  if (has_32_vector_registers())
+  if (cpu_has_avx512())
     convolve_image_impl<double, 8>(in, base, pixels, offsets, q, wt, blocks, out);
   else
     convolve_image_impl<double, 4>(in, base, pixels, offsets, q, wt, blocks, out);
