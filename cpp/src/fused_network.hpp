@@ -36,7 +36,7 @@ template <class T>
 EKINET_HOST_DEVICE T activate(T v, Activation activation) {
   using std::tanh;
   switch (activation) {
-    case Activation::relu: return v < T{0} ? T{0} : v;  // std::max(v, 0): a NaN stays NaN (fmax would drop it)
+    case Activation::relu: return v <= T{0} ? T{0} : v;  // a NaN stays NaN (fmax would drop it), -0 gives +0
     case Activation::tanh: return tanh(v);
     case Activation::sigmoid: return sigmoid(v);
     case Activation::heaviside: return v > T{0} ? T{1} : (v != v ? v : T{0});  // NaN stays NaN, as in relu

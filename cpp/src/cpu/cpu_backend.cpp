@@ -257,13 +257,17 @@ class CpuBackend final : public Backend<T> {
 
   // Each member's images convolved directly, members split over the cores: a thread lays out a member's weights
   // in channel blocks once (they stay in cache) and computes each output pixel as one vector of output channels per
-  // patch entry, into an image-sized buffer where activation and pooling act on whole vectors before the
+  // patch entry, into an image-sized buffer where pooling and activation act on whole vectors before the
   // result is written out. im2col + GEMM wrote and packed every patch, 9 x the activations, through memory.
   void conv2d(const ConvolutionLayer<T>& layer) override {
     constexpr i64 kLanes = fast::kConvolutionLanes<T>;
     const i64 q = layer.patch_size(), pixels = layer.out_h * layer.out_w, images = layer.images;
     const i64 blocks = (layer.out_channels + kLanes - 1) / kLanes;
     const bool pooled = layer.pool_kernel > 0;
+    // ReLU and Heaviside commute exactly with the maxima (they are monotone, NaN stays NaN, -0 and +0 both give
+    // +0), so they act on the smaller pooled result; tanh and sigmoid are approximations, monotone only nearly.
+    const bool activate_after_pooling = pooled && (layer.activation == Activation::relu ||
+                                                   layer.activation == Activation::heaviside);
     // A padded layer reads a zero-bordered copy of each image, so that no patch entry needs a bounds test.
     const bool pad = layer.padding > 0;
     const i64 plane_w = layer.width + 2 * layer.padding, plane_h = layer.height + 2 * layer.padding;
@@ -292,12 +296,12 @@ class CpuBackend final : public Backend<T> {
           const T* image = layer.in + i * layer.in_member_stride + n * layer.image_stride;
           if (pad) image = pad_image(layer, image, plane);
           fast::convolve_image(image, base, pixels, offsets, q, wt, blocks, conv);
+          if (!activate_after_pooling) activate(conv, conv_size, layer.activation);
           for (i64 block = 0; pooled && block < blocks; ++block) {
             fast::maxpool_vectors(conv + block * pixels * kLanes, layer.out_w, layer.pool_kernel, layer.pool_stride,
                                   layer.result_h(), layer.result_w(), result + block * result_pixels * kLanes);
           }
-          // The activations are monotone, so they commute with the maxima: applied to the smaller pooled result.
-          activate(result, blocks * result_pixels * kLanes, layer.activation);
+          if (activate_after_pooling) activate(result, blocks * result_pixels * kLanes, layer.activation);
           fast::unblock_channels(result, result_pixels, layer.out_channels,
                                  layer.out + i * layer.out_member_stride() + n * result_pixels, images * result_pixels);
         }

@@ -412,6 +412,7 @@ __attribute__((always_inline)) inline void transpose_block(V (&rows)[n]) {
   using Lane = std::conditional_t<sizeof(V) / n == 4, std::int32_t, std::int64_t>;
   using M = typename Vector<Lane, sizeof(V)>::type;
   using Masks = ButterflyMasks<M, n, h>;
+#pragma GCC unroll 16
   for (int i = 0; i < n; ++i) {
     if (i & h) continue;
     const V a = rows[i], b = rows[i + h];
@@ -448,7 +449,7 @@ __attribute__((always_inline)) inline void unblock_channels_impl(const T* in, st
 
 template <class T>
 __attribute__((always_inline)) inline void relu_row_impl(T* row, std::int64_t n) {
-  for (std::int64_t i = 0; i < n; ++i) row[i] = row[i] < T{0} ? T{0} : row[i];
+  for (std::int64_t i = 0; i < n; ++i) row[i] = row[i] <= T{0} ? T{0} : row[i];
 }
 
 // Each output row: the column maxima of its kernel input rows over the columns the windows read (contiguous,
@@ -483,14 +484,14 @@ __attribute__((always_inline)) inline void maxpool_plane_impl(const T* in, std::
 #define EKINET_VECTOR_CLONES
 #endif
 
-// Whether the CPU runs the x86-64-v4 clones: its 32 registers hold a convolution's 8 accumulators (8 keep both
-// FMA units busy; AVX2's 16 registers, 2 per 64-byte vector, take 4 without spills), and a shuffle of two
-// 64-byte vectors is one instruction.
+// Whether the x86-64-v4 clones run: their 32 registers hold a convolution's 8 accumulators (8 keep both FMA
+// units busy; AVX2's 16 registers, 2 per 64-byte vector, take 4 without spills), and a shuffle of two 64-byte
+// vectors is one instruction there.
 namespace {
 bool cpu_has_avx512() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  return avx512;
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__ELF__)
+  static const bool v4 = __builtin_cpu_supports("x86-64-v4");
+  return v4;
 #else
   return false;
 #endif

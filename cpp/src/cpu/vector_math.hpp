@@ -56,9 +56,9 @@ void unblock_channels(const float* in, std::int64_t pixels, std::int64_t channel
 void unblock_channels(const double* in, std::int64_t pixels, std::int64_t channels, double* out,
                       std::int64_t out_channel_stride);
 
-// Max-pooling of a plane of vectors (height x width pixels of L = kConvolutionLanes lanes each, as
-// convolve_image writes them) into out_h x out_w, windows kernel x kernel moved by stride; NaN propagates. The
-// plane is overwritten (it holds the row maxima).
+// Max-pooling of a plane of vectors (rows of width pixels of L = kConvolutionLanes lanes each, as convolve_image
+// writes them) into out_h x out_w, windows kernel x kernel moved by stride; NaN propagates. The first out_w
+// pixels of the first (out_h - 1) stride + kernel rows are overwritten with the rows' window maxima.
 void maxpool_vectors(float* plane, std::int64_t width, std::int64_t kernel, std::int64_t stride,
                      std::int64_t out_h, std::int64_t out_w, float* out);
 void maxpool_vectors(double* plane, std::int64_t width, std::int64_t kernel, std::int64_t stride,
