@@ -345,7 +345,10 @@ __attribute__((always_inline)) inline void convolve_image_impl(const T* in, cons
       for (int p = 0; p < kPixels; ++p) block_base[p] = base[first + std::min<std::int64_t>(p, valid - 1)];
       V acc[kPixels];
       convolve_pixels<T, kPixels>(in, block_base, offsets, q, block_weights, acc);
-      std::memcpy(block_out + first * kLanes, acc, static_cast<std::size_t>(valid) * sizeof(V));
+      if (valid == kPixels)  // a constant size: vector stores, not a call to memcpy
+        std::memcpy(block_out + first * kLanes, acc, sizeof acc);
+      else
+        std::memcpy(block_out + first * kLanes, acc, static_cast<std::size_t>(valid) * sizeof(V));
     }
   }
 }
