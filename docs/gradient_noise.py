@@ -3,8 +3,9 @@
 The mean of one EKI(R) update is (1/J) sum_k xi_k <xi_k, grad L>, xi_k ~ N(0, C) with C the randomisation's
 covariance (gamma^2 times the Glorot prior's): a Monte Carlo estimate of C grad L from J random directions
 (docs/gradient_estimate.py measures its cosine with the exact C grad L). In the linear regime its mean is
-C g and its covariance (C g g^T C + (g^T C g) C) / J (Isserlis), with g = grad L. This script trains
-784-100-10 on MNIST by preconditioned SGD whose direction is drawn from that distribution,
+C g and its covariance (C g g^T C + (g^T C g) C) / J (Isserlis), with g = grad L. This script trains a network
+(784-100-10, or --model, e.g. cnn-mnist) on MNIST by preconditioned SGD whose direction is drawn from that
+distribution,
 
     d = C g (1 + zeta / sqrt(J)) + sqrt(g^T C g / J) C^(1/2) z,    zeta ~ N(0, 1), z ~ N(0, I),
 
@@ -15,6 +16,8 @@ lands where EKI(R) does, the estimate's noise explains EKI(R)'s accuracy, and th
 what noise) the paper's number needs.
 
     EKINET_DATA=../shared/data python docs/gradient_noise.py --out gradient-noise.json    # 56 runs, ~20 min
+    EKINET_DATA=../shared/data python docs/gradient_noise.py --model cnn-mnist --members 2000,inf \
+        --steps 0.05,0.1,0.2,0.4,0.8 --out gradient-noise-cnn.json                      # 10 runs, ~12 min
 """
 
 import argparse
@@ -100,6 +103,7 @@ def train(net, u0, data, members, step, decay, epochs, batch_size, bias_std, rea
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="mlp:784-100-10", help="network (ekinet.nn.from_string)")
     parser.add_argument("--members", default="200,500,1000,2000,4000,8000,16000,inf",
                         help="J values, comma-separated ('inf': no noise)")
     parser.add_argument("--steps", default="0.025,0.05,0.1,0.2,0.4,0.8,1.6", help="initial steps, comma-separated")
@@ -114,12 +118,15 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="gradient-noise.json")
     args = parser.parse_args()
-    net = nn.from_string("mlp:784-100-10")
+    net = nn.from_string(args.model)
+    if args.input_span and not isinstance(net.layers[0], nn.Dense):
+        parser.error(f"--input-span needs a Dense first layer; {args.model} begins with {net.layers[0]!r}")
     train_set = datasets.load_mnist("train").subset(np.arange(55000))
     test_set = datasets.load_mnist("test")
 
     def tensors(data):
-        return (torch.from_numpy(np.ascontiguousarray(data.x.reshape(len(data), -1), dtype=np.float32)),
+        examples = data.x.reshape(len(data), *net.input_shape)
+        return (torch.from_numpy(np.ascontiguousarray(examples, dtype=np.float32)),
                 torch.from_numpy(data.y.astype(np.int64)))
 
     data = (tensors(train_set), tensors(test_set))
@@ -140,7 +147,7 @@ def main():
         print(f"J {rows[-1]['members']:>5} readout x{readout_scale:<5} step {step:<5} final {curve[-1]:.4f} "
               f"best {max(curve):.4f} average {average_curve[-1]:.4f} cosine {first_cosine:.3f} -> {last_cosine:.3f}",
               flush=True)
-    write_result({"model": "mlp:784-100-10", "train": 55000, "rows": rows}, "docs/gradient_noise.py", args)
+    write_result({"model": args.model, "train": 55000, "rows": rows}, "docs/gradient_noise.py", args)
 
 
 if __name__ == "__main__":

@@ -89,3 +89,21 @@ def test_input_span_directions_match_the_estimate_with_draws_in_the_span(monkeyp
         np.testing.assert_allclose(sample.mean(axis=0), np.r_[0.49 * g[:18], 1.69 * g[18:]],
                                    atol=5 * np.sqrt(sample.var(axis=0) / draws).max())
     np.testing.assert_allclose(emulated.var(axis=0), monte_carlo.var(axis=0), rtol=0.2, atol=1e-3)
+
+
+def test_preconditioner_of_a_convolutional_network_is_the_priors_std_per_weight(monkeypatch):
+    """--model cnn-mnist: C^(1/2) must give each conv and dense weight of the torch module the Trainer's prior
+    standard deviation, in the module's own shapes (a wrong mapping would precondition by the wrong layer's
+    scale)."""
+    from ekinet import nn
+
+    script = load(monkeypatch)
+    net = nn.Sequential([nn.Conv2d(3, 3, activation="relu"), nn.MaxPool2d(2, 2), nn.Flatten(), nn.Dense(2)],
+                        input_shape=(1, 6, 6))
+    module = net.to_torch(net.prior(1, rng=0)[0])
+    root = script.preconditioner(net, module, bias_std=0.1)
+    std = net.prior_std("float32", bias_std=0.1)
+    flat = np.concatenate([root[name].numpy().ravel() for name, _ in module.named_parameters()])
+    assert [root[name].shape for name, _ in module.named_parameters()] == [p.shape for p in module.parameters()]
+    np.testing.assert_array_equal(flat, std)
+    assert len(set(np.round(flat, 6))) >= 3  # the conv weights, the dense weights and the biases differ
