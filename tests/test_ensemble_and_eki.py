@@ -299,16 +299,22 @@ def test_data_misfit_controller_steps_and_stops(decay_problem):
     np.testing.assert_array_equal(opt.ensemble, ensemble)
 
 
-def test_momentum_extrapolates_where_the_model_is_evaluated(decay_problem):
-    """MEKI: after update n (1-based) the model is evaluated at v = u_n + (n-1)/(n+2) (u_n - u_{n-1})."""
+def _coefficient(momentum, n):
+    """The Nesterov coefficient after update n (1-based): (n-1)/(n+2), or a constant from the second on."""
+    return (n - 1) / (n + 2) if momentum is True else (0.0 if n == 1 else momentum)
+
+
+@pytest.mark.parametrize("momentum", [True, 0.7])
+def test_momentum_extrapolates_where_the_model_is_evaluated(decay_problem, momentum):
+    """MEKI: after update n (1-based) the model is evaluated at v = u_n + c (u_n - u_{n-1})."""
     U0, y = decay_problem
-    opt = ekinet.EKI(U0, noise_cov=NOISE_STD**2, momentum=True, perturb=False)
+    opt = ekinet.EKI(U0, noise_cov=NOISE_STD**2, momentum=momentum, perturb=False)
     ensembles = [opt.ensemble.copy()]
     np.testing.assert_array_equal(opt.ask(), U0)
     for n in range(1, 4):
         opt.tell(decay(opt.ask()), y)
         ensembles.append(opt.ensemble.copy())
-        c = (n - 1) / (n + 2)
+        c = _coefficient(momentum, n)
         np.testing.assert_allclose(opt.ask(), ensembles[n] + c * (ensembles[n] - ensembles[n - 1]), rtol=1e-13,
                                    atol=1e-13)
     assert np.max(np.abs(opt.ask() - opt.ensemble)) > 0
@@ -329,6 +335,41 @@ def test_restart_momentum_evaluates_at_the_ensemble_and_counts_n_from_zero(decay
         opt.tell(decay(opt.ask()), y)
         fresh.tell(decay(fresh.ask()), y)
         np.testing.assert_allclose(opt.ask(), fresh.ask(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("momentum", [True, 0.6])
+@pytest.mark.parametrize("method", ["kalman", "loss"])
+def test_momentum_with_a_redraw_gives_every_member_the_velocity_of_the_mean(method, momentum, decay_problem):
+    """MEKI(R): the update computes only the mean; the members are redrawn around it (the draws of randomize())
+    and evaluated at those draws plus c (ubar_n - ubar_{n-1}), a velocity shared by all, not their own."""
+    U0, y = decay_problem
+    spec = ekinet.Randomization(scale=0.05, every=1, prior_std=[0.5, 1.0, 2.0])
+    scheduler = ekinet.ConstantStep(0.5) if method == "kalman" else ekinet.AdaptiveStep(0.5)
+    opt = ekinet.EKI(U0, noise_cov=NOISE_STD**2, method=method, scheduler=scheduler, momentum=momentum,
+                     randomization=spec, rng=4)
+    generator = np.random.default_rng(4)
+    V, previous_mean = U0.copy(), U0.mean(axis=0)
+    for n in range(1, 6):
+        np.testing.assert_allclose(opt.ask(), V, rtol=1e-12, atol=1e-13)
+        G = decay(V)
+        opt.tell(G, y)
+        if method == "kalman":
+            U = ekinet.kalman_update(V, G, y, NOISE_STD**2, rng=generator, step=0.5)
+        else:
+            U, _ = ekinet.loss_update(V, G, (G - y) / NOISE_STD**2, step=0.5, rng=generator)
+        mean = U.mean(axis=0)
+        np.testing.assert_allclose(opt.updated_mean, mean, rtol=1e-10, atol=1e-12)
+        members = ekinet.randomize(U, spec.gamma(n), prior_std=spec.prior_std, rng=generator)
+        np.testing.assert_allclose(opt.ensemble, members, rtol=1e-10, atol=1e-12)
+        V = members + _coefficient(momentum, n) * (mean - previous_mean)
+        previous_mean = mean
+    assert np.max(np.abs(opt.ask() - opt.ensemble)) > 0
+
+
+@pytest.mark.parametrize("momentum", [0, 1, 1.5, -0.2, "yes", None])
+def test_momentum_must_be_a_switch_or_a_coefficient_below_one(decay_problem, momentum):
+    with pytest.raises(ValueError, match=r"momentum = .* must be False, True .* or a constant coefficient"):
+        ekinet.EKI(decay_problem[0], momentum=momentum)
 
 
 def test_randomization_keeps_the_ensemble_spread(decay_problem):

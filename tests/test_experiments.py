@@ -116,6 +116,17 @@ def test_input_span_reaches_the_eki_r_runs_only():
         experiments.run("mnist-dnn1", size="smoke", input_span=True, methods=["meki-r"], out=None, progress=False)
 
 
+def test_momentum_coefficient_reaches_the_momentum_runs_and_names_their_checkpoints(tmp_path):
+    rows = experiments.run("mnist-dnn1", size="smoke", momentum_coefficient=0.5, methods=["eki-r", "meki-r"],
+                           out=None, progress=False, checkpoints=tmp_path)["rows"]
+    assert [(r["method"], r["momentum_coefficient"]) for r in rows] == [("eki-r", None), ("meki-r", 0.5)]
+    assert sorted(f.name for f in tmp_path.glob("*.npz")) == ["mnist-dnn1-eki-r-mlp_784-10-J20.npz",
+                                                              "mnist-dnn1-meki-r-mlp_784-10-J20-momentum=0.5.npz"]
+    with pytest.raises(ValueError, match="momentum_coefficient applies to the momentum methods .* runs eki-r"):
+        experiments.run("mnist-dnn1", size="smoke", momentum_coefficient=0.5, methods=["eki-r"], out=None,
+                        progress=False)
+
+
 def test_experiment_checkpoints_resume_an_interrupted_run_exactly(tmp_path):
     whole = experiments.run("quickstart", size="smoke", out=None, progress=False)["rows"][0]
     first = experiments.run("quickstart", size="smoke", epochs=1, out=None, progress=False,
@@ -176,7 +187,7 @@ def test_cli_train_passes_every_option_to_the_trainer(tmp_path, capsys, monkeypa
                  "--randomization-decay", "0.5", "--centred-draws", "--dtype", "float64", "--step", "2",
                  "--step-decay", "0.5", "--noise", "0.3", "--batch-size", "50", "--validation", "0.2", "--patience",
                  "3", "--seed", "4", "--plot", str(tmp_path / "curves.png"), "--method", "meki-r",
-                 "--momentum-restart", "epoch"]
+                 "--momentum-restart", "epoch", "--momentum-coefficient", "0.6"]
     assert cli.main(arguments) == 2  # a squared loss on labels
     assert "does not fit a classification task" in capsys.readouterr().err
     arguments[arguments.index("squared")] = "cross-entropy"
@@ -189,10 +200,11 @@ def test_cli_train_passes_every_option_to_the_trainer(tmp_path, capsys, monkeypa
     assert (schedule.when, schedule.scale, schedule.decay, schedule.centred) == ("epoch", 0.2, 0.5, True)
     assert {k: seen[k] for k in ("update", "loss", "tikhonov", "bias_std", "ensemble_eval", "dtype", "step",
                                  "step_decay", "noise", "batch_size", "patience", "rng", "ensemble", "epochs",
-                                 "method", "momentum_restart")} == {
+                                 "method", "momentum_restart", "momentum_coefficient")} == {
         "update": "kalman", "loss": "cross-entropy", "tikhonov": 0.5, "bias_std": 0.2, "ensemble_eval": "epoch",
         "dtype": "float64", "step": 2.0, "step_decay": 0.5, "noise": 0.3, "batch_size": 50, "patience": 3,
-        "rng": 4, "ensemble": 6, "epochs": 2, "method": "meki-r", "momentum_restart": "epoch"}
+        "rng": 4, "ensemble": 6, "epochs": 2, "method": "meki-r", "momentum_restart": "epoch",
+        "momentum_coefficient": 0.6}
     assert len(seen["validation"]) == 60 and (tmp_path / "curves.png").stat().st_size > 0
     assert plt.get_fignums() == figures  # the figure was closed after saving
 

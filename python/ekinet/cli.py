@@ -51,6 +51,8 @@ def build_parser():
                             "noise, and an update on fewer parameters; needs --randomize-every update)")
     train.add_argument("--momentum-restart", choices=("epoch",),
                        help="meki, meki-r: restart the Nesterov momentum at every epoch (default: never)")
+    train.add_argument("--momentum-coefficient", type=_open_fraction,
+                       help="meki, meki-r: a constant Nesterov coefficient in (0, 1) (default: n/(n+3))")
     train.add_argument("--tikhonov", type=_nonnegative_float, default=0.0)
     train.add_argument("--bias-std", type=_nonnegative_float, default=0.1,
                        help="prior standard deviation of the biases (the weights are Glorot)")
@@ -92,6 +94,9 @@ def build_parser():
     experiment.add_argument("--momentum-restart", choices=("epoch",),
                             help="meki, meki-r: restart the Nesterov momentum at every epoch (training "
                                  "experiments; default: never, as the paper)")
+    experiment.add_argument("--momentum-coefficient", type=_open_fraction,
+                            help="meki, meki-r: a constant Nesterov coefficient in (0, 1) (training experiments; "
+                                 "default: n/(n+3), as the paper)")
     experiment.add_argument("--methods", help="comma-separated subset, e.g. eki,eki-r,sgd")
     experiment.add_argument("--out", default="results", help="results directory (default results/)")
     experiment.add_argument("--checkpoints", metavar="DIR",
@@ -118,6 +123,13 @@ def _fraction(text):
     value = float(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not a fraction in [0, 1)")
+    return value
+
+
+def _open_fraction(text):
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a number between 0 and 1")
     return value
 
 
@@ -154,7 +166,8 @@ def _train(args):
     trainer = Trainer(args.model, train, validation=validation, test=test, method=args.method, update=args.update,
                       loss=args.loss, ensemble=args.ensemble, batch_size=args.batch_size, epochs=args.epochs,
                       step=args.step, step_decay=args.step_decay, noise=args.noise, randomization=randomization,
-                      momentum_restart=args.momentum_restart, tikhonov=args.tikhonov, bias_std=args.bias_std, ensemble_eval=args.ensemble_eval,
+                      momentum_restart=args.momentum_restart, momentum_coefficient=args.momentum_coefficient,
+                      tikhonov=args.tikhonov, bias_std=args.bias_std, ensemble_eval=args.ensemble_eval,
                       patience=args.patience, checkpoint=args.checkpoint, resume=args.resume,
                       rng=args.seed, progress=not args.no_progress, device=args.device, dtype=args.dtype)
     trainer.fit()
@@ -185,7 +198,8 @@ def _experiment(args):
     result = experiments.run(args.name, size="smoke" if args.smoke else args.size, ensemble=args.ensemble,
                              epochs=args.epochs, train_size=args.train_size, step=args.step,
                              step_decay=args.step_decay, centred_draws=args.centred_draws,
-                             input_span=args.input_span, momentum_restart=args.momentum_restart, out=args.out,
+                             input_span=args.input_span, momentum_restart=args.momentum_restart,
+                             momentum_coefficient=args.momentum_coefficient, out=args.out,
                              progress=not args.no_progress, device=args.device, seed=args.seed,
                              data_dir=args.data_dir, methods=methods, checkpoints=args.checkpoints)
     print(experiments.report(args.out) if args.out else json.dumps(result.get("rows"), default=str)[:2000])

@@ -30,6 +30,16 @@ class Randomization:
         return self.scale * self.decay**n
 
 
+def _momentum(momentum):
+    """False, True (Nesterov's n/(n+3)) or a constant coefficient in (0, 1)."""
+    if isinstance(momentum, (bool, np.bool_)):
+        return bool(momentum)
+    if isinstance(momentum, (int, float, np.floating)) and 0 < momentum < 1:
+        return float(momentum)
+    raise ValueError(f"momentum = {momentum!r} must be False, True (the coefficient n/(n+3)) or a constant "
+                     "coefficient between 0 and 1")
+
+
 class EKI:
     """Ensemble Kalman inversion of a black-box forward model, driven by ask() and tell().
 
@@ -43,10 +53,11 @@ class EKI:
         least-squares loss).
     scheduler : ConstantStep(h), AdaptiveStep(h) (loss scheme) or DataMisfitController() (Kalman); default
         ConstantStep(1) for "kalman" and AdaptiveStep(1) for "loss".
-    momentum : Nesterov acceleration (MEKI), v_{n+1} = u_{n+1} + n/(n+3) (u_{n+1} - u_n); restart_momentum()
-        starts n again from 0.
+    momentum : Nesterov acceleration (MEKI), v_{n+1} = u_{n+1} + c_n (u_{n+1} - u_n). True: c_n = n/(n+3), the
+        paper's; a number in (0, 1): that constant (c_0 = 0 all the same). restart_momentum() starts n again from
+        0. Under a redraw of every member after an update, the redrawn members share the velocity of the mean.
     randomization : a Randomization for EKI(R), or None. An update after which every member is redrawn computes
-        only the mean of the updated ensemble (output="mean"; without momentum), which is all the redraw uses.
+        only the mean of the updated ensemble (output="mean"), which is all the redraw uses.
         ask(subspace=...) then draws each update's members in a subspace chosen for it (see ask).
     perturb : "kalman" only: draw perturbed observations eta_j ~ N(0, Gamma/h) (True) or not.
     """
@@ -61,7 +72,7 @@ class EKI:
         self.scheduler = scheduler or (ConstantStep(1.0) if method == "kalman" else AdaptiveStep(1.0))
         if method == "kalman" and isinstance(self.scheduler, AdaptiveStep):
             raise ValueError("AdaptiveStep belongs to the loss scheme; use ConstantStep or DataMisfitController")
-        self.momentum = bool(momentum)
+        self.momentum = _momentum(momentum)
         self.randomization = randomization
         self.perturb = bool(perturb)
         self.formulation = formulation
@@ -160,7 +171,7 @@ class EKI:
         xp = namespace_of(V)
         G = xp.asarray(G)
         # When every member is redrawn around the mean right after this update, only the mean is computed.
-        output = "mean" if self._redraws_after_update() and not self.momentum else "ensemble"
+        output = "mean" if self._redraws_after_update() else "ensemble"
         if y is not None:
             misfits, grad_squared = self._least_squares(G, xp.asarray(y, dtype=G.dtype))
         if self.method == "kalman":
@@ -234,32 +245,35 @@ class EKI:
 
     def _advance(self, U_new):
         """U_new: the updated ensemble, or its mean (P,) when the randomisation redraws every member now."""
-        randomized = self._redraws_after_update()
         self.iteration += 1
         if self._pending is not None:  # the mean of an update in a subspace, in its coordinates
             subspace, centre, reduced_centre, _ = self._pending
             self._pending = None
             self._centre, self._U, self._V = subspace.expand(U_new, centre, reduced_centre), None, None
             return
-        self._centre = U_new if U_new.ndim == 1 else None
+        coefficient = self._nesterov_coefficient()
         if U_new.ndim == 1:
+            previous_mean = self._centre if self._centre is not None else ensemble_mean(self._U, backend=self.backend)
             spec = self.randomization
+            self._centre = U_new
             self._U = self._V = randomize_around(U_new, self._members, spec.gamma(self.iteration),
                                                  prior_std=spec.prior_std, rng=self._rng, centred=spec.centred,
                                                  backend=self.backend)
+            if coefficient:
+                # MEKI(R): the redrawn members share the velocity of the mean. A member's own velocity means
+                # nothing after the redraw, and the shared one lets the update compute only the mean.
+                self._V = self._U + coefficient * (U_new - previous_mean)
             return
+        self._centre = None
         U_old, self._U = self._U, U_new
-        if randomized:
-            self.randomize()
-        if self.momentum:
-            n = self.iteration - 1 - self._momentum_start
-            coefficient = n / (n + 3)
-            V = nesterov_extrapolate(U_new, U_old, coefficient, backend=self.backend)
-            # MEKI(R): the randomised members keep the update's velocity c (u_new - u_old), so randomisation
-            # neither cancels the momentum nor is amplified by it.
-            self._V = V + (self._U - U_new) if randomized else V
-        else:
-            self._V = self._U
+        self._V = nesterov_extrapolate(U_new, U_old, coefficient, backend=self.backend) if coefficient else U_new
+
+    def _nesterov_coefficient(self):
+        """c_n of the update just made, n counting from the last restart_momentum(); 0 without momentum."""
+        n = self.iteration - 1 - self._momentum_start
+        if not self.momentum or n == 0:
+            return 0.0
+        return n / (n + 3) if self.momentum is True else self.momentum
 
     def _record(self, V, G, member_loss, info):
         record = {

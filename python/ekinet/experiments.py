@@ -55,6 +55,7 @@ class Settings:
     centred_draws: bool = False  # EKI(R): RandomizationSchedule(centred=True); not for online runs
     input_span: bool = False  # eki-r: RandomizationSchedule(input_span=True) (not meki-r: momentum); not online
     momentum_restart: str = None  # meki, meki-r: the Trainer's momentum_restart ("epoch"); None: the paper's
+    momentum_coefficient: float = None  # meki, meki-r: the Trainer's constant coefficient; None: n/(n+3)
 
 
 @dataclasses.dataclass
@@ -152,6 +153,9 @@ def _train_eki(model, data, method, settings, options, **kw):
     if settings.momentum_restart and method.startswith("meki"):
         named["restart"] = settings.momentum_restart
         kw = {"momentum_restart": settings.momentum_restart, **kw}
+    if settings.momentum_coefficient and method.startswith("meki"):
+        named["momentum"] = settings.momentum_coefficient
+        kw = {"momentum_coefficient": settings.momentum_coefficient, **kw}
     checkpoint = _checkpoint_path(options, model, method, settings.ensemble, named)
     if any(schedule.values()):
         kw = {"randomization": RandomizationSchedule(**schedule), **kw}
@@ -170,6 +174,7 @@ def _train_eki(model, data, method, settings, options, **kw):
     metrics = {k[len("test_"):]: v for k, v in final.items() if k.startswith("test_")}
     return {"method": method, "model": model, "ensemble": settings.ensemble, "epochs": trainer.epoch,
             "step": trainer.step, "step_decay": trainer.step_decay, "momentum_restart": trainer.momentum_restart,
+            "momentum_coefficient": trainer.momentum_coefficient,
             "randomization": None if trainer.randomization is None else dataclasses.asdict(trainer.randomization),
             "seconds": time.perf_counter() - start,
             **({"checkpoint": checkpoint, "resumed_at_epoch": resumed_at} if checkpoint else {}),
@@ -415,8 +420,8 @@ def get(name):
 
 
 def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, step=None, step_decay=None,
-        centred_draws=None, input_span=None, momentum_restart=None, out="results", progress=True, device="cpu", seed=0, data_dir=None,
-        methods=None, checkpoints=None):
+        centred_draws=None, input_span=None, momentum_restart=None, momentum_coefficient=None, out="results",
+        progress=True, device="cpu", seed=0, data_dir=None, methods=None, checkpoints=None):
     """Run an experiment at size "paper", "cpu" (reduced, labelled as such), "smoke" or "auto" (paper on a GPU,
     cpu otherwise), with optional overrides; writes out/NAME.json and returns the result dict.
 
@@ -432,7 +437,8 @@ def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, step=
     settings = getattr(experiment, size)
     overrides = {k: v for k, v in (("ensemble", ensemble), ("epochs", epochs), ("train_size", train_size),
                                    ("step", step), ("step_decay", step_decay), ("centred_draws", centred_draws),
-                                   ("input_span", input_span), ("momentum_restart", momentum_restart))
+                                   ("input_span", input_span), ("momentum_restart", momentum_restart),
+                                   ("momentum_coefficient", momentum_coefficient))
                  if v is not None}
     settings = dataclasses.replace(settings, **overrides)
     if methods:
@@ -443,9 +449,10 @@ def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, step=
                          f"{', '.join(runs)}: leave it out")
     if settings.input_span and "eki-r" not in runs:
         raise ValueError(f"input_span applies to eki-r, and {name} runs {', '.join(runs)}: leave it out")
-    if settings.momentum_restart and not any(m.startswith("meki") for m in runs):
-        raise ValueError(f"momentum_restart applies to the momentum methods (meki, meki-r), and {name} runs "
-                         f"{', '.join(runs)}: leave it out")
+    for option in ("momentum_restart", "momentum_coefficient"):
+        if getattr(settings, option) and not any(m.startswith("meki") for m in runs):
+            raise ValueError(f"{option} applies to the momentum methods (meki, meki-r), and {name} runs "
+                             f"{', '.join(runs)}: leave it out")
     if out:
         os.makedirs(out, exist_ok=True)
     options = {"progress": progress, "device": device, "seed": seed, "data_dir": data_dir, "methods": methods,
