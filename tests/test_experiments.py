@@ -108,12 +108,14 @@ def test_centred_draws_reach_the_eki_r_runs_and_name_their_checkpoints(tmp_path)
 
 
 def test_input_span_reaches_the_eki_r_runs_only():
-    spanned = experiments.run("mnist-dnn1", size="smoke", input_span=True, methods=["eki-r", "meki-r"], out=None,
-                              progress=False)["rows"]
-    assert [(r["method"], r["randomization"]["input_span"]) for r in spanned] == [("eki-r", True), ("meki-r", False)]
+    spanned = experiments.run("mnist-dnn1", size="smoke", input_span=True, methods=["eki-r", "meki-r", "eki"],
+                              out=None, progress=False)["rows"]
+    assert [(r["method"], (r["randomization"] or {}).get("input_span")) for r in spanned] == [
+        ("eki-r", True), ("meki-r", True), ("eki", None)]
     assert spanned[0]["accuracy_mean"] > 0.3
-    with pytest.raises(ValueError, match="input_span applies to eki-r, and mnist-dnn1 runs meki-r"):
-        experiments.run("mnist-dnn1", size="smoke", input_span=True, methods=["meki-r"], out=None, progress=False)
+    with pytest.raises(ValueError, match=r"input_span applies to the EKI\(R\) methods .* mnist-dnn1 runs meki, eki"):
+        experiments.run("mnist-dnn1", size="smoke", input_span=True, methods=["meki", "eki"], out=None,
+                        progress=False)
 
 
 def test_momentum_coefficient_reaches_the_momentum_runs_and_names_their_checkpoints(tmp_path):

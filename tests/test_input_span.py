@@ -50,10 +50,11 @@ def test_a_dependent_example_lowers_the_rank_and_the_coordinates_still_hold():
 
 
 @pytest.mark.parametrize("method", ["loss", "kalman"])
-@pytest.mark.parametrize("centred", [False, True])
-def test_an_update_in_the_span_equals_the_full_update_of_its_members(method, centred):
-    """EKI.ask(subspace) draws around the last update's centre; tell() maps the mean back: it equals the full
-    update (output="mean") of the members expanded to the full parameters, and `best` is a full member."""
+@pytest.mark.parametrize("centred, momentum", [(False, False), (True, False), (True, 0.6)])
+def test_an_update_in_the_span_equals_the_full_update_of_its_members(method, centred, momentum):
+    """EKI.ask(subspace) draws around the last update's centre (under momentum, moved by c times the step of
+    the centre); tell() maps the mean back: it equals the full update (output="mean") of the members expanded
+    to the full parameters, and `best` is a full member."""
     net, X = network_and_batch(batch=8, features=30)
     y = np.random.default_rng(3).standard_normal((8, 3))
     std = net.prior_std("float64", bias_std=0.1)
@@ -61,10 +62,13 @@ def test_an_update_in_the_span_equals_the_full_update_of_its_members(method, cen
     U0 = net.prior(12, rng=4, dtype="float64", bias_std=0.1)
     scheduler = ekinet.AdaptiveStep(0.5) if method == "loss" else ekinet.ConstantStep(0.5)
     spec = ekinet.Randomization(scale=0.3, prior_std=std, centred=centred)
-    opt = ekinet.EKI(U0, noise_cov=0.1, method=method, scheduler=scheduler, randomization=spec, rng=5)
-    for n in range(3):
+    opt = ekinet.EKI(U0, noise_cov=0.1, method=method, scheduler=scheduler, randomization=spec, rng=5,
+                     momentum=momentum)
+    means = [U0.mean(axis=0)]
+    for n in range(4):
         sub = span.subspace(X)
-        centre = U0.mean(axis=0) if n == 0 else opt.updated_mean
+        c = momentum if momentum and n >= 2 else 0.0  # the coefficient is 0 after the first update
+        centre = U0.mean(axis=0) if n == 0 else means[n] + c * (means[n] - means[n - 1])
         V = opt.ask(subspace=sub)
         assert V.shape == (12, sub.network.parameter_count)
         if n == 0:  # the initial members themselves, mapped
@@ -84,6 +88,7 @@ def test_an_update_in_the_span_equals_the_full_update_of_its_members(method, cen
             expected = ekinet.kalman_update(members, G, y.reshape(-1), 0.1, step=0.5, output="mean", rng=generator)
             opt.tell(G, y.reshape(-1))
         np.testing.assert_allclose(opt.updated_mean, expected, rtol=1e-9, atol=1e-12)
+        means.append(opt.updated_mean)
         assert opt.best.shape == (net.parameter_count,)
         assert any(np.allclose(opt.best, m) for m in members)
     assert opt.ensemble.shape == U0.shape  # drawn around the centre from the full prior when asked for
@@ -101,7 +106,6 @@ def test_bad_uses_are_named():
         InputSpan(net, std).subspace(np.zeros_like(X))
     sub = InputSpan(net, std).subspace(X)
     U0 = net.prior(5, rng=0, dtype="float64")
-    for options in ({}, {"randomization": ekinet.Randomization(every=2, prior_std=std)},
-                    {"randomization": ekinet.Randomization(prior_std=std), "momentum": True}):
-        with pytest.raises(ValueError, match="redraw after every update .* and no momentum"):
+    for options in ({}, {"randomization": ekinet.Randomization(every=2, prior_std=std)}):
+        with pytest.raises(ValueError, match=r"redraw after every update \(Randomization\(every=1\)\)"):
             ekinet.EKI(U0, method="loss", **options).ask(subspace=sub)

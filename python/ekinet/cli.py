@@ -47,8 +47,8 @@ def build_parser():
     train.add_argument("--centred-draws", action="store_true",
                        help="EKI(R): subtract the draws' sample mean, so that the redraw keeps the mean exactly")
     train.add_argument("--input-span", action="store_true",
-                       help="eki-r: draw the first Dense layer's weights in the span of each batch's inputs (less "
-                            "noise, and an update on fewer parameters; needs --randomize-every update)")
+                       help="eki-r, meki-r: draw the first Dense layer's weights in the span of each batch's "
+                            "inputs (less noise, and an update on fewer parameters; needs --randomize-every update)")
     train.add_argument("--momentum-restart", choices=("epoch",),
                        help="meki, meki-r: restart the Nesterov momentum at every epoch (default: never)")
     train.add_argument("--momentum-coefficient", type=_open_fraction,
@@ -89,8 +89,8 @@ def build_parser():
                             help="EKI(R) redraws keep the update's centre exactly (RandomizationSchedule(centred="
                                  "True); training experiments)")
     experiment.add_argument("--input-span", action="store_true", default=None,
-                            help="eki-r draws the first Dense layer's weights in the span of each batch's inputs "
-                                 "(RandomizationSchedule(input_span=True)); training experiments with eki-r")
+                            help="the first Dense layer's weights drawn in the span of each batch's inputs "
+                                 "(RandomizationSchedule(input_span=True)); training experiments with eki-r, meki-r")
     experiment.add_argument("--momentum-restart", choices=("epoch",),
                             help="meki, meki-r: restart the Nesterov momentum at every epoch (training "
                                  "experiments; default: never, as the paper)")

@@ -82,6 +82,7 @@ class EKI:
         self._U = U0.copy()
         self._V = self._U  # where the forward model is evaluated (differs from U under momentum)
         self._centre = None  # the mean the last update computed, when the members were then redrawn around it
+        self._shift = None  # MEKI(R): c (centre - previous centre), where the redrawn members are evaluated
         self._members = U0.shape[0]
         self._pending = None  # (subspace, centre, reduced centre, members) of an ask(subspace=...)
         self.iteration = 0
@@ -99,9 +100,10 @@ class EKI:
     def _draw_if_only_a_centre(self):
         if self._U is None:
             spec = self.randomization
-            self._U = self._V = randomize_around(self._centre, self._members, spec.gamma(self.iteration),
-                                                 prior_std=spec.prior_std, rng=self._rng, centred=spec.centred,
-                                                 backend=self.backend)
+            self._U = randomize_around(self._centre, self._members, spec.gamma(self.iteration),
+                                       prior_std=spec.prior_std, rng=self._rng, centred=spec.centred,
+                                       backend=self.backend)
+            self._V = self._U if self._shift is None else self._U + self._shift
 
     @property
     def mean(self):
@@ -130,24 +132,24 @@ class EKI:
             an object with reduce(U) -> its coordinates of (P,) or (J, P) parameters, expand(V, centre,
             reduced_centre) -> centre + T (V - reduced_centre) back in (P,) or (J, P), and prior_std, the draws'
             standard deviations in its coordinates. The members are returned in its coordinates, drawn around
-            the last update's centre (or, before the first update, the initial ensemble mapped there); tell()
-            maps the updated mean back, so the update equals the full update of the members centre + T (v -
-            reduce(centre)).
+            the last update's centre (under momentum, moved by its velocity; before the first update, the
+            initial ensemble mapped there); tell() maps the updated mean back, so the update equals the full
+            update of the members centre + T (v - reduce(centre)).
         """
         self._pending = None
         if subspace is None:
             self._draw_if_only_a_centre()
             return self._V
         spec = self.randomization
-        if not self._redraws_after_update() or (spec.every != 1) or self.momentum:
+        if not self._redraws_after_update() or (spec.every != 1):
             raise ValueError("ask(subspace=...) draws the members of every update in its own subspace: it needs "
-                             "EKI(R) with a redraw after every update (Randomization(every=1)) and no momentum")
+                             "EKI(R) with a redraw after every update (Randomization(every=1))")
         if self._centre is None:  # the ensemble is real (the initial one, or restored): its members, mapped
             centre = ensemble_mean(self.ensemble, backend=self.backend)
             V = subspace.reduce(self._U)
             reduced_centre = subspace.reduce(centre)
         else:
-            centre = self._centre
+            centre = self._centre if self._shift is None else self._centre + self._shift
             reduced_centre = subspace.reduce(centre)
             V = randomize_around(reduced_centre, self._members, spec.gamma(self.iteration),
                                  prior_std=subspace.prior_std, rng=self._rng, centred=spec.centred,
@@ -227,7 +229,7 @@ class EKI:
         gamma = spec.gamma(self.iteration) if scale is None else scale
         self._U = randomize(self.ensemble, gamma, prior_std=spec.prior_std, rng=self._rng, centred=spec.centred,
                             backend=self.backend)
-        self._V = self._U
+        self._V, self._shift = self._U, None
         return self._U
 
     def restart_momentum(self):
@@ -237,6 +239,7 @@ class EKI:
         in its fifth epoch on MNIST (docs/results.md, "MEKI at the paper's size"). No-op without momentum."""
         if self.momentum and self._U is not None:
             self._V = self._U
+        self._shift = None
         self._momentum_start = self.iteration
 
     def _redraws_after_update(self):
@@ -246,27 +249,25 @@ class EKI:
     def _advance(self, U_new):
         """U_new: the updated ensemble, or its mean (P,) when the randomisation redraws every member now."""
         self.iteration += 1
+        coefficient = self._nesterov_coefficient()
+        if self._pending is None and U_new.ndim == 2:
+            self._centre = self._shift = None
+            U_old, self._U = self._U, U_new
+            self._V = nesterov_extrapolate(U_new, U_old, coefficient, backend=self.backend) if coefficient else U_new
+            return
+        if coefficient:
+            previous_mean = self._centre if self._centre is not None else ensemble_mean(self._U, backend=self.backend)
+        subspace = None
         if self._pending is not None:  # the mean of an update in a subspace, in its coordinates
             subspace, centre, reduced_centre, _ = self._pending
             self._pending = None
-            self._centre, self._U, self._V = subspace.expand(U_new, centre, reduced_centre), None, None
-            return
-        coefficient = self._nesterov_coefficient()
-        if U_new.ndim == 1:
-            previous_mean = self._centre if self._centre is not None else ensemble_mean(self._U, backend=self.backend)
-            spec = self.randomization
-            self._centre = U_new
-            self._U = self._V = randomize_around(U_new, self._members, spec.gamma(self.iteration),
-                                                 prior_std=spec.prior_std, rng=self._rng, centred=spec.centred,
-                                                 backend=self.backend)
-            if coefficient:
-                # MEKI(R): the redrawn members share the velocity of the mean. A member's own velocity means
-                # nothing after the redraw, and the shared one lets the update compute only the mean.
-                self._V = self._U + coefficient * (U_new - previous_mean)
-            return
-        self._centre = None
-        U_old, self._U = self._U, U_new
-        self._V = nesterov_extrapolate(U_new, U_old, coefficient, backend=self.backend) if coefficient else U_new
+            U_new = subspace.expand(U_new, centre, reduced_centre)
+        # MEKI(R): the redrawn members share the velocity of the mean. A member's own velocity means nothing
+        # after the redraw, and the shared one lets the update compute only the mean.
+        self._centre, self._U, self._V = U_new, None, None
+        self._shift = coefficient * (U_new - previous_mean) if coefficient else None
+        if subspace is None:  # draw now; in a subspace the next ask() draws
+            self._draw_if_only_a_centre()
 
     def _nesterov_coefficient(self):
         """c_n of the update just made, n counting from the last restart_momentum(); 0 without momentum."""

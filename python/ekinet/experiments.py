@@ -53,7 +53,7 @@ class Settings:
     step: float = None  # the EKI step h; None: the default of the Trainer (chosen at J = 200) or of the online driver
     step_decay: float = None  # the Trainer's step_decay (None: its default, a constant step); not for online runs
     centred_draws: bool = False  # EKI(R): RandomizationSchedule(centred=True); not for online runs
-    input_span: bool = False  # eki-r: RandomizationSchedule(input_span=True) (not meki-r: momentum); not online
+    input_span: bool = False  # eki-r, meki-r: RandomizationSchedule(input_span=True); not online
     momentum_restart: str = None  # meki, meki-r: the Trainer's momentum_restart ("epoch"); None: the paper's
     momentum_coefficient: float = None  # meki, meki-r: the Trainer's constant coefficient; None: n/(n+3)
 
@@ -144,7 +144,7 @@ def _train_eki(model, data, method, settings, options, **kw):
     train, validation, test = data
     start = time.perf_counter()
     schedule = {"centred": settings.centred_draws and method.endswith("-r"),
-                "input_span": settings.input_span and method == "eki-r"}
+                "input_span": settings.input_span and method.endswith("-r")}
     # A seed or step sweep into one checkpoint directory gets a file per run (the Trainer refuses to resume
     # a checkpoint written with other settings).
     named = {**kw, **{k: 1 for k, v in schedule.items() if v},
@@ -447,8 +447,9 @@ def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, step=
     if settings.centred_draws and not any(m.endswith("-r") for m in runs):
         raise ValueError(f"centred_draws applies to the EKI(R) methods (eki-r, meki-r), and {name} runs "
                          f"{', '.join(runs)}: leave it out")
-    if settings.input_span and "eki-r" not in runs:
-        raise ValueError(f"input_span applies to eki-r, and {name} runs {', '.join(runs)}: leave it out")
+    if settings.input_span and not any(m.endswith("-r") for m in runs):
+        raise ValueError(f"input_span applies to the EKI(R) methods (eki-r, meki-r), and {name} runs "
+                         f"{', '.join(runs)}: leave it out")
     for option in ("momentum_restart", "momentum_coefficient"):
         if getattr(settings, option) and not any(m.startswith("meki") for m in runs):
             raise ValueError(f"{option} applies to the momentum methods (meki, meki-r), and {name} runs "

@@ -212,10 +212,9 @@ class Trainer:
                              rng=np.random.default_rng(seeds[1]), backend=backend)
         self._input_span = None
         if schedule is not None and schedule.input_span:
-            if METHODS[method]["momentum"] or self.tikhonov:
-                raise ValueError("input_span draws each update's members in a subspace of its own, where neither "
-                                 "momentum (meki-r) nor the Tikhonov term (on all parameters) is defined: use "
-                                 "method='eki-r' and tikhonov=0")
+            if self.tikhonov:
+                raise ValueError("input_span draws each update's members in a subspace of its own, where the "
+                                 "Tikhonov term (on all parameters) is not defined: use tikhonov=0")
             self._input_span = InputSpan(self.network, self._prior_std)
         self._batch_rng = np.random.default_rng(seeds[2])
         self._data = {}
@@ -405,7 +404,7 @@ class Trainer:
     def _restore_best(self):
         opt = self.optimizer
         opt._U = opt._V = self._best_U.copy()
-        opt._centre = None
+        opt._centre = opt._shift = None
         self._average = None if self._best_average is None else self._best_average.copy()
         self.history.append({"epoch": self._best_epoch, "restored_best_epoch": True, **self._epoch_metrics()})
 
@@ -532,6 +531,8 @@ class Trainer:
         arrays = {"U": to_host(opt.ensemble), "V": to_host(opt._V)}
         if opt._centre is not None:  # the last update's centre, where the next members are drawn
             arrays["centre"] = to_host(opt._centre)
+        if opt._shift is not None:  # MEKI(R): the velocity term added to the members drawn around the centre
+            arrays["shift"] = to_host(opt._shift)
         if opt.best is not None:
             arrays["best"] = to_host(opt.best)
         if self._best_U is not None:
@@ -573,6 +574,7 @@ class Trainer:
         xp, opt = self.xp, self.optimizer
         opt._U, opt._V = xp.asarray(arrays["U"]), xp.asarray(arrays["V"])
         opt._centre = xp.asarray(arrays["centre"]) if "centre" in arrays else None
+        opt._shift = xp.asarray(arrays["shift"]) if "shift" in arrays else None
         opt._best = xp.asarray(arrays["best"]) if "best" in arrays else None
         opt.iteration, opt.history = state["iteration"], state["optimizer_history"]
         opt._rng.bit_generator.state = state["optimizer_rng"]
