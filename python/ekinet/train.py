@@ -98,7 +98,7 @@ class Trainer:
         on MNIST in its fifth epoch (docs/results.md).
     momentum_coefficient : "meki" and "meki-r": a constant Nesterov coefficient in (0, 1) instead of n/(n+3)
         (None). A constant one keeps the momentum from summing the noise of ever more updates; for MEKI(R)
-        on MNIST, 0.5 trained as well as EKI(R) where n/(n+3) lost 7 points (docs/results.md).
+        on MNIST, 0.5 trained about as well as EKI(R) where n/(n+3) lost 5-8 points (docs/results.md).
     tikhonov : lambda of the regulariser lambda |u|^2, applied by augmenting the outputs with the parameters.
     bias_std : prior standard deviation of the biases (the weights are Glorot): nonzero, so biases can learn.
     patience : stop when the validation metric of the mean particle has not improved for this many epochs (and
