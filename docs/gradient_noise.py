@@ -45,10 +45,11 @@ def preconditioner(net, module, bias_std, readout_scale=1.0):
     return root
 
 
-def noisy_direction(module, root, members, generator, span=None):
+def noisy_direction(module, root, members, generator, spans=None):
     """d = C g (1 + zeta / sqrt(J)) + sqrt(g^T C g / J) C^(1/2) z per parameter, from the gradients in .grad;
-    also returns the cosine of d with C g. span: an orthonormal basis (784 x r) of the batch's inputs; the first
-    layer's weights are then drawn in it only (C restricted to the span, where their gradient lies)."""
+    also returns the cosine of d with C g. spans: {weight name: orthonormal basis (d x r) of the batch's inputs to
+    that Dense layer}; those weights are then drawn in it only (C restricted to the span, where their gradient
+    lies)."""
     grads = {n: p.grad for n, p in module.named_parameters()}
     exact = {n: root[n] ** 2 * g for n, g in grads.items()}
     if math.isinf(members):
@@ -57,8 +58,8 @@ def noisy_direction(module, root, members, generator, span=None):
     zeta = float(torch.randn((), generator=generator))
     scale = math.sqrt(quadratic / members)
     noise = {n: root[n] * torch.randn(exact[n].shape, generator=generator) for n in exact}
-    if span is not None:
-        noise["0.weight"] = noise["0.weight"] @ span @ span.T
+    for name, basis in (spans or {}).items():
+        noise[name] = noise[name] @ basis @ basis.T
     direction = {n: exact[n] * (1 + zeta / math.sqrt(members)) + scale * noise[n] for n in exact}
     dot = sum(float((direction[n] * exact[n]).sum()) for n in exact)
     norms = math.sqrt(sum(float((d ** 2).sum()) for d in direction.values())
@@ -71,9 +72,31 @@ def accuracy(module, x, y):
         return float((module(x).argmax(dim=1) == y).float().mean())
 
 
-def train(net, u0, data, members, step, decay, epochs, batch_size, bias_std, readout_scale, seed, input_span=False):
+def layer_inputs(module, spans):
+    """Forward pre-hooks that keep the input of each Linear module named in `spans` (its weight's name), for
+    the span of the batch's activations at a layer."""
+    inputs = {}
+    for name, layer in module.named_modules():
+        if isinstance(layer, torch.nn.Linear) and f"{name}.weight" in spans:
+            layer.register_forward_pre_hook(lambda _, args, key=f"{name}.weight": inputs.__setitem__(key, args[0]))
+    return inputs
+
+
+def span_layers(net, input_span, hidden_span):
+    """The weight names whose draws are restricted to the span of the layer's inputs on the batch: the first
+    Dense layer's (input_span) and every later Dense layer's whose inputs outnumber the batch (hidden_span)."""
+    names = []
+    for index, layer in enumerate(net.layers):
+        if isinstance(layer, nn.Dense) and (input_span if index == 0 else hidden_span):
+            names.append(f"{index}.weight")
+    return names
+
+
+def train(net, u0, data, members, step, decay, epochs, batch_size, bias_std, readout_scale, seed, input_span=False,
+          hidden_span=False):
     (x, y), (x_test, y_test) = data
     module = net.to_torch(u0)
+    inputs = layer_inputs(module, span_layers(net, input_span, hidden_span))
     root = preconditioner(net, module, bias_std, readout_scale)
     generator = torch.Generator().manual_seed(seed)
     order = np.random.default_rng(seed)
@@ -86,8 +109,8 @@ def train(net, u0, data, members, step, decay, epochs, batch_size, bias_std, rea
             index = torch.from_numpy(index)
             module.zero_grad()
             torch.nn.functional.cross_entropy(module(x[index]), y[index], reduction="sum").backward()
-            span = torch.linalg.qr(x[index].T).Q if input_span else None
-            direction, cosine = noisy_direction(module, root, members, generator, span)
+            spans = {name: torch.linalg.qr(a.detach().T).Q for name, a in inputs.items() if a.shape[1] > a.shape[0]}
+            direction, cosine = noisy_direction(module, root, members, generator, spans)
             cosines.append(cosine)
             with torch.no_grad():
                 for name, parameter in module.named_parameters():
@@ -115,6 +138,8 @@ def main():
                         help="factors on the last layer's prior std, comma-separated")
     parser.add_argument("--input-span", action="store_true",
                         help="draw the first layer's weights in the span of the batch's inputs only")
+    parser.add_argument("--hidden-span", action="store_true",
+                        help="draw each later Dense layer's weights in the span of its inputs on the batch only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="gradient-noise.json")
     args = parser.parse_args()
@@ -138,9 +163,9 @@ def main():
         start = time.perf_counter()
         curve, average_curve, first_cosine, last_cosine = train(net, u0, data, members, step, args.decay, args.epochs,
                                                  args.batch_size, args.bias_std, readout_scale, args.seed,
-                                                 args.input_span)
+                                                 args.input_span, args.hidden_span)
         rows.append({"members": "inf" if math.isinf(members) else int(members), "readout_scale": readout_scale,
-                     "input_span": args.input_span,
+                     "input_span": args.input_span, "hidden_span": args.hidden_span,
                      "step": step, "test_accuracy": curve, "test_accuracy_average": average_curve,
                      "cosine_first_100": first_cosine,
                      "cosine_last_100": last_cosine, "seconds": time.perf_counter() - start})

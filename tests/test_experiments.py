@@ -118,6 +118,15 @@ def test_input_span_reaches_the_eki_r_runs_only():
                         progress=False)
 
 
+def test_hidden_span_reaches_the_eki_r_runs_and_needs_the_input_span():
+    rows = experiments.run("mnist-dnn2", size="smoke", input_span=True, hidden_span=True, methods=["eki-r", "eki"],
+                           out=None, progress=False)["rows"]
+    assert [(r["method"], (r["randomization"] or {}).get("hidden_span")) for r in rows] == [
+        ("eki-r", True), ("eki", None)]
+    with pytest.raises(ValueError, match="hidden_span extends input_span .* set input_span too"):
+        experiments.run("mnist-dnn2", size="smoke", hidden_span=True, methods=["eki-r"], out=None, progress=False)
+
+
 def test_momentum_coefficient_reaches_the_momentum_runs_and_names_their_checkpoints(tmp_path):
     rows = experiments.run("mnist-dnn1", size="smoke", momentum_coefficient=0.5, methods=["eki-r", "meki-r"],
                            out=None, progress=False, checkpoints=tmp_path)["rows"]
@@ -256,6 +265,8 @@ def test_cli_experiment_and_report(tmp_path, capsys):
     (["report", "--out", "/nonexistent/results"], "no results directory"),
     (["train", "--data", "mnist-small", "--input-span", "--randomize-every", "epoch", "--ensemble", "4",
       "--no-progress"], "input_span draws every update's members"),
+    (["train", "--data", "mnist-small", "--method", "eki", "--input-span", "--hidden-span", "--no-progress"],
+     "--input-span, --hidden-span shape the redraws of EKI(R): use --method eki-r or meki-r, not eki"),
 ])
 def test_cli_errors_are_clear(arguments, message, capsys):
     assert cli.main(arguments) == 2

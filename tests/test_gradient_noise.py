@@ -74,7 +74,7 @@ def test_input_span_directions_match_the_estimate_with_draws_in_the_span(monkeyp
     module[0].bias.grad = torch.from_numpy(rng.standard_normal(3).astype(np.float32))
     root = {"0.weight": torch.full((3, 6), 0.7), "0.bias": torch.full((3,), 1.3)}
     generator = torch.Generator().manual_seed(3)
-    directions = [script.noisy_direction(module, root, members, generator, span)[0] for _ in range(draws)]
+    directions = [script.noisy_direction(module, root, members, generator, {"0.weight": span})[0] for _ in range(draws)]
     weights = torch.stack([d["0.weight"] for d in directions])
     torch.testing.assert_close(weights - weights @ span @ span.T, torch.zeros_like(weights), atol=1e-5, rtol=0)
     emulated = np.array([np.concatenate([d["0.weight"].numpy().ravel(), d["0.bias"].numpy()]) for d in directions],
@@ -89,6 +89,25 @@ def test_input_span_directions_match_the_estimate_with_draws_in_the_span(monkeyp
         np.testing.assert_allclose(sample.mean(axis=0), np.r_[0.49 * g[:18], 1.69 * g[18:]],
                                    atol=5 * np.sqrt(sample.var(axis=0) / draws).max())
     np.testing.assert_allclose(emulated.var(axis=0), monte_carlo.var(axis=0), rtol=0.2, atol=1e-3)
+
+
+def test_hidden_span_restricts_the_later_dense_layers_to_the_span_of_their_inputs(monkeypatch):
+    """--hidden-span: the hooks keep each later Dense layer's input on the batch (the previous layer's
+    activations), and only the layers asked for are spanned."""
+    from ekinet import nn
+
+    script = load(monkeypatch)
+    net = nn.from_string("mlp:12-9-7-3")
+    assert script.span_layers(net, True, False) == ["0.weight"]
+    assert script.span_layers(net, True, True) == ["0.weight", "1.weight", "2.weight"]
+    assert script.span_layers(net, False, True) == ["1.weight", "2.weight"]
+    u = net.prior(1, rng=0)[0]
+    module = net.to_torch(u)
+    inputs = script.layer_inputs(module, ["1.weight"])
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal((4, 12)).astype(np.float32))
+    module(x)
+    assert list(inputs) == ["1.weight"]
+    torch.testing.assert_close(inputs["1.weight"], torch.relu(module[0](x)))
 
 
 def test_preconditioner_of_a_convolutional_network_is_the_priors_std_per_weight(monkeypatch):

@@ -10,9 +10,9 @@ from ekinet import nn
 from ekinet.input_span import InputSpan
 
 
-def network_and_batch(batch=6, features=20, rng=None, duplicate=False):
+def network_and_batch(batch=6, features=20, rng=None, duplicate=False, hidden_units=5):
     rng = rng or np.random.default_rng(0)
-    net = nn.from_string(f"mlp:{features}-5-3")
+    net = nn.from_string(f"mlp:{features}-{hidden_units}-3")
     X = rng.standard_normal((batch, features))
     if duplicate:
         X[-1] = X[0]  # a dependent example: the span is one direction short of the batch
@@ -49,16 +49,52 @@ def test_a_dependent_example_lowers_the_rank_and_the_coordinates_still_hold():
     np.testing.assert_allclose(sub.network.forward(sub.reduce(U), sub.inputs), net.forward(U, X), atol=1e-10)
 
 
+def test_hidden_span_coordinates_reproduce_the_full_network_and_hold_the_centres_activations():
+    """hidden=True: a later Dense layer's draws lie in the span of the centre's inputs to it on the batch, the
+    coordinates still reproduce the full network, and a direction outside that span leaves the centre's
+    outputs unchanged (so it changes a member's at second order only)."""
+    net, X = network_and_batch(batch=4, features=20, hidden_units=9)  # layer 1 reads 9 features of 4 examples
+    rng = np.random.default_rng(1)
+    std = net.prior_std("float64", bias_std=0.1)
+    centre = net.prior(1, rng=rng, dtype="float64", bias_std=0.1)[0]
+    sub = InputSpan(net, std, hidden=True).subspace(X, centre=centre)
+    assert [(b.layer, b.rank) for b in sub.blocks] == [(0, 4), (1, 4)]
+    assert sub.parameter_count == 9 * 4 + 9 + 3 * 4 + 3 < net.parameter_count
+    activations = np.maximum(X @ centre[:180].reshape(9, 20).T + centre[180:189], 0)  # the centre's layer 0
+    Q = sub.blocks[1].basis
+    np.testing.assert_allclose(activations @ Q @ Q.T, activations, atol=1e-12)
+    reduced_centre = sub.reduce(centre)
+    V = reduced_centre + 0.3 * sub.prior_std * rng.standard_normal((6, sub.parameter_count))
+    U = sub.expand(V, centre, reduced_centre)
+    np.testing.assert_allclose(sub.forward(V), net.forward(U, X), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(sub.reduce(U), V, rtol=1e-10, atol=1e-12)
+    offsets = (U - centre)[:, 189:216].reshape(-1, 9)  # layer 1's 3 x 9 weights
+    np.testing.assert_allclose(offsets - offsets @ Q @ Q.T, 0, atol=1e-12)
+    outside = rng.standard_normal((3, 9))
+    outside -= outside @ Q @ Q.T
+    moved = centre.copy()
+    moved[189:216] += outside.ravel()
+    np.testing.assert_allclose(net.forward(moved[None], X), net.forward(centre[None], X), atol=1e-12)
+    assert not np.allclose(net.forward(moved[None], 2 * X), net.forward(centre[None], 2 * X))
+    wide = InputSpan(net, std, hidden=True).subspace(np.vstack([X] * 3), centre=centre)  # 12 examples > 9
+    assert [b.layer for b in wide.blocks] == [0]
+    with pytest.raises(ValueError, match="hidden-span draws need the centre"):
+        InputSpan(net, std, hidden=True).subspace(X)
+
+
 @pytest.mark.parametrize("method", ["loss", "kalman"])
-@pytest.mark.parametrize("centred, momentum", [(False, False), (True, False), (True, 0.6)])
-def test_an_update_in_the_span_equals_the_full_update_of_its_members(method, centred, momentum):
+@pytest.mark.parametrize("centred, momentum, hidden", [(False, False, False), (True, False, False),
+                                                       (True, 0.6, False), (False, False, True),
+                                                       (True, 0.6, True)])
+def test_an_update_in_the_span_equals_the_full_update_of_its_members(method, centred, momentum, hidden):
     """EKI.ask(subspace) draws around the last update's centre (under momentum, moved by c times the step of
     the centre); tell() maps the mean back: it equals the full update (output="mean") of the members expanded
-    to the full parameters, and `best` is a full member."""
-    net, X = network_and_batch(batch=8, features=30)
+    to the full parameters, and `best` is a full member. With hidden spans the subspace is built around
+    EKI.next_centre, the same centre."""
+    net, X = network_and_batch(batch=8, features=30, hidden_units=12 if hidden else 5)
     y = np.random.default_rng(3).standard_normal((8, 3))
     std = net.prior_std("float64", bias_std=0.1)
-    span = InputSpan(net, std)
+    span = InputSpan(net, std, hidden=hidden)
     U0 = net.prior(12, rng=4, dtype="float64", bias_std=0.1)
     scheduler = ekinet.AdaptiveStep(0.5) if method == "loss" else ekinet.ConstantStep(0.5)
     spec = ekinet.Randomization(scale=0.3, prior_std=std, centred=centred)
@@ -66,19 +102,20 @@ def test_an_update_in_the_span_equals_the_full_update_of_its_members(method, cen
                      momentum=momentum)
     means = [U0.mean(axis=0)]
     for n in range(4):
-        sub = span.subspace(X)
         c = momentum if momentum and n >= 2 else 0.0  # the coefficient is 0 after the first update
         centre = U0.mean(axis=0) if n == 0 else means[n] + c * (means[n] - means[n - 1])
+        np.testing.assert_allclose(opt.next_centre, centre, rtol=1e-12, atol=1e-14)
+        sub = span.subspace(X, centre=opt.next_centre)
+        assert len(sub.blocks) == (2 if hidden else 1)
         V = opt.ask(subspace=sub)
-        assert V.shape == (12, sub.network.parameter_count)
-        if n == 0:  # the initial members themselves, mapped
-            np.testing.assert_allclose(sub.network.forward(V, sub.inputs), net.forward(U0, X), rtol=1e-10,
-                                       atol=1e-12)
+        assert V.shape == (12, sub.parameter_count)
+        if n == 0 and not hidden:  # the initial members themselves, mapped
+            np.testing.assert_allclose(sub.forward(V), net.forward(U0, X), rtol=1e-10, atol=1e-12)
         elif centred:
             np.testing.assert_allclose(V.mean(axis=0), sub.reduce(centre), atol=1e-12)
         members = sub.expand(V, centre, sub.reduce(centre))
         G = net.forward(members, X).reshape(12, -1)
-        np.testing.assert_allclose(sub.network.forward(V, sub.inputs).reshape(12, -1), G, atol=1e-10)
+        np.testing.assert_allclose(sub.forward(V).reshape(12, -1), G, atol=1e-10)
         if method == "loss":
             expected, _ = ekinet.loss_update(members, G, G - y.reshape(-1), step=0.5, output="mean")
             opt.tell(G, grad=G - y.reshape(-1), loss_values=((G - y.reshape(-1)) ** 2).sum(axis=1))

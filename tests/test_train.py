@@ -340,13 +340,16 @@ def test_centred_draws_keep_the_updates_mean_and_resume(digits, tmp_path):
                       randomization=RandomizationSchedule(centred=True))
 
 
-@pytest.mark.parametrize("method, coefficient", [("eki-r", None), ("meki-r", 0.5)])
-def test_input_span_draws_learn_and_resume_exactly(digits, tmp_path, method, coefficient):
-    """EKI(R) with the first layer drawn in each batch's input span learns like the full draws; between updates
-    only the centre is kept and the ensemble is drawn around it from the full prior at the end of an epoch; a
-    checkpoint resumes the run exactly (the centre, and MEKI(R)'s velocity term, travel with it)."""
-    schedule = RandomizationSchedule(input_span=True)
-    kw = dict(method=method, momentum_coefficient=coefficient, randomization=schedule)
+@pytest.mark.parametrize("method, coefficient, hidden", [("eki-r", None, False), ("meki-r", 0.5, False),
+                                                          ("eki-r", None, True)])
+def test_input_span_draws_learn_and_resume_exactly(digits, tmp_path, method, coefficient, hidden):
+    """EKI(R) with the first layer drawn in each batch's input span (and with hidden, the second layer in the
+    span of its inputs) learns like the full draws; between updates only the centre is kept and the ensemble is
+    drawn around it from the full prior at the end of an epoch; a checkpoint resumes the run exactly (the
+    centre, and MEKI(R)'s velocity term, travel with it)."""
+    schedule = RandomizationSchedule(input_span=True, hidden_span=hidden)
+    kw = dict(method=method, momentum_coefficient=coefficient, randomization=schedule,
+              model="mlp:784-128-10" if hidden else MODEL)  # 128 hidden units read by a batch of 100
     whole = small_trainer(digits, epochs=3, **kw)
     history = whole.fit()
     assert history[-1]["test_accuracy_mean"] > 0.45 and history[-1]["test_accuracy_ensemble"] > 0.45
@@ -363,15 +366,20 @@ def test_input_span_draws_learn_and_resume_exactly(digits, tmp_path, method, coe
     np.testing.assert_array_equal(resumed.optimizer.ensemble, opt.ensemble)
     np.testing.assert_array_equal(resumed.optimizer.updated_mean, opt.updated_mean)
     assert [r["test_accuracy_mean"] for r in resumed.history] == [r["test_accuracy_mean"] for r in history]
+    if hidden:
+        X = whole._device_data("train")[0][:100]
+        assert [b.layer for b in whole._input_span.subspace(X, centre=opt.updated_mean).blocks] == [0, 1]
     with pytest.raises(ValueError, match="another configuration.*input_span"):
         small_trainer(digits, epochs=3, checkpoint=path, resume=True, method=method,
-                      momentum_coefficient=coefficient)
+                      momentum_coefficient=coefficient, model=kw["model"])
 
 
 @pytest.mark.parametrize("kw", [dict(when="epoch"), dict(every=2)])
 def test_input_span_needs_a_redraw_after_every_update(kw):
     with pytest.raises(ValueError, match="input_span draws every update's members in that batch's input span"):
         RandomizationSchedule(input_span=True, **kw)
+    with pytest.raises(ValueError, match="hidden_span extends input_span .* set input_span=True too"):
+        RandomizationSchedule(hidden_span=True)
 
 
 @pytest.mark.parametrize("kw, match", [

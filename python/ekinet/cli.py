@@ -49,6 +49,9 @@ def build_parser():
     train.add_argument("--input-span", action="store_true",
                        help="eki-r, meki-r: draw the first Dense layer's weights in the span of each batch's "
                             "inputs (less noise, and an update on fewer parameters; needs --randomize-every update)")
+    train.add_argument("--hidden-span", action="store_true",
+                       help="with --input-span: draw every later Dense layer's weights in the span of its inputs "
+                            "on the batch as the centre network computes them (less noise)")
     train.add_argument("--momentum-restart", choices=("epoch",),
                        help="meki, meki-r: restart the Nesterov momentum at every epoch (default: never)")
     train.add_argument("--momentum-coefficient", type=_open_fraction,
@@ -91,6 +94,9 @@ def build_parser():
     experiment.add_argument("--input-span", action="store_true", default=None,
                             help="the first Dense layer's weights drawn in the span of each batch's inputs "
                                  "(RandomizationSchedule(input_span=True)); training experiments with eki-r, meki-r")
+    experiment.add_argument("--hidden-span", action="store_true", default=None,
+                            help="with --input-span: every later Dense layer's weights drawn in the span of its "
+                                 "inputs on the batch (RandomizationSchedule(hidden_span=True))")
     experiment.add_argument("--momentum-restart", choices=("epoch",),
                             help="meki, meki-r: restart the Nesterov momentum at every epoch (training "
                                  "experiments; default: never, as the paper)")
@@ -146,6 +152,11 @@ def _train(args):
     from . import datasets
     from .train import RandomizationSchedule, Trainer
 
+    drawn = [flag for flag, on in (("--centred-draws", args.centred_draws), ("--input-span", args.input_span),
+                                   ("--hidden-span", args.hidden_span)) if on]
+    if drawn and not args.method.endswith("-r"):
+        raise ValueError(f"{', '.join(drawn)} shape the redraws of EKI(R): use --method eki-r or meki-r, not "
+                         f"{args.method}")
     if args.data_dir:
         datasets.data_dir(args.data_dir)  # fails early on a bad path
     flatten = not args.model.startswith("cnn")
@@ -162,7 +173,7 @@ def _train(args):
     if args.method.endswith("-r"):
         randomization = RandomizationSchedule(scale=args.randomization_scale, decay=args.randomization_decay,
                                               when=args.randomize_every, centred=args.centred_draws,
-                                              input_span=args.input_span)
+                                              input_span=args.input_span, hidden_span=args.hidden_span)
     trainer = Trainer(args.model, train, validation=validation, test=test, method=args.method, update=args.update,
                       loss=args.loss, ensemble=args.ensemble, batch_size=args.batch_size, epochs=args.epochs,
                       step=args.step, step_decay=args.step_decay, noise=args.noise, randomization=randomization,
@@ -198,7 +209,8 @@ def _experiment(args):
     result = experiments.run(args.name, size="smoke" if args.smoke else args.size, ensemble=args.ensemble,
                              epochs=args.epochs, train_size=args.train_size, step=args.step,
                              step_decay=args.step_decay, centred_draws=args.centred_draws,
-                             input_span=args.input_span, momentum_restart=args.momentum_restart,
+                             input_span=args.input_span, hidden_span=args.hidden_span,
+                             momentum_restart=args.momentum_restart,
                              momentum_coefficient=args.momentum_coefficient, out=args.out,
                              progress=not args.no_progress, device=args.device, seed=args.seed,
                              data_dir=args.data_dir, methods=methods, checkpoints=args.checkpoints)

@@ -116,6 +116,14 @@ class EKI:
         return self.mean if self._centre is None else self._centre
 
     @property
+    def next_centre(self):
+        """The point the next ask(subspace=...) draws its members around: the last update's centre, under
+        momentum moved by its velocity; before the first update (or after a restore) the ensemble's mean."""
+        if self._centre is None:
+            return ensemble_mean(self.ensemble, backend=self.backend)
+        return self._centre if self._shift is None else self._centre + self._shift
+
+    @property
     def best(self):
         """The member with the lowest loss at the last tell() (the paper's u^(j*))."""
         return self._best
@@ -144,13 +152,11 @@ class EKI:
         if not self._redraws_after_update() or (spec.every != 1):
             raise ValueError("ask(subspace=...) draws the members of every update in its own subspace: it needs "
                              "EKI(R) with a redraw after every update (Randomization(every=1))")
+        centre = self.next_centre
+        reduced_centre = subspace.reduce(centre)
         if self._centre is None:  # the ensemble is real (the initial one, or restored): its members, mapped
-            centre = ensemble_mean(self.ensemble, backend=self.backend)
             V = subspace.reduce(self._U)
-            reduced_centre = subspace.reduce(centre)
         else:
-            centre = self._centre if self._shift is None else self._centre + self._shift
-            reduced_centre = subspace.reduce(centre)
             V = randomize_around(reduced_centre, self._members, spec.gamma(self.iteration),
                                  prior_std=subspace.prior_std, rng=self._rng, centred=spec.centred,
                                  backend=self.backend)

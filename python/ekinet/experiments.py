@@ -54,6 +54,7 @@ class Settings:
     step_decay: float = None  # the Trainer's step_decay (None: its default, a constant step); not for online runs
     centred_draws: bool = False  # EKI(R): RandomizationSchedule(centred=True); not for online runs
     input_span: bool = False  # eki-r, meki-r: RandomizationSchedule(input_span=True); not online
+    hidden_span: bool = False  # with input_span: RandomizationSchedule(hidden_span=True)
     momentum_restart: str = None  # meki, meki-r: the Trainer's momentum_restart ("epoch"); None: the paper's
     momentum_coefficient: float = None  # meki, meki-r: the Trainer's constant coefficient; None: n/(n+3)
 
@@ -92,7 +93,8 @@ def _learning_curves(rows, title):
         for row in rows:
             history = [r for r in row.get("history") or [] if "test_accuracy_mean" in r and "train_loss" in r]
             if history:
-                draws = [name for key, name in (("input_span", "input span"), ("centred", "centred"))
+                draws = [name for key, name in (("input_span", "input span"), ("hidden_span", "hidden span"),
+                                                 ("centred", "centred"))
                          if (row.get("randomization") or {}).get(key)]
                 line, = ax.plot([r["epoch"] for r in history], [r["test_accuracy_mean"] for r in history], "o-",
                                 label=f"{row['method']} ({row['model']}, J={row.get('ensemble')}"
@@ -144,7 +146,8 @@ def _train_eki(model, data, method, settings, options, **kw):
     train, validation, test = data
     start = time.perf_counter()
     schedule = {"centred": settings.centred_draws and method.endswith("-r"),
-                "input_span": settings.input_span and method.endswith("-r")}
+                "input_span": settings.input_span and method.endswith("-r"),
+                "hidden_span": settings.hidden_span and method.endswith("-r")}
     # A seed or step sweep into one checkpoint directory gets a file per run (the Trainer refuses to resume
     # a checkpoint written with other settings).
     named = {**kw, **{k: 1 for k, v in schedule.items() if v},
@@ -420,7 +423,7 @@ def get(name):
 
 
 def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, step=None, step_decay=None,
-        centred_draws=None, input_span=None, momentum_restart=None, momentum_coefficient=None, out="results",
+        centred_draws=None, input_span=None, hidden_span=None, momentum_restart=None, momentum_coefficient=None, out="results",
         progress=True, device="cpu", seed=0, data_dir=None, methods=None, checkpoints=None):
     """Run an experiment at size "paper", "cpu" (reduced, labelled as such), "smoke" or "auto" (paper on a GPU,
     cpu otherwise), with optional overrides; writes out/NAME.json and returns the result dict.
@@ -437,7 +440,8 @@ def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, step=
     settings = getattr(experiment, size)
     overrides = {k: v for k, v in (("ensemble", ensemble), ("epochs", epochs), ("train_size", train_size),
                                    ("step", step), ("step_decay", step_decay), ("centred_draws", centred_draws),
-                                   ("input_span", input_span), ("momentum_restart", momentum_restart),
+                                   ("input_span", input_span), ("hidden_span", hidden_span),
+                                   ("momentum_restart", momentum_restart),
                                    ("momentum_coefficient", momentum_coefficient))
                  if v is not None}
     settings = dataclasses.replace(settings, **overrides)
@@ -450,6 +454,8 @@ def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, step=
     if settings.input_span and not any(m.endswith("-r") for m in runs):
         raise ValueError(f"input_span applies to the EKI(R) methods (eki-r, meki-r), and {name} runs "
                          f"{', '.join(runs)}: leave it out")
+    if settings.hidden_span and not settings.input_span:
+        raise ValueError("hidden_span extends input_span to the later Dense layers: set input_span too")
     for option in ("momentum_restart", "momentum_coefficient"):
         if getattr(settings, option) and not any(m.startswith("meki") for m in runs):
             raise ValueError(f"{option} applies to the momentum methods (meki, meki-r), and {name} runs "
