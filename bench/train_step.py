@@ -36,7 +36,7 @@ def bench(J, model, train, device, synchronize):
         row[f"{name}_update_s"] = timed(lambda: trainer._update(X, y), synchronize)
         row["parameters" if name == "full" else "span_parameters"] = (
             trainer.network.parameter_count if name == "full" else
-            trainer._input_span.subspace(X).network.parameter_count)
+            trainer._input_span.subspace(X).parameter_count)
     row["speedup"] = row["full_update_s"] / row["span_update_s"]
     return row
 
