@@ -592,22 +592,52 @@ def test_trainer_on_the_gpu_learns(cp):
 
 @pytest.mark.cuda
 @cuda
-def test_trainer_with_input_span_draws_learns_on_the_gpu_as_on_the_cpu(cp):
+@pytest.mark.parametrize("hidden", [False, True], ids=["input-span", "hidden-span"])
+def test_trainer_with_input_span_draws_learns_on_the_gpu_as_on_the_cpu(hidden, cp):
     """The input-span update on the device (the batch's basis from the same LAPACK eigenvectors as on the CPU,
     the CUDA core in the span's coordinates) gives the CPU's run up to rounding: after one epoch (15 updates)
-    the mean particle's accuracy is the CPU run's within 3 points, far above chance."""
+    the mean particle's accuracy is the CPU run's within 3 points, far above chance. With hidden spans,
+    784-128-10 at batches of 100 draws the readout's weights in the span of the centre's 128 hidden features."""
     from ekinet import datasets
     from ekinet.train import RandomizationSchedule, Trainer
 
     train, test = datasets.load_mnist_small("train"), datasets.load_mnist_small("test")
     runs = {}
     for device in ("cpu", "cuda"):
-        trainer = Trainer("mlp:784-16-10", train.subset(np.arange(1500)), test=test.subset(np.arange(500)),
-                          ensemble=40, epochs=1, progress=False, device=device,
-                          randomization=RandomizationSchedule(input_span=True, centred=True))
+        trainer = Trainer("mlp:784-128-10" if hidden else "mlp:784-16-10", train.subset(np.arange(1500)),
+                          test=test.subset(np.arange(500)), ensemble=40, epochs=1, progress=False, device=device,
+                          randomization=RandomizationSchedule(input_span=True, hidden_span=hidden, centred=True))
         runs[device] = trainer.fit()[-1]["test_accuracy_mean"]
-    assert runs["cuda"] > 0.3  # chance is 0.1; the CPU run reaches 0.43
+    assert runs["cuda"] > 0.3  # chance is 0.1; the CPU runs reach 0.43 (input span) and 0.40 (hidden span)
     assert abs(runs["cuda"] - runs["cpu"]) <= 0.03  # the Gram matrix is formed on each device: rounding differs
+
+
+@pytest.mark.cuda
+@cuda
+def test_hidden_span_coordinates_on_cupy_equal_numpy(cp):
+    """Subspace on CuPy arrays (the later layer mapped back into a strided view of the reused workspace by
+    cupy.matmul(out=...)) gives NumPy's coordinates and outputs, and a second forward through the reused
+    workspace gives the second members' outputs."""
+    from test_input_span import network_and_batch
+
+    from ekinet.input_span import InputSpan
+
+    net, X = network_and_batch(batch=4, features=20, hidden_units=9)
+    std = net.prior_std("float64", bias_std=0.1)
+    centre = net.prior(1, rng=1, dtype="float64", bias_std=0.1)[0]
+    host = InputSpan(net, std, hidden=True).subspace(X, centre=centre)
+    device = InputSpan(net, cp.asarray(std), hidden=True).subspace(cp.asarray(X), centre=cp.asarray(centre))
+    assert [(b.layer, b.rank) for b in device.blocks] == [(0, 4), (1, 4)]
+    reduced_centre = host.reduce(centre)
+    np.testing.assert_allclose(_host(device.reduce(cp.asarray(centre))), reduced_centre, rtol=1e-12, atol=1e-14)
+    for seed in (2, 3):
+        draws = np.random.default_rng(seed).standard_normal((6, host.parameter_count))
+        V = reduced_centre + 0.3 * host.prior_std * draws
+        got = device.forward(cp.asarray(V), backend="reference")
+        assert isinstance(got, cp.ndarray)
+        np.testing.assert_allclose(_host(got), host.forward(V, backend="reference"), rtol=1e-10, atol=1e-12)
+        expanded = device.expand(cp.asarray(V), cp.asarray(centre), cp.asarray(reduced_centre))
+        np.testing.assert_allclose(_host(expanded), host.expand(V, centre, reduced_centre), rtol=1e-12, atol=1e-14)
 
 
 def _native_view(a):
