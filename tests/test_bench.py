@@ -149,18 +149,23 @@ def test_train_step_benchmark(monkeypatch, tmp_path):
     from ekinet import datasets
 
     train_step = load("train_step", monkeypatch)
-    monkeypatch.setattr(train_step, "CASES", ((6, "mlp:784-8-10"), (5, "mlp:784-6-4-10")))
+    monkeypatch.setattr(train_step, "CASES", ((6, "mlp:784-8-10"), (5, "mlp:784-6-120-10")))
     monkeypatch.setattr(train_step.datasets, "load_mnist", lambda split: datasets.load_mnist_small(split))
     train_step.main(["--out", str(tmp_path)])
     data, table = results(tmp_path, "train-step-cpu-float32")
     rows = data["rows"]
-    assert [(r["J"], r["model"]) for r in rows] == [(6, "mlp:784-8-10"), (5, "mlp:784-6-4-10")]
+    assert [(r["J"], r["model"]) for r in rows] == [(6, "mlp:784-8-10"), (5, "mlp:784-6-120-10")]
     assert len(table) == len(rows)
     assert [(r["parameters"], r["span_parameters"]) for r in rows] == [(6370, 8 * 100 + 8 + 90),
-                                                                      (4788, 6 * 100 + 6 + 28 + 50)]
+                                                                      (6760, 6 * 100 + 6 + 840 + 1210)]
+    assert rows[0]["hidden_parameters"] == rows[0]["span_parameters"]  # the readout reads 8 features: full
+    # the readout of 784-6-120-10 reads 120 features of 100 examples: its weights in their span, of rank <= 100
+    readout_weights = rows[1]["hidden_parameters"] - (6 * 100 + 6 + 840 + 10)
+    assert readout_weights % 10 == 0 and 90 < readout_weights // 10 <= 100
     for row in rows:
-        assert row["full_update_s"] > 0 and row["span_update_s"] > 0
+        assert min(row["full_update_s"], row["span_update_s"], row["hidden_update_s"]) > 0
         assert row["speedup"] == pytest.approx(row["full_update_s"] / row["span_update_s"])
+        assert row["hidden_speedup"] == pytest.approx(row["full_update_s"] / row["hidden_update_s"])
 
 
 @pytest.mark.parametrize("layers,shape", [

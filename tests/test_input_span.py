@@ -49,10 +49,15 @@ def test_a_dependent_example_lowers_the_rank_and_the_coordinates_still_hold():
     np.testing.assert_allclose(sub.network.forward(sub.reduce(U), sub.inputs), net.forward(U, X), atol=1e-10)
 
 
-def test_hidden_span_coordinates_reproduce_the_full_network_and_hold_the_centres_activations():
+@pytest.mark.parametrize("chunk_elements", [None, 2 * 27], ids=["one-chunk", "chunks-of-2-members"])
+def test_hidden_span_coordinates_reproduce_the_full_network_and_hold_the_centres_activations(chunk_elements,
+                                                                                              monkeypatch):
     """hidden=True: a later Dense layer's draws lie in the span of the centre's inputs to it on the batch, the
-    coordinates still reproduce the full network, and a direction outside that span leaves the centre's
-    outputs unchanged (so it changes a member's at second order only)."""
+    coordinates still reproduce the full network (mapped back in one chunk of members or several), and a
+    direction outside that span leaves the centre's outputs unchanged (so it changes a member's at second order
+    only)."""
+    if chunk_elements:
+        monkeypatch.setattr(ekinet.input_span, "_CHUNK_ELEMENTS", chunk_elements)  # layer 1 has 3 x 9 weights
     net, X = network_and_batch(batch=4, features=20, hidden_units=9)  # layer 1 reads 9 features of 4 examples
     rng = np.random.default_rng(1)
     std = net.prior_std("float64", bias_std=0.1)
@@ -67,6 +72,9 @@ def test_hidden_span_coordinates_reproduce_the_full_network_and_hold_the_centres
     V = reduced_centre + 0.3 * sub.prior_std * rng.standard_normal((6, sub.parameter_count))
     U = sub.expand(V, centre, reduced_centre)
     np.testing.assert_allclose(sub.forward(V), net.forward(U, X), rtol=1e-10, atol=1e-12)
+    V2 = V[::-1] + 0.1  # again through the reused buffers
+    U2 = sub.expand(V2, centre, reduced_centre)
+    np.testing.assert_allclose(sub.forward(V2), net.forward(U2, X), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(sub.reduce(U), V, rtol=1e-10, atol=1e-12)
     offsets = (U - centre)[:, 189:216].reshape(-1, 9)  # layer 1's 3 x 9 weights
     np.testing.assert_allclose(offsets - offsets @ Q @ Q.T, 0, atol=1e-12)
