@@ -80,7 +80,7 @@ def main():
 def write_result(result, script, args):
     """result with the command that reproduces it, the machine and the versions, as JSON at args.out."""
     flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
-             if k != "out" and v is not False]
+             if k != "out" and v is not False and v is not None]
     result = {**result, "command": f"python {script} " + " ".join(flags),
               "machine": platform.processor() or platform.machine(), "ekinet": ekinet.__version__,
               "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}

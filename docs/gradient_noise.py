@@ -47,24 +47,41 @@ def preconditioner(net, module, bias_std, readout_scale=1.0):
 
 def noisy_direction(module, root, members, generator, spans=None):
     """d = C g (1 + zeta / sqrt(J)) + sqrt(g^T C g / J) C^(1/2) z per parameter, from the gradients in .grad;
-    also returns the cosine of d with C g. spans: {weight name: orthonormal basis (d x r) of the batch's inputs to
-    that Dense layer}; those weights are then drawn in it only (C restricted to the span, where their gradient
-    lies)."""
+    also returns the cosine of d with C g. spans: {weight name: (basis, scale)}, an orthonormal basis (d x r) of
+    the batch's inputs to that Dense layer and a std multiplier (r,) per basis direction; those weights are then
+    drawn in the span only, C = sigma^2 Q diag(scale^2) Q^T for each of their rows (where their gradient lies)."""
     grads = {n: p.grad for n, p in module.named_parameters()}
     exact = {n: root[n] ** 2 * g for n, g in grads.items()}
+    for name, (basis, scale) in (spans or {}).items():
+        exact[name] = root[name] ** 2 * (((grads[name] @ basis) * scale**2) @ basis.T)
     if math.isinf(members):
         return exact, 1.0
     quadratic = sum(float((g * exact[n]).sum()) for n, g in grads.items())
     zeta = float(torch.randn((), generator=generator))
     scale = math.sqrt(quadratic / members)
     noise = {n: root[n] * torch.randn(exact[n].shape, generator=generator) for n in exact}
-    for name, basis in (spans or {}).items():
-        noise[name] = noise[name] @ basis @ basis.T
+    for name, (basis, multipliers) in (spans or {}).items():
+        noise[name] = ((noise[name] @ basis) * multipliers) @ basis.T
     direction = {n: exact[n] * (1 + zeta / math.sqrt(members)) + scale * noise[n] for n in exact}
     dot = sum(float((direction[n] * exact[n]).sum()) for n in exact)
     norms = math.sqrt(sum(float((d ** 2).sum()) for d in direction.values())
                       * sum(float((e ** 2).sum()) for e in exact.values()))
     return direction, dot / norms
+
+
+def span(inputs, whiten=None):
+    """(basis, scale) of a batch's inputs (B x d) to a Dense layer: the orthonormal basis (d x r) of their span
+    by the SVD, and a std multiplier per direction: 1, or with `whiten` = alpha the draws' variance along a
+    direction of second moment lambda_k is (1 + alpha) mean(lambda) / (lambda_k + alpha mean(lambda)) (damped
+    whitening: alpha -> inf is no whitening), which preconditions that layer like the input factor of K-FAC."""
+    _, values, vectors = torch.linalg.svd(inputs.detach(), full_matrices=False)
+    keep = values > 1e-5 * values[0]
+    basis = vectors[keep].T
+    if whiten is None:
+        return basis, torch.ones(basis.shape[1])
+    moments = values[keep] ** 2 / inputs.shape[0]
+    mean = moments.mean()
+    return basis, torch.sqrt((1 + whiten) * mean / (moments + whiten * mean))
 
 
 def accuracy(module, x, y):
@@ -93,7 +110,7 @@ def span_layers(net, input_span, hidden_span):
 
 
 def train(net, u0, data, members, step, decay, epochs, batch_size, bias_std, readout_scale, seed, input_span=False,
-          hidden_span=False):
+          hidden_span=False, whiten=None):
     (x, y), (x_test, y_test) = data
     module = net.to_torch(u0)
     inputs = layer_inputs(module, span_layers(net, input_span, hidden_span))
@@ -109,7 +126,8 @@ def train(net, u0, data, members, step, decay, epochs, batch_size, bias_std, rea
             index = torch.from_numpy(index)
             module.zero_grad()
             torch.nn.functional.cross_entropy(module(x[index]), y[index], reduction="sum").backward()
-            spans = {name: torch.linalg.qr(a.detach().T).Q for name, a in inputs.items() if a.shape[1] > a.shape[0]}
+            spans = {name: span(a, whiten) for name, a in inputs.items()
+                     if a.shape[1] > a.shape[0] or whiten is not None}
             direction, cosine = noisy_direction(module, root, members, generator, spans)
             cosines.append(cosine)
             with torch.no_grad():
@@ -140,6 +158,8 @@ def main():
                         help="draw the first layer's weights in the span of the batch's inputs only")
     parser.add_argument("--hidden-span", action="store_true",
                         help="draw each later Dense layer's weights in the span of its inputs on the batch only")
+    parser.add_argument("--whiten", type=float, default=None, metavar="ALPHA",
+                        help="damped whitening of the spanned layers' draws (see span(); smaller is stronger)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="gradient-noise.json")
     args = parser.parse_args()
@@ -163,9 +183,9 @@ def main():
         start = time.perf_counter()
         curve, average_curve, first_cosine, last_cosine = train(net, u0, data, members, step, args.decay, args.epochs,
                                                  args.batch_size, args.bias_std, readout_scale, args.seed,
-                                                 args.input_span, args.hidden_span)
+                                                 args.input_span, args.hidden_span, args.whiten)
         rows.append({"members": "inf" if math.isinf(members) else int(members), "readout_scale": readout_scale,
-                     "input_span": args.input_span, "hidden_span": args.hidden_span,
+                     "input_span": args.input_span, "hidden_span": args.hidden_span, "whiten": args.whiten,
                      "step": step, "test_accuracy": curve, "test_accuracy_average": average_curve,
                      "cosine_first_100": first_cosine,
                      "cosine_last_100": last_cosine, "seconds": time.perf_counter() - start})

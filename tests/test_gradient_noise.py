@@ -6,6 +6,7 @@ import importlib.util
 import os
 
 import numpy as np
+import pytest
 import torch
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
@@ -61,34 +62,58 @@ def test_infinite_ensemble_gives_the_preconditioned_gradient(monkeypatch):
         torch.testing.assert_close(d, torch.full(d.shape, 0.25))
 
 
-def test_input_span_directions_match_the_estimate_with_draws_in_the_span(monkeypatch):
-    """--input-span: the first layer's draws are xi Q Q^T (Q an orthonormal basis of the batch's inputs), where
-    the batch's gradient lies; the emulated directions stay in the span and keep the estimate's mean and
-    variances (Isserlis with the restricted covariance)."""
+@pytest.mark.parametrize("scale", [(1.0, 1.0), (2.0, 0.5)], ids=["span", "whitened"])
+def test_input_span_directions_match_the_estimate_with_draws_in_the_span(scale, monkeypatch):
+    """--input-span: the first layer's draws are xi Q diag(scale) Q^T (Q an orthonormal basis of the batch's
+    inputs, scale 1 or --whiten's), where the batch's gradient lies; the emulated directions stay in the span and
+    keep the estimate's mean and variances (Isserlis with the restricted covariance)."""
     script = load(monkeypatch)
     members, draws = 20, 4000
     module = torch.nn.Sequential(torch.nn.Linear(6, 3))
     rng = np.random.default_rng(2)
     span = torch.linalg.qr(torch.from_numpy(rng.standard_normal((6, 2)).astype(np.float32))).Q
+    multipliers = torch.tensor(scale)
     module[0].weight.grad = torch.from_numpy(rng.standard_normal((3, 2)).astype(np.float32)) @ span.T
     module[0].bias.grad = torch.from_numpy(rng.standard_normal(3).astype(np.float32))
     root = {"0.weight": torch.full((3, 6), 0.7), "0.bias": torch.full((3,), 1.3)}
     generator = torch.Generator().manual_seed(3)
-    directions = [script.noisy_direction(module, root, members, generator, {"0.weight": span})[0] for _ in range(draws)]
+    directions = [script.noisy_direction(module, root, members, generator, {"0.weight": (span, multipliers)})[0]
+                  for _ in range(draws)]
     weights = torch.stack([d["0.weight"] for d in directions])
     torch.testing.assert_close(weights - weights @ span @ span.T, torch.zeros_like(weights), atol=1e-5, rtol=0)
     emulated = np.array([np.concatenate([d["0.weight"].numpy().ravel(), d["0.bias"].numpy()]) for d in directions],
                         dtype=np.float64)
-    projector = np.kron(np.eye(3), (span @ span.T).numpy().astype(np.float64))
+    root_covariance = (span @ torch.diag(multipliers) @ span.T).numpy().astype(np.float64)  # symmetric
     g = np.concatenate([module[0].weight.grad.numpy().ravel(), module[0].bias.grad.numpy()]).astype(np.float64)
     xi = rng.standard_normal((draws, members, 21))
-    xi[..., :18] = 0.7 * xi[..., :18] @ projector
+    xi[..., :18] = 0.7 * xi[..., :18] @ np.kron(np.eye(3), root_covariance)
     xi[..., 18:] *= 1.3
     monte_carlo = np.einsum("dkp,dk->dp", xi, xi @ g) / members
+    preconditioned = np.r_[0.49 * (g[:18].reshape(3, 6) @ root_covariance @ root_covariance).ravel(), 1.69 * g[18:]]
     for sample in (emulated, monte_carlo):
-        np.testing.assert_allclose(sample.mean(axis=0), np.r_[0.49 * g[:18], 1.69 * g[18:]],
+        np.testing.assert_allclose(sample.mean(axis=0), preconditioned,
                                    atol=5 * np.sqrt(sample.var(axis=0) / draws).max())
     np.testing.assert_allclose(emulated.var(axis=0), monte_carlo.var(axis=0), rtol=0.2, atol=1e-3)
+
+
+def test_span_basis_and_damped_whitening(monkeypatch):
+    """span(): an orthonormal basis of the inputs' span, unit multipliers without whitening; with it, the draws'
+    variance falls as the direction's second moment grows, and a large alpha undoes the whitening."""
+    script = load(monkeypatch)
+    rng = np.random.default_rng(4)
+    inputs = torch.from_numpy((rng.standard_normal((5, 3)) @ rng.standard_normal((3, 8)) * [1, 2, 3, 4, 5, 6, 7, 8])
+                              .astype(np.float32))  # rank 3
+    basis, multipliers = script.span(inputs)
+    assert basis.shape == (8, 3)
+    torch.testing.assert_close(basis.T @ basis, torch.eye(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(inputs @ basis @ basis.T, inputs, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(multipliers, torch.ones(3))
+    _, whitened = script.span(inputs, whiten=0.1)
+    moments = ((inputs @ basis) ** 2).sum(axis=0) / 5  # the SVD's order: decreasing second moments
+    assert torch.all(moments[:-1] > moments[1:]) and torch.all(whitened[:-1] < whitened[1:])
+    torch.testing.assert_close(whitened**2, 1.1 * moments.mean() / (moments + 0.1 * moments.mean()), rtol=1e-4,
+                               atol=0)
+    torch.testing.assert_close(script.span(inputs, whiten=1e6)[1], torch.ones(3), atol=1e-3, rtol=0)
 
 
 def test_hidden_span_restricts_the_later_dense_layers_to_the_span_of_their_inputs(monkeypatch):
