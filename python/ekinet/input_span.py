@@ -160,8 +160,9 @@ class Subspace:
     def _forward_parameters(self, V):
         # Written a block at a time into one buffer kept between updates (the J x P arrays dominate the time).
         # A block maps a chunk of members at a time by one GEMM, (members x units, rank) by (rank, features),
-        # between contiguous buffers, then adds the centre's residual into the block's strided place: NumPy
-        # takes a loop without BLAS, 20x slower, for a stacked matmul of the members' small products.
+        # between contiguous buffers, then adds the centre's residual into the block's strided place: for a
+        # stacked matmul of the members' small products NumPy takes a loop without BLAS, an order of magnitude
+        # slower.
         xp = namespace_of(V)
         n = V.shape[0]
         chunks = {b.layer: max(1, min(n, _CHUNK_ELEMENTS // (b.units * b.features))) for b in self.blocks[1:]}
@@ -195,7 +196,7 @@ class Subspace:
 
 
 # Members a hidden block maps per GEMM: about this many elements of full weights (32 MB in float32), which keeps
-# the buffers small and in the last-level cache's reach.
+# the two buffers small next to the J x P one.
 _CHUNK_ELEMENTS = 1 << 23
 
 
