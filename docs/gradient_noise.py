@@ -109,8 +109,19 @@ def span_layers(net, input_span, hidden_span):
     return names
 
 
+def step_at(schedule, step, decay, epoch, fraction):
+    """The step of an update made at `fraction` (0 to 1) of the run, in `epoch`: "epoch" decays it by `decay`
+    an epoch (the Trainer's step_decay), "linear" anneals it from `step` to zero over the run, "cosine" likewise
+    along half a cosine."""
+    if schedule == "epoch":
+        return step * decay**epoch
+    if schedule == "linear":
+        return step * (1 - fraction)
+    return step * 0.5 * (1 + math.cos(math.pi * fraction))
+
+
 def train(net, u0, data, members, step, decay, epochs, batch_size, bias_std, readout_scale, seed, input_span=False,
-          hidden_span=False, whiten=None):
+          hidden_span=False, whiten=None, schedule="epoch"):
     (x, y), (x_test, y_test) = data
     module = net.to_torch(u0)
     inputs = layer_inputs(module, span_layers(net, input_span, hidden_span))
@@ -119,10 +130,11 @@ def train(net, u0, data, members, step, decay, epochs, batch_size, bias_std, rea
     order = np.random.default_rng(seed)
     averaged = net.to_torch(u0)  # the parameters averaged over each epoch's updates (the Trainer's "average")
     cosines, curve, average_curve = [], [], []
+    per_epoch = -(-len(x) // batch_size)
     for epoch in range(epochs):
-        h = step * decay**epoch
         sums = {name: torch.zeros_like(p) for name, p in module.named_parameters()}
         for updates, index in enumerate(datasets.batches(len(x), batch_size, rng=order), 1):
+            h = step_at(schedule, step, decay, epoch, (epoch * per_epoch + updates - 1) / (epochs * per_epoch))
             index = torch.from_numpy(index)
             module.zero_grad()
             torch.nn.functional.cross_entropy(module(x[index]), y[index], reduction="sum").backward()
@@ -148,7 +160,10 @@ def main():
     parser.add_argument("--members", default="200,500,1000,2000,4000,8000,16000,inf",
                         help="J values, comma-separated ('inf': no noise)")
     parser.add_argument("--steps", default="0.025,0.05,0.1,0.2,0.4,0.8,1.6", help="initial steps, comma-separated")
-    parser.add_argument("--decay", type=float, default=0.85)
+    parser.add_argument("--decay", type=float, default=0.85, help="the step's factor an epoch (--schedule epoch)")
+    parser.add_argument("--schedule", choices=("epoch", "linear", "cosine"), default="epoch",
+                        help="the step's schedule: decayed by --decay an epoch, or annealed to zero over the run "
+                             "along a line or half a cosine")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--bias-std", type=float, default=0.1)
@@ -183,9 +198,10 @@ def main():
         start = time.perf_counter()
         curve, average_curve, first_cosine, last_cosine = train(net, u0, data, members, step, args.decay, args.epochs,
                                                  args.batch_size, args.bias_std, readout_scale, args.seed,
-                                                 args.input_span, args.hidden_span, args.whiten)
+                                                 args.input_span, args.hidden_span, args.whiten, args.schedule)
         rows.append({"members": "inf" if math.isinf(members) else int(members), "readout_scale": readout_scale,
                      "input_span": args.input_span, "hidden_span": args.hidden_span, "whiten": args.whiten,
+                     "schedule": args.schedule,
                      "step": step, "test_accuracy": curve, "test_accuracy_average": average_curve,
                      "cosine_first_100": first_cosine,
                      "cosine_last_100": last_cosine, "seconds": time.perf_counter() - start})

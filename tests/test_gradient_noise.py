@@ -151,3 +151,15 @@ def test_preconditioner_of_a_convolutional_network_is_the_priors_std_per_weight(
     assert [root[name].shape for name, _ in module.named_parameters()] == [p.shape for p in module.parameters()]
     np.testing.assert_array_equal(flat, std)
     assert len(set(np.round(flat, 6))) >= 3  # the conv weights, the dense weights and the biases differ
+
+
+def test_step_schedules(monkeypatch):
+    """--schedule: "epoch" is the Trainer's step_decay per epoch; "linear" and "cosine" anneal from the step to
+    zero over the run, halfway at half the step."""
+    script = load(monkeypatch)
+    assert script.step_at("epoch", 0.4, 0.5, 2, 0.9) == pytest.approx(0.1)
+    for schedule in ("linear", "cosine"):
+        assert script.step_at(schedule, 0.4, 0.5, 0, 0.0) == pytest.approx(0.4)
+        assert script.step_at(schedule, 0.4, 0.5, 5, 0.5) == pytest.approx(0.2)
+        assert script.step_at(schedule, 0.4, 0.5, 9, 1.0) == pytest.approx(0.0, abs=1e-12)
+    assert script.step_at("cosine", 0.4, 0.5, 2, 0.25) > script.step_at("linear", 0.4, 0.5, 2, 0.25)
