@@ -84,6 +84,14 @@ def span(inputs, whiten=None):
     return basis, torch.sqrt((1 + whiten) * mean / (moments + whiten * mean))
 
 
+def with_conv_padding(net, padding):
+    """The same network with every Conv2d zero-padded by `padding` on each side (the paper does not say whether
+    its CNN pads)."""
+    layers = [nn.Conv2d(layer.channels, layer.kernel, layer.stride, padding, layer.activation)
+              if isinstance(layer, nn.Conv2d) else layer for layer in net.layers]
+    return nn.Sequential(layers, net.input_shape)
+
+
 def accuracy(module, x, y):
     with torch.no_grad():
         return float((module(x).argmax(dim=1) == y).float().mean())
@@ -175,10 +183,14 @@ def main():
                         help="draw each later Dense layer's weights in the span of its inputs on the batch only")
     parser.add_argument("--whiten", type=float, default=None, metavar="ALPHA",
                         help="damped whitening of the spanned layers' draws (see span(); smaller is stronger)")
+    parser.add_argument("--conv-padding", type=int, default=None, metavar="N",
+                        help="zero-pad every Conv2d of --model by N on each side")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="gradient-noise.json")
     args = parser.parse_args()
     net = nn.from_string(args.model)
+    if args.conv_padding is not None:
+        net = with_conv_padding(net, args.conv_padding)
     if args.input_span and not isinstance(net.layers[0], nn.Dense):
         parser.error(f"--input-span needs a Dense first layer; {args.model} begins with {net.layers[0]!r}")
     train_set = datasets.load_mnist("train").subset(np.arange(55000))
@@ -208,7 +220,7 @@ def main():
         print(f"J {rows[-1]['members']:>5} readout x{readout_scale:<5} step {step:<5} final {curve[-1]:.4f} "
               f"best {max(curve):.4f} average {average_curve[-1]:.4f} cosine {first_cosine:.3f} -> {last_cosine:.3f}",
               flush=True)
-    write_result({"model": args.model, "train": 55000, "rows": rows}, "docs/gradient_noise.py", args)
+    write_result({"model": args.model, "parameters": net.parameter_count, "train": 55000, "rows": rows}, "docs/gradient_noise.py", args)
 
 
 if __name__ == "__main__":

@@ -163,3 +163,21 @@ def test_step_schedules(monkeypatch):
         assert script.step_at(schedule, 0.4, 0.5, 5, 0.5) == pytest.approx(0.2)
         assert script.step_at(schedule, 0.4, 0.5, 9, 1.0) == pytest.approx(0.0, abs=1e-12)
     assert script.step_at("cosine", 0.4, 0.5, 2, 0.25) > script.step_at("linear", 0.4, 0.5, 2, 0.25)
+
+
+def test_conv_padding_pads_every_convolution_and_keeps_the_rest(monkeypatch):
+    """--conv-padding 1 on cnn-mnist: every Conv2d padded, so the readout reads 12 x 6 x 6 features (P = 8550,
+    against 6150 unpadded); the other layers and their settings unchanged."""
+    from ekinet import nn
+
+    script = load(monkeypatch)
+    net = nn.cnn_mnist()
+    padded = script.with_conv_padding(net, 1)
+    assert [type(layer) for layer in padded.layers] == [type(layer) for layer in net.layers]
+    assert [layer.padding for layer in padded.layers if isinstance(layer, nn.Conv2d)] == [1, 1, 1]
+
+    def unpadded(layers):
+        return [{k: v for k, v in layer.spec().items() if k != "padding"} for layer in layers]
+
+    assert unpadded(padded.layers) == unpadded(net.layers)
+    assert (net.parameter_count, padded.parameter_count) == (6150, 8550)
