@@ -220,7 +220,8 @@ def main():
         print(f"J {rows[-1]['members']:>5} readout x{readout_scale:<5} step {step:<5} final {curve[-1]:.4f} "
               f"best {max(curve):.4f} average {average_curve[-1]:.4f} cosine {first_cosine:.3f} -> {last_cosine:.3f}",
               flush=True)
-    write_result({"model": args.model, "parameters": net.parameter_count, "train": 55000, "rows": rows}, "docs/gradient_noise.py", args)
+    write_result({"model": args.model, "parameters": net.parameter_count, "train": 55000, "rows": rows},
+                 "docs/gradient_noise.py", args)
 
 
 if __name__ == "__main__":
