@@ -128,8 +128,19 @@ def step_at(schedule, step, decay, epoch, fraction):
     return step * 0.5 * (1 + math.cos(math.pi * fraction))
 
 
+def nesterov_step(points, iterates, direction, step, coefficient):
+    """MEKI(R)'s Nesterov step on the mean, in place, per parameter name: u_{n+1} = v_n - h d(v_n) into `iterates`
+    and v_{n+1} = u_{n+1} + c (u_{n+1} - u_n) into `points`, where the next direction is taken (c = 0: plain
+    descent, v = u)."""
+    with torch.no_grad():
+        for name, point in points.items():
+            updated = point - step * direction[name]
+            point.copy_(updated + coefficient * (updated - iterates[name]))
+            iterates[name].copy_(updated)
+
+
 def train(net, u0, data, members, step, decay, epochs, batch_size, bias_std, readout_scale, seed, input_span=False,
-          hidden_span=False, whiten=None, schedule="epoch"):
+          hidden_span=False, whiten=None, schedule="epoch", momentum=0.0):
     (x, y), (x_test, y_test) = data
     module = net.to_torch(u0)
     inputs = layer_inputs(module, span_layers(net, input_span, hidden_span))
@@ -137,6 +148,8 @@ def train(net, u0, data, members, step, decay, epochs, batch_size, bias_std, rea
     generator = torch.Generator().manual_seed(seed)
     order = np.random.default_rng(seed)
     averaged = net.to_torch(u0)  # the parameters averaged over each epoch's updates (the Trainer's "average")
+    centre = net.to_torch(u0)  # the iterate u, MEKI(R)'s mean particle; `module` holds the point v
+    iterates = dict(centre.named_parameters())
     cosines, curve, average_curve = [], [], []
     per_epoch = -(-len(x) // batch_size)
     for epoch in range(epochs):
@@ -150,14 +163,15 @@ def train(net, u0, data, members, step, decay, epochs, batch_size, bias_std, rea
                      if a.shape[1] > a.shape[0] or whiten is not None}
             direction, cosine = noisy_direction(module, root, members, generator, spans)
             cosines.append(cosine)
+            nesterov_step(dict(module.named_parameters()), iterates, direction, h,
+                          momentum if epoch or updates > 1 else 0.0)
             with torch.no_grad():
-                for name, parameter in module.named_parameters():
-                    parameter -= h * direction[name]
-                    sums[name] += parameter
+                for name, iterate in iterates.items():
+                    sums[name] += iterate
         with torch.no_grad():
             for name, parameter in averaged.named_parameters():
                 parameter.copy_(sums[name] / updates)
-        curve.append(accuracy(module, x_test, y_test))
+        curve.append(accuracy(centre, x_test, y_test))
         average_curve.append(accuracy(averaged, x_test, y_test))
     return curve, average_curve, float(np.mean(cosines[:100])), float(np.mean(cosines[-100:]))
 
@@ -172,6 +186,8 @@ def main():
     parser.add_argument("--schedule", choices=("epoch", "linear", "cosine"), default="epoch",
                         help="the step's schedule: decayed by --decay an epoch, or annealed to zero over the run "
                              "along a line or half a cosine")
+    parser.add_argument("--momentum", type=float, default=0.0,
+                        help="a constant Nesterov coefficient in [0, 1), as MEKI(R)'s --momentum-coefficient")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--bias-std", type=float, default=0.1)
@@ -210,10 +226,11 @@ def main():
         start = time.perf_counter()
         curve, average_curve, first_cosine, last_cosine = train(net, u0, data, members, step, args.decay, args.epochs,
                                                  args.batch_size, args.bias_std, readout_scale, args.seed,
-                                                 args.input_span, args.hidden_span, args.whiten, args.schedule)
+                                                 args.input_span, args.hidden_span, args.whiten, args.schedule,
+                                                 args.momentum)
         rows.append({"members": "inf" if math.isinf(members) else int(members), "readout_scale": readout_scale,
                      "input_span": args.input_span, "hidden_span": args.hidden_span, "whiten": args.whiten,
-                     "schedule": args.schedule,
+                     "schedule": args.schedule, "momentum": args.momentum,
                      "step": step, "test_accuracy": curve, "test_accuracy_average": average_curve,
                      "cosine_first_100": first_cosine,
                      "cosine_last_100": last_cosine, "seconds": time.perf_counter() - start})
