@@ -69,9 +69,9 @@ def test_cli_demo_recovers_the_oscillator_parameters():
     assert "it/s" not in result.stderr  # --no-progress hides the bar
 
 
-@pytest.mark.parametrize("value,message", [("0", r"0 is not a positive integer"),
+@pytest.mark.parametrize("value,message", [("0", r"'0' is not a positive integer"),
                                            ("1", r"--ensemble must be at least 2"),
-                                           ("ten", r"invalid|not a positive integer")])
+                                           ("ten", r"argument --ensemble: 'ten' is not a positive integer")])
 def test_cli_demo_rejects_a_bad_ensemble_size(value, message):
     result = _run("demo", "--ensemble", value, "--no-progress")
     assert result.returncode != 0
@@ -95,3 +95,28 @@ def test_cli_main_in_process(capsys):
         cli.main(["demo", "--iterations", "0"])
     assert exit_info.value.code != 0
     assert "not a positive integer" in capsys.readouterr().err
+
+
+def test_cli_refuses_bad_values_and_unwritable_outputs_before_training(capsys, tmp_path):
+    """Option values name the option and what was expected; an output path that cannot be written (a file
+    where a directory is needed, a directory where a file is) fails before any training, not after it."""
+    from ekinet import cli
+
+    for argv, message in ((["train", "--ensemble", "abc"], "argument --ensemble: 'abc' is not a positive integer"),
+                          (["train", "--seed", "-1"], "argument --seed: '-1' is not a non-negative integer seed"),
+                          (["train", "--step", "nan"], "argument --step: 'nan' is not a positive number")):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(argv)
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    for argv, message in (
+            (["experiment", "quickstart", "--smoke", "--checkpoints", str(a_file)], "checkpoints = .* is a file"),
+            (["experiment", "quickstart", "--smoke", "--out", str(a_file)], "out = .* is a file"),
+            (["train", "--history", str(tmp_path)], "--history .* is a directory"),
+            (["train", "--plot", str(tmp_path / "curves.xyz")], "--plot .*: the extension must name an image format"),
+            (["train", "--checkpoint", str(tmp_path)], "checkpoint = .* is a directory")):
+        assert cli.main([*argv, "--no-progress"]) == 2
+        assert re.search(f"^ekinet {argv[0]}: {message}", capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing trained, nothing written

@@ -506,6 +506,10 @@ def test_dataset_errors():
         datasets.Dataset(np.zeros((2, 1)), np.zeros(2), "reg", "regression").one_hot()
     with pytest.raises(ValueError, match="outside \\[0, 2\\)"):
         datasets.Dataset(np.zeros((2, 1)), np.array([0, 2]), "c", "classification", 2).one_hot()
+    with pytest.raises(ValueError, match=r"one integer class label.*float64 \(whole-valued floats"):
+        datasets.Dataset(np.zeros((2, 1)), np.array([1.5, 0.0]), "c", "classification", 2)
+    with pytest.raises(ValueError, match=r"one integer class label.*shape \(2, 2\)"):
+        datasets.Dataset(np.zeros((2, 1)), np.eye(2, dtype=int), "c", "classification", 2)
 
 
 def test_load_dispatcher(real):
@@ -553,6 +557,10 @@ def test_standardizer_errors():
         scaler.transform(np.zeros((2, 3)))
     with pytest.raises(ValueError, match="NaN"):
         datasets.Standardizer().fit(np.array([[1.0], [np.nan]]))
+    with pytest.raises(ValueError, match="x contains 1 NaN/Inf"):
+        scaler.transform(np.array([[1.0, np.inf]]))
+    with pytest.raises(ValueError, match="values contains 1 NaN/Inf"):
+        datasets.windows(np.array([1.0, np.nan, 3.0, 4.0, 5.0]), 2)
     with pytest.raises(ValueError, match="at least one example"):
         datasets.Standardizer().fit(np.zeros((0, 3)))
 

@@ -110,6 +110,9 @@ def test_randomize_bad_input(backend, rng):
         ekinet.randomize(U, -1.0, backend=backend)
     with pytest.raises(ValueError, match=r"prior_std has 2 values"):
         ekinet.randomize(U, 1.0, prior_std=[1.0, 2.0], backend=backend)
+    for std in (-1.0, [1.0, np.nan, 1.0]):
+        with pytest.raises(ValueError, match=r"prior_std holds 1 negative or NaN"):
+            ekinet.randomize(U, 1.0, prior_std=std, backend=backend)
     with pytest.raises(ValueError, match=r"xi has shape \(5, 2\)"):
         ekinet.randomize(U, 1.0, xi=np.zeros((5, 2)), backend=backend)
     with pytest.raises(TypeError, match=r"xi has dtype float32"):
@@ -494,6 +497,17 @@ def test_minimize_with_the_loss_method_and_controller(decay_problem):
 
 def test_bad_options(decay_problem):
     U0, y = decay_problem
+    for iterations in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match=r"iterations = .* must be a positive integer"):
+            ekinet.minimize(decay, U0, y, iterations=iterations, progress=False)
+    J = U0.shape[0]
+    for forward, match in ((lambda U: np.zeros((J, T_OBS.size)), rf"shape \({J}, {T_OBS.size}\) for {J + 1} rows"),
+                           (lambda U: U[:2], rf"for {J + 1} rows of parameters \(the {J} members and their mean\)"),
+                           (lambda U: U[:, 0], r"shape \(\d+,\) for")):
+        with pytest.raises(ValueError, match=match):
+            ekinet.minimize(forward, U0, y, progress=False)
+    with pytest.raises(ValueError, match=r"batched=False\) returned outputs of shape \(\)"):
+        ekinet.minimize(lambda u: u[0], U0, y, batched=False, progress=False)
     with pytest.raises(ValueError, match=r"method = 'sgd'"):
         ekinet.EKI(U0, method="sgd")
     with pytest.raises(ValueError, match=r"method = 'gradient'"):
@@ -502,6 +516,11 @@ def test_bad_options(decay_problem):
         ekinet.EKI(U0, method="kalman", scheduler=ekinet.AdaptiveStep(1.0))
     with pytest.raises(ValueError, match=r"\bU0 has 1 member"):
         ekinet.EKI(U0[:1])
+    for noise_cov in (-1.0, 0.0, float("nan")):
+        with pytest.raises(ValueError, match=r"noise_cov = .* must be a positive, finite variance"):
+            ekinet.EKI(U0, noise_cov=noise_cov)
+    with pytest.raises(ValueError, match=r"\bU0 contains 1 NaN/Inf"):
+        ekinet.EKI(np.where(np.arange(U0.size).reshape(U0.shape) == 0, np.nan, U0))
     with pytest.raises(ValueError, match=r"step = 0"):
         ekinet.ConstantStep(0.0)
     with pytest.raises(ValueError, match=r"step = -1"):

@@ -598,6 +598,25 @@ def test_noise_shape_errors(noise_cov, match, backend, problem):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_asymmetric_or_non_numeric_noise_cov_is_refused(backend, problem):
+    """The native solve reads one triangle of Gamma and the reference both: an asymmetric matrix would give
+    backend-dependent answers, so it is refused; rounding-level asymmetry is not. Strings and None are not
+    variances (a string "0.1" must not pass as one)."""
+    U, G, y = problem
+    M = G.shape[1]
+    gamma = np.eye(M)
+    gamma[0, 1] = 0.9
+    with pytest.raises(ValueError, match=r"noise_cov is not symmetric \(max \|A - A\^T\| = 0.9"):
+        ekinet.kalman_update(U, G, y, gamma, backend=backend)
+    nearly = np.eye(M) * 2.0
+    nearly[0, 1] = 1e-12
+    ekinet.kalman_update(U, G, y, nearly, backend=backend)
+    for bad in ("abc", "0.1", None):
+        with pytest.raises(TypeError, match=r"noise_cov = .* has dtype"):
+            ekinet.kalman_update(U, G, y, bad, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_perturbation_shape_error(backend, problem):
     U, G, y = problem
     with pytest.raises(ValueError, match=r"perturbation has shape \(5, 2\)"):

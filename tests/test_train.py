@@ -229,6 +229,36 @@ def test_corrupt_checkpoint_is_a_clear_error(digits, tmp_path):
         small_trainer(digits, checkpoint=path, resume=True)
 
 
+def test_damaged_checkpoints_are_clear_errors(digits, tmp_path):
+    """A truncated, empty or pickled file, a directory, and a checkpoint whose arrays were edited (another J,
+    NaN, another dtype) are refused before anything resumes, with what is wrong."""
+    path = tmp_path / "run.npz"
+    small_trainer(digits, epochs=1, checkpoint=path).fit()
+    whole = path.read_bytes()
+    for name, content, match in (("cut.npz", whole[: len(whole) // 2], "not a complete .npz archive"),
+                                 ("empty.npz", b"", "the file is empty")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=match):
+            small_trainer(digits, checkpoint=tmp_path / name, resume=True)
+    np.save(tmp_path / "pickled.npy", np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match="not a readable ekinet checkpoint") as error:
+        small_trainer(digits, checkpoint=tmp_path / "pickled.npy", resume=True)
+    assert "allow_pickle" not in str(error.value)
+    with pytest.raises(ValueError, match="is a directory"):
+        small_trainer(digits, checkpoint=tmp_path)
+
+    with np.load(path) as archive:
+        arrays = dict(archive)
+    edits = {"rows.npz": ("U", np.concatenate([arrays["U"], arrays["U"]]), r"array U has shape \(\d+, \d+\)"),
+             "nan.npz": ("V", np.where(np.arange(arrays["V"].size).reshape(arrays["V"].shape) == 3, np.nan,
+                                       arrays["V"]).astype(arrays["V"].dtype), "array V holds 1 NaN/Inf"),
+             "float64.npz": ("U", arrays["U"].astype(np.float64), "dtype float64")}
+    for name, (key, value, match) in edits.items():
+        np.savez(tmp_path / name, **{**arrays, key: value})
+        with pytest.raises(ValueError, match=match):
+            small_trainer(digits, checkpoint=tmp_path / name, resume=True)
+
+
 def test_early_stopping_restores_the_best_epoch(digits, monkeypatch):
     trainer = small_trainer(digits, epochs=6, patience=2)
     scores = iter([0.5, 0.7, 0.6, 0.65, 0.9, 0.9])

@@ -51,10 +51,11 @@ def noise_covariance(noise_cov, xp, dtype, M):
     if isinstance(noise_cov, numbers.Real) and not isinstance(noise_cov, bool):
         return "scalar", float(noise_cov), None
     array = to_array(noise_cov, "noise_cov")
+    if array.dtype.kind not in "fiu":
+        raise TypeError(f"noise_cov = {noise_cov!r:.80} has dtype {array.dtype.name}; pass a real variance, "
+                        "variances or a covariance matrix")
     if array.ndim == 0:
         return "scalar", float(array), None
-    if array.dtype.kind not in "fiu":
-        raise TypeError(f"noise_cov has dtype {array.dtype.name}; pass real numbers")
     if namespace_of(array) is not xp:
         array = xp.asarray(array.get() if hasattr(array, "get") else array)
     array = xp.ascontiguousarray(array.astype(dtype, copy=False))
@@ -63,6 +64,7 @@ def noise_covariance(noise_cov, xp, dtype, M):
             raise ValueError(f"noise_cov has shape {tuple(array.shape)} but ({M},) variances were expected")
         return "diagonal", 0.0, array
     if array.ndim == 2 and array.shape == (M, M):
+        require_symmetric(xp, array, "noise_cov")
         return "full", 0.0, array
     raise ValueError(f"noise_cov has shape {tuple(array.shape)}; pass a scalar variance, ({M},) variances or an "
                      f"({M}, {M}) covariance matrix")
@@ -71,6 +73,16 @@ def noise_covariance(noise_cov, xp, dtype, M):
 def noise_value(kind, scalar, matrix):
     """The reference implementation's form of Gamma."""
     return scalar if kind == "scalar" else matrix
+
+
+def require_symmetric(xp, a, name):
+    """A covariance must be symmetric: the native solve reads one triangle and the reference both, so an
+    asymmetric matrix would give backend-dependent results. Rounding (sqrt(eps) relative) is tolerated."""
+    scale = float(xp.abs(a).max()) if a.size else 0.0
+    asymmetry = float(xp.abs(a - a.T).max()) if a.size else 0.0
+    if asymmetry > np.sqrt(np.finfo(a.dtype).eps) * scale:
+        raise ValueError(f"{name} is not symmetric (max |A - A^T| = {asymmetry:.3g}, max |A| = {scale:.3g}); a "
+                         "covariance matrix must be symmetric: pass (A + A.T) / 2 if the asymmetry is rounding")
 
 
 def require_finite(xp, a, name):

@@ -2,14 +2,32 @@
 
 import argparse
 import json
+import math
 import sys
 
 
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
+def _checked(convert, accept, description):
+    """An argparse type: `convert` the text, then `accept` the value, else an error that says what was expected
+    (argparse prefixes it with the option's name)."""
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or (isinstance(value, float) and not math.isfinite(value)) or not accept(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {description}")
+        return value
+
+    parse.__name__ = description
+    return parse
+
+
+_positive_int = _checked(int, lambda value: value >= 1, "a positive integer")
+_seed = _checked(int, lambda value: value >= 0, "a non-negative integer seed")
+_positive_float = _checked(float, lambda value: value > 0, "a positive number")
+_fraction = _checked(float, lambda value: 0 <= value < 1, "a fraction in [0, 1)")
+_open_fraction = _checked(float, lambda value: 0 < value < 1, "a number between 0 and 1")
+_nonnegative_float = _checked(float, lambda value: value >= 0, "a non-negative number")
 
 
 def build_parser():
@@ -19,7 +37,7 @@ def build_parser():
     demo = commands.add_parser("demo", help="calibrate a black-box damped oscillator with EKI (the default job)")
     demo.add_argument("--ensemble", type=_positive_int, default=100, help="ensemble size J (default 100)")
     demo.add_argument("--iterations", type=_positive_int, default=15, help="EKI updates (default 15)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=_seed, default=0)
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     train = commands.add_parser("train", help="train a network on a data set by EKI")
@@ -71,7 +89,7 @@ def build_parser():
     train.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
     train.add_argument("--history", help="write the per-epoch metrics to this .csv or .json file")
     train.add_argument("--plot", help="save learning curves to this image file (needs matplotlib)")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=_seed, default=0)
     train.add_argument("--no-progress", action="store_true")
 
     experiment = commands.add_parser("experiment", help="run a registered experiment of the paper")
@@ -110,7 +128,7 @@ def build_parser():
                                  "(an interrupted run continues where it stopped; the file keeps the ensemble)")
     experiment.add_argument("--data-dir")
     experiment.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    experiment.add_argument("--seed", type=int, default=0)
+    experiment.add_argument("--seed", type=_seed, default=0)
     experiment.add_argument("--no-progress", action="store_true")
 
     report = commands.add_parser("report", help="print our results beside the paper's numbers")
@@ -118,32 +136,20 @@ def build_parser():
     return parser
 
 
-def _positive_float(text):
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
-    return value
+def _check_outputs(args):
+    """--history and --plot are written after training: a path that cannot be written fails now instead."""
+    import os
 
+    if args.history and os.path.isdir(args.history):
+        raise ValueError(f"--history {args.history} is a directory; pass a file (.csv or .json)")
+    if args.plot:
+        from matplotlib.figure import Figure
 
-def _fraction(text):
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a fraction in [0, 1)")
-    return value
-
-
-def _open_fraction(text):
-    value = float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a number between 0 and 1")
-    return value
-
-
-def _nonnegative_float(text):
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a non-negative number")
-    return value
+        formats = Figure().canvas.get_supported_filetypes()
+        extension = os.path.splitext(args.plot)[1].lstrip(".").lower()
+        if extension not in formats:
+            raise ValueError(f"--plot {args.plot}: the extension must name an image format, one of "
+                             f"{', '.join(sorted(formats))}")
 
 
 def _train(args):
@@ -157,6 +163,7 @@ def _train(args):
     if drawn and not args.method.endswith("-r"):
         raise ValueError(f"{', '.join(drawn)} shape the redraws of EKI(R): use --method eki-r or meki-r, not "
                          f"{args.method}")
+    _check_outputs(args)
     if args.data_dir:
         datasets.data_dir(args.data_dir)  # fails early on a bad path
     flatten = not args.model.startswith("cnn")
@@ -240,7 +247,7 @@ def main(argv=None):
                 from . import experiments
 
                 print(experiments.report(args.out), end="")
-        except (ValueError, TypeError, FileNotFoundError, ImportError) as error:
+        except (ValueError, TypeError, OSError, ImportError) as error:
             print(f"ekinet {args.command}: {error}", file=sys.stderr)
             return 2
     return 0

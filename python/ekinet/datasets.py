@@ -345,6 +345,17 @@ def _read_idx_stream(stream, path, size, *, compressed):
 # Containers
 
 
+def _check_labels(labels, num_classes):
+    """Class labels are 1-D integers in [0, num_classes): float labels would be truncated by the training loop's
+    integer cast and scored against their untruncated values."""
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        hint = " (whole-valued floats: pass y.astype(int))" if labels.dtype.kind == "f" else ""
+        raise ValueError(f"a classification Dataset's y holds one integer class label per example; got shape "
+                         f"{labels.shape}, dtype {labels.dtype}{hint}")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels span [{labels.min()}, {labels.max()}], outside [0, {num_classes}) (num_classes)")
+
+
 @dataclass(repr=False, eq=False)
 class Dataset:
     """Examples `x` (N, ...) with targets `y` (N, ...): class labels (task "classification", `num_classes`
@@ -363,6 +374,7 @@ class Dataset:
         if self.task == "classification":
             if self.num_classes is None or int(self.num_classes) < 1:
                 raise ValueError(f"a classification Dataset needs num_classes >= 1; got {self.num_classes!r}")
+            _check_labels(np.asarray(self.y), self.num_classes)
         elif self.task == "regression":
             if self.num_classes is not None:
                 raise ValueError(f"a regression Dataset has no classes; got num_classes={self.num_classes!r}")
@@ -418,12 +430,6 @@ class Dataset:
         if self.task != "classification":
             raise ValueError(f"one_hot needs class labels; {self.name!r} is a {self.task} data set")
         labels = np.asarray(self.y)
-        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(f"one_hot needs 1-D integer labels; y has shape {labels.shape}, dtype {labels.dtype}")
-        if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise ValueError(
-                f"labels span [{labels.min()}, {labels.max()}], outside [0, {self.num_classes}) (num_classes)"
-            )
         out = np.zeros((len(labels), self.num_classes), dtype=dtype)
         out[np.arange(len(labels)), labels] = 1
         return out
@@ -666,8 +672,6 @@ class Standardizer:
         if x.ndim < 1 or len(x) == 0:
             raise ValueError(f"fit needs at least one example along axis 0; got shape {x.shape}")
         x = x.astype(np.float64)
-        if not np.all(np.isfinite(x)):
-            raise ValueError("x contains NaN or infinity; clean or impute it before fitting")
         self.mean = x.mean(axis=0)
         std = x.std(axis=0)
         self.scale = np.where(std > self.tol * np.abs(x).max(axis=0), std, 1.0)
@@ -700,6 +704,9 @@ def _numeric(x, what):
     x = np.asarray(x)
     if x.dtype.kind not in "biuf":
         raise ValueError(f"{what} must be numeric; got dtype {x.dtype}")
+    bad = int(np.count_nonzero(~np.isfinite(x))) if x.dtype.kind == "f" else 0
+    if bad:
+        raise ValueError(f"{what} contains {bad} NaN/Inf value(s); clean or impute them first")
     return x
 
 

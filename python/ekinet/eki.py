@@ -1,12 +1,14 @@
 """EKI as an ask/tell optimiser for black-box forward models, and a minimize() loop with a progress bar."""
 
 import dataclasses
+import math
+import numbers
 
 import numpy as np
 
 from . import losses
 from ._arrays import namespace_of, to_host
-from ._inputs import ensemble, seed_from
+from ._inputs import ensemble, require_finite, seed_from
 from .ensemble import ensemble_mean, ensemble_spread, randomize, randomize_around
 from .schedulers import AdaptiveStep, ConstantStep, DataMisfitController
 from .updates import kalman_update, loss_update, nesterov_extrapolate
@@ -66,7 +68,10 @@ class EKI:
                  perturb=True, formulation="auto", on_failure="redraw", rng=None, backend="auto"):
         if method not in METHODS:
             raise ValueError(f"method = {method!r} is not one of {', '.join(map(repr, METHODS))}")
-        _, U0 = ensemble(U0, "U0")
+        xp, U0 = ensemble(U0, "U0")
+        require_finite(xp, U0, "U0")
+        if isinstance(noise_cov, numbers.Real) and not (math.isfinite(noise_cov) and noise_cov > 0):
+            raise ValueError(f"noise_cov = {noise_cov!r} must be a positive, finite variance")
         self.method = method
         self.noise_cov = noise_cov
         self.scheduler = scheduler or (ConstantStep(1.0) if method == "kalman" else AdaptiveStep(1.0))
@@ -339,14 +344,25 @@ def minimize(forward, U0, y, *, noise_cov=1.0, iterations=20, batched=True, prog
     """
     from tqdm.auto import tqdm
 
+    if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 1:
+        raise ValueError(f"iterations = {iterations!r} must be a positive integer (the number of updates)")
     optimizer = EKI(U0, noise_cov=noise_cov, **options)
     xp = namespace_of(optimizer.ensemble)
     y = xp.asarray(y)
 
     def evaluate(U):
         if batched:
-            return xp.asarray(forward(U))
-        return xp.stack([xp.asarray(forward(u)) for u in U])
+            G = xp.asarray(forward(U))
+            if G.ndim != 2 or G.shape[0] != U.shape[0]:
+                raise ValueError(f"forward returned outputs of shape {tuple(G.shape)} for {U.shape[0]} rows of "
+                                 f"parameters (the {U.shape[0] - 1} members and their mean); it must return "
+                                 f"({U.shape[0]}, M), one row of outputs per row of its input")
+            return G
+        G = xp.stack([xp.asarray(forward(u)) for u in U])
+        if G.ndim != 2:
+            raise ValueError(f"forward (batched=False) returned outputs of shape {tuple(G.shape[1:])} for one "
+                             "parameter vector; it must return an (M,) vector")
+        return G
 
     bar = tqdm(range(iterations), disable=not progress, desc="EKI", unit="it")
     for _ in bar:

@@ -96,4 +96,7 @@ def _prior_std(xp, scale, prior_std, dtype, P):
     std = xp.asarray(to_array(prior_std, "prior_std"), dtype=dtype).reshape(1, -1)
     if std.shape[1] not in (1, P):
         raise ValueError(f"prior_std has {std.shape[1]} values; pass one, or one per parameter ({P})")
+    invalid = int(xp.count_nonzero(~(std >= 0)))  # negative or NaN
+    if invalid:
+        raise ValueError(f"prior_std holds {invalid} negative or NaN value(s); standard deviations are >= 0")
     return std

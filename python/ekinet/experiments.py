@@ -460,8 +460,11 @@ def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, step=
         if getattr(settings, option) and not any(m.startswith("meki") for m in runs):
             raise ValueError(f"{option} applies to the momentum methods (meki, meki-r), and {name} runs "
                              f"{', '.join(runs)}: leave it out")
-    if out:
-        os.makedirs(out, exist_ok=True)
+    for directory, what in ((out, "out"), (checkpoints, "checkpoints")):
+        if directory:  # made now: a bad path must fail before hours of training, not after them
+            if os.path.exists(directory) and not os.path.isdir(directory):
+                raise ValueError(f"{what} = {directory!r} is a file; pass a directory (it is created if missing)")
+            os.makedirs(directory, exist_ok=True)
     options = {"progress": progress, "device": device, "seed": seed, "data_dir": data_dir, "methods": methods,
                "out": out, "name": name, "checkpoints": checkpoints}
     start = time.perf_counter()

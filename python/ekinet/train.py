@@ -14,6 +14,7 @@ import math
 import os
 import tempfile
 import time
+import zipfile
 
 import numpy as np
 
@@ -79,6 +80,29 @@ class RandomizationSchedule:
 
     def gamma(self, n):
         return self.scale * self.decay**n
+
+
+def _read_checkpoint(path):
+    """(state, arrays) of a checkpoint written by Trainer.save, or a ValueError that says what the file is not."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if not hasattr(archive, "files") or "state" not in archive.files:
+                raise ValueError("it holds no 'state' entry")
+            state = json.loads(archive["state"].tobytes().decode())
+            arrays = {k: archive[k] for k in archive.files if k != "state"}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint {path} does not exist; to start afresh, train without resuming")
+    except IsADirectoryError:
+        raise ValueError(f"checkpoint {path} is a directory; pass the checkpoint file (.npz)") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError,
+            json.JSONDecodeError) as error:
+        reason = "is empty" if os.path.isfile(path) and os.path.getsize(path) == 0 else \
+            f"is not a complete .npz archive with a JSON 'state' entry ({type(error).__name__})"
+        raise ValueError(f"{path} is not a readable ekinet checkpoint: the file {reason}; it may be truncated or "
+                         "of another format: resume from another checkpoint or start afresh") from error
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a readable ekinet checkpoint: its state is not a JSON object")
+    return state, arrays
 
 
 class Trainer:
@@ -189,6 +213,8 @@ class Trainer:
                              "(for example train.split(0.1))")
         self.ensemble_eval = ensemble_eval
         self.checkpoint_path = None if checkpoint is None else os.fspath(checkpoint)
+        if self.checkpoint_path is not None and os.path.isdir(self.checkpoint_path):
+            raise ValueError(f"checkpoint = {self.checkpoint_path!r} is a directory; pass a file path (.npz)")
         self.progress, self.device, self.backend = progress, device, backend
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
@@ -561,12 +587,7 @@ class Trainer:
 
     def load(self, path):
         """Restore a checkpoint written by save() by a Trainer with the same configuration."""
-        try:
-            with np.load(path) as archive:
-                state = json.loads(archive["state"].tobytes().decode())
-                arrays = {k: archive[k] for k in archive.files if k != "state"}
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as error:
-            raise ValueError(f"{path} is not a readable ekinet checkpoint: {error}") from error
+        state, arrays = _read_checkpoint(path)
         if state.get("version") != CHECKPOINT_VERSION:
             raise ValueError(f"{path}: checkpoint version {state.get('version')} is not {CHECKPOINT_VERSION}")
         saved = {**CONFIG_ADDED_SINCE_VERSION, **state["config"]}
@@ -578,6 +599,7 @@ class Trainer:
             text = "; ".join(f"{k}: checkpoint {old!r}, now {new!r}" for k, (new, old) in differences.items())
             raise ValueError(f"{path} was written with another configuration ({text}); resume with the same "
                              "settings or start a new checkpoint")
+        self._check_checkpoint_arrays(path, arrays)
         xp, opt = self.xp, self.optimizer
         opt._U, opt._V = xp.asarray(arrays["U"]), xp.asarray(arrays["V"])
         opt._centre = xp.asarray(arrays["centre"]) if "centre" in arrays else None
@@ -594,6 +616,29 @@ class Trainer:
         self._average = xp.asarray(arrays["average"]) if "average" in arrays else None
         self._best_average = xp.asarray(arrays["best_epoch_average"]) if "best_epoch_average" in arrays else None
         self.stopped_early = state["stopped_early"]
+
+    def _check_checkpoint_arrays(self, path, arrays):
+        """Every array a checkpoint holds has this Trainer's shape and dtype and finite values: a damaged or
+        edited file must not resume as another ensemble."""
+        J, P = self.ensemble_size, self.network.parameter_count
+        shapes = {"U": (J, P), "V": (J, P), "best_epoch_U": (J, P), "centre": (P,), "shift": (P,), "best": (P,),
+                  "average": (P,), "best_epoch_average": (P,)}
+        for name in ("U", "V"):
+            if name not in arrays:
+                raise ValueError(f"{path}: the checkpoint has no {name} array; it is damaged or not written by "
+                                 "Trainer.save")
+        for name, array in arrays.items():
+            expected = shapes.get(name)
+            if expected is None:
+                raise ValueError(f"{path}: unexpected array {name!r} in the checkpoint; expected only "
+                                 f"{', '.join(shapes)}")
+            if array.shape != expected or array.dtype != self.dtype:
+                raise ValueError(f"{path}: checkpoint array {name} has shape {array.shape} and dtype {array.dtype}; "
+                                 f"this Trainer needs {expected} {self.dtype.name} (J = {J}, P = {P})")
+            bad = int(np.count_nonzero(~np.isfinite(array)))
+            if bad:
+                raise ValueError(f"{path}: checkpoint array {name} holds {bad} NaN/Inf value(s); the file is "
+                                 "damaged: resume from an earlier checkpoint or start afresh")
 
     # ---- reporting -------------------------------------------------------------------------------------------
 
