@@ -207,6 +207,8 @@ def test_invalid_input(backend, rng):
             losses.gaussian_nll(bad, targets, backend=backend)
     with pytest.raises(ValueError, match=r"targets have 4 values"):
         losses.squared(rng.standard_normal((J, 5)), np.zeros(4), backend=backend)
+    with pytest.raises(ValueError, match=r"targets have 3 values .* class labels must be integers \(got float64"):
+        losses.cross_entropy_logits(P, np.array([0.5, 1.2, 2.9]), backend=backend)
     with pytest.raises(ValueError, match=r"targets have"):
         losses.gaussian_nll(out, rng.standard_normal((B, 3)), backend=backend)
     with pytest.raises(ValueError, match=r"targets have|width"):

@@ -185,6 +185,7 @@ def test_plot(sine_result):
     ({"series": np.ones((10, 2))}, ValueError, "1-D series"),
     ({"series": np.ones(10)}, ValueError, "constant"),
     ({"series": "abc"}, TypeError, "1-D array of numbers"),
+    ({"series": [0.0, 1e300, -1e300, 2.0] * 3, "scale": False}, ValueError, "beyond the range of float32"),
     ({"model": "lstm:2-8-1"}, ValueError, "one feature per step"),
     ({"model": "lstm:1-8-2"}, ValueError, "end the network with Dense(1)"),
     ({"model": "mlp:4-8-1"}, ValueError, "one feature per step"),

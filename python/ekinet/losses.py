@@ -65,7 +65,7 @@ def _evaluate(loss, outputs, targets, *, noise_cov=1.0, backend="auto"):
 
 def _targets(loss, targets, xp, Z, shape):
     """Flat targets of Z's dtype and the number of outputs per example (width)."""
-    y = same_namespace(to_array(targets, "targets"), "targets", xp)
+    y = given = same_namespace(to_array(targets, "targets"), "targets", xp)
     M = Z.shape[1]
     labels = loss in ("cross_entropy", "cross_entropy_logits") and y.dtype.kind in "iu"
     if len(shape) == 3:
@@ -87,7 +87,11 @@ def _targets(loss, targets, xp, Z, shape):
     y = xp.ascontiguousarray(y.astype(Z.dtype, copy=False).reshape(-1))
     expected = M // 2 if loss == "gaussian_nll" else M
     if y.shape[0] != expected:
-        raise ValueError(f"targets have {y.shape[0]} values but outputs of shape {shape} need {expected}")
+        hint = ""
+        if loss.startswith("cross_entropy") and given.ndim == 1 and given.dtype.kind == "f":
+            hint = (f"; class labels must be integers (got {given.dtype.name}: pass labels.astype(int)), or "
+                    "give one-hot or probability targets, one row per example")
+        raise ValueError(f"targets have {y.shape[0]} values but outputs of shape {shape} need {expected}{hint}")
     return y, int(width)
 
 

@@ -303,6 +303,11 @@ def online_regression(series, model="lstm:1-32-1", *, ensemble=100, passes=1, wi
     blocks = _windows(targets.shape[0], window)
     networks = {size: _window_network(model, size) for size in {stop - start for start, stop in blocks}}
     U = xp.asarray(_initial_ensemble(model, J, spread, bias_std, generator, dtype))
+    with np.errstate(over="ignore"):  # the overflow is what is checked
+        representable = np.all(np.isfinite(values.astype(U.dtype)))
+    if not representable:
+        raise ValueError(f"series holds values beyond the range of {U.dtype} (largest magnitude "
+                         f"{np.abs(values).max():.3g}); pass scale=True or rescale it, or use dtype='float64'")
     X = xp.asarray(inputs.astype(U.dtype).reshape(1, -1, 1))
     y = xp.asarray(targets)
     prior_std = None
