@@ -46,6 +46,9 @@ def test_statistics_bad_input(backend):
         ekinet.ensemble_spread(np.zeros(3), backend=backend)
     with pytest.raises(TypeError, match=r"\bU has dtype int64"):
         ekinet.ensemble_mean(np.zeros((3, 3), dtype=np.int64), backend=backend)
+    for statistic in (ekinet.ensemble_mean, ekinet.ensemble_spread):
+        with pytest.raises(ValueError, match=r"\bU contains 1 NaN/Inf"):
+            statistic(np.array([[0.0, 1.0], [np.nan, 2.0], [3.0, 4.0]]), backend=backend)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -271,3 +271,14 @@ def test_inputs_are_not_modified(backend, rng):
     for original, copy in zip((U, G, grad), copies):
         np.testing.assert_array_equal(original, copy)
     assert np.max(np.abs(out - U)) > 0
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_zero_d_with_zero_eps_moves_nothing(backend, rng):
+    """Outputs equal over the members make D = 0: nothing moves at any step, so with eps = 0 the adaptive step
+    is h itself rather than h / 0, which turned the ensemble into NaN (0 * Inf)."""
+    U = rng.standard_normal((5, 4))
+    G = np.ones((5, 3))
+    U_new, step = ekinet.loss_update(U, G, rng.standard_normal((5, 3)), step=0.5, eps=0.0, backend=backend)
+    np.testing.assert_allclose(U_new, U, rtol=0, atol=1e-15)
+    assert step == 0.5

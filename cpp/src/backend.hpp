@@ -184,7 +184,7 @@ class Backend {
   // T = I + A - (A 1) 1^T / n for the n x n matrix A: the member transform whose product with U equals
   // U + A (U - ubar) exactly (the rows of the centring matrix sum to zero). out may alias A.
   virtual void fold_centering(i64 n, const T* a, i64 lda, T* out, i64 ldo) = 0;
-  // step = adaptive ? h / (||A||_F + eps) : h, written to *step; then A *= -step (no host round trip).
+  // step = adaptive ? h / (||A||_F + eps) : h (h where ||A||_F + eps = 0), written to *step; then A *= -step.
   virtual void scale_by_negative_step(i64 rows, i64 cols, T* a, i64 lda, double h, double eps, bool adaptive,
                                       T* step) = 0;
   // flags[r] = 1 if row r of A holds a NaN or Inf (flags not touched otherwise)

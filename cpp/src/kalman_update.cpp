@@ -136,6 +136,8 @@ void observation_space(Backend<T>& backend, const ArgumentChecker& check, const 
   backend.gemm(Trans::no, Trans::yes, P, M, J, static_cast<T>(1.0 / J), u_out, ld_out, in.anomalies, M, T{0}, gain, P);
   backend.gemm(Trans::no, Trans::no, P, J, M, T{1}, gain, P, in.residuals, M, T{1}, u_out, ld_out);
   backend.add_row_vector(J, P, u_out, ld_out, T{1}, mean, u_out, ld_out);
+  // U was checked finite before, so a non-finite output is an overflow of the update.
+  if (backend.count_nonfinite(J, P, u_out, ld_out) > 0) throw_overflow(check, U.data == U_out.data);
 }
 
 template <class T>

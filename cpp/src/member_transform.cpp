@@ -116,11 +116,18 @@ template <class T>
 [[noreturn]] void report_nonfinite_update(Backend<T>& backend, const ArgumentChecker& check, const T* u, i64 J,
                                           i64 ldu, i64 P) {
   check.finite(backend, ConstMatrixView{u, dtype_of<T>(), backend.device(), J, P, ldu}, "U");
-  throw NumericalError(std::string(check.operation()) +
-                       ": the updated ensemble overflowed to Inf/NaN; reduce the step or rescale the problem");
+  throw_overflow(check, false);
 }
 
 }  // namespace
+
+void throw_overflow(const ArgumentChecker& check, bool in_place) {
+  throw NumericalError(std::string(check.operation()) +
+                       ": the updated ensemble overflowed to Inf/NaN; reduce the step or rescale the problem" +
+                       (in_place ? " (the update was in place: U now holds the overflowed values; restore it from a "
+                                   "copy, or pass a separate output to keep U when this happens)"
+                                 : ""));
+}
 
 template <class T>
 void apply_member_transform(Backend<T>& backend, const ArgumentChecker& check, T* a, const Survivors& survivors,
@@ -142,6 +149,7 @@ void apply_member_transform(Backend<T>& backend, const ArgumentChecker& check, T
     backend.axpby(J, width, T{1}, u + first, ldu, T{0}, u + first, ldu, copy, width);
     backend.gemm(Trans::no, Trans::no, width, J, J, T{1}, copy, width, transform, J, T{0}, u_out + first, ld_out);
   }
+  if (backend.count_nonfinite(J, P, u_out, ld_out) > 0) throw_overflow(check, true);
 }
 
 template <class T>

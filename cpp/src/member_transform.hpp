@@ -39,9 +39,12 @@ const T* survivor_rows(Backend<T>& backend, const Survivors& survivors, i64 cols
 // only if that fails, so a finite ensemble is read once.
 inline bool check_ensemble_first(const void* u, const void* u_out) { return u == u_out; }
 
+// Throws NumericalError: the update overflowed (in_place: and U, overwritten, holds the overflow).
+[[noreturn]] void throw_overflow(const ArgumentChecker& check, bool in_place);
+
 // U_out = T U with T built from A (J_s x J_s, row-major, overwritten); see the file comment. U_out may be U
 // (then U must have been checked finite). Throws InvalidArgument naming U if U holds NaN/Inf, NumericalError if
-// the update overflowed.
+// the update overflowed (in place too: U then holds the overflow, which the error says).
 template <class T>
 void apply_member_transform(Backend<T>& backend, const ArgumentChecker& check, T* a, const Survivors& survivors,
                             const T* u, i64 ldu, i64 P, T* u_out, i64 ld_out, std::uint64_t redraw_seed);

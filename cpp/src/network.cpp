@@ -1,7 +1,7 @@
 // Shape inference and the parameter layout of an ensemble network (PyTorch's tensor names, shapes and order).
 #include "ekinet/network.hpp"
 
-#include <numeric>
+#include <algorithm>
 #include <string>
 
 #include "ekinet/errors.hpp"
@@ -18,8 +18,15 @@ std::string shape_text(const Shape& shape) {
   return text + (shape.size() == 1 ? ",)" : ")");
 }
 
+// Sizes come from the caller: a product past int64 would wrap silently (undefined behaviour), so it throws.
 std::int64_t product(const Shape& shape) {
-  return std::accumulate(shape.begin(), shape.end(), std::int64_t{1}, std::multiplies<>());
+  std::int64_t size = 1;
+  for (const std::int64_t extent : shape) {
+    if (__builtin_mul_overflow(size, extent, &size)) {
+      throw InvalidArgument("network size " + shape_text(shape) + " overflows a 64-bit count; use smaller layers");
+    }
+  }
+  return size;
 }
 
 const char* kind_name(Layer::Kind kind) {
@@ -108,9 +115,11 @@ Layer Layer::lstm(std::int64_t hidden, bool return_sequences) {
 
 Network::Network(std::vector<Layer> layers, std::vector<std::int64_t> input_shape) : layers_(std::move(layers)) {
   if (layers_.empty()) throw InvalidArgument("a network needs at least one layer");
-  if (input_shape.empty() || product(input_shape) <= 0) {
+  if (input_shape.empty() ||
+      std::any_of(input_shape.begin(), input_shape.end(), [](std::int64_t extent) { return extent < 1; })) {
     throw InvalidArgument("network input shape " + shape_text(input_shape) + " must have positive sizes");
   }
+  product(input_shape);  // throws if the input size overflows
   shapes_.push_back(std::move(input_shape));
   for (std::size_t i = 0; i < layers_.size(); ++i) {
     const Layer& layer = layers_[i];
@@ -119,7 +128,9 @@ Network::Network(std::vector<Layer> layers, std::vector<std::int64_t> input_shap
     layer_parameter_offset_.push_back(parameter_count_);
     auto add = [&](const std::string& name, Shape shape, std::int64_t fan_in, std::int64_t fan_out) {
       parameters_.push_back({prefix + name, parameter_count_, shape, fan_in, fan_out});
-      parameter_count_ += product(shape);
+      if (__builtin_add_overflow(parameter_count_, product(shape), &parameter_count_)) {
+        throw InvalidArgument("the network's parameter count overflows a 64-bit count; use smaller layers");
+      }
     };
     Shape out;
     switch (layer.kind) {

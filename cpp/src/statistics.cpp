@@ -14,6 +14,11 @@ T* checked_mean(Backend<T>& backend, const ArgumentChecker& check, const ConstMa
   if (U.rows < 1) check.fail("U has no members (rows)");
   if (mean == nullptr) mean = backend.workspace().template take<T>(U.cols);
   backend.column_mean(U.rows, U.cols, U.as<T>(), U.row_stride, mean);
+  // Any NaN/Inf in U reaches the mean: checking its P values is the cheap test of U's J x P.
+  if (backend.count_nonfinite(1, U.cols, mean, U.cols) > 0) {
+    check.finite(backend, U, "U");
+    check.fail("the mean of U overflowed; rescale the ensemble");
+  }
   return mean;
 }
 

@@ -13,6 +13,9 @@ void ArgumentChecker::fail(const std::string& message) const {
 }
 
 void ArgumentChecker::array(const ConstMatrixView& view, const char* name) const {
+  if (view.dtype != dtype_ && view.data == nullptr) {  // an unset view carries the default dtype: say it is unset
+    fail(std::string(name) + " is an unset (null) view; pass the array");
+  }
   if (view.dtype != dtype_) {
     throw DTypeError(std::string(operation_) + ": " + name + " has dtype " + to_string(view.dtype) +
                      " but the ensemble is " + to_string(dtype_) + "; pass every array in one dtype");
@@ -42,6 +45,7 @@ void check_ensemble_update(const ArgumentChecker& check, const ConstMatrixView& 
   check.array(U, "U");
   const i64 J = U.rows;
   if (J < 2) check.fail("U has " + std::to_string(J) + " member(s) (rows); an ensemble needs at least 2");
+  if (U.cols < 1) check.fail("U has no columns; each member needs at least one parameter");
   check.shape(G, "G", J, G.cols, "one row of forward-model outputs per member of U");
   if (G.cols < 1) check.fail("G has no columns; the forward model must give at least one output");
   if (output == UpdateOutput::mean) {

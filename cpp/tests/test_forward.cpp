@@ -123,6 +123,8 @@ TEST(NetworkApi, WorkspaceStaysWithinThePrediction) {
 
 TEST(NetworkApi, BadInputIsNamed) {
   EXPECT_THROW(Network({Layer::dense(3)}, {1, 4, 4}), InvalidArgument);  // dense on an image: Flatten first
+  EXPECT_THROW(Network({Layer::dense(4)}, {-2, -3}), InvalidArgument);   // a positive product is not enough
+  EXPECT_THROW(Network({Layer::dense(std::int64_t{1} << 40)}, {std::int64_t{1} << 40}), InvalidArgument);  // overflow
   const Network net({Layer::dense(2)}, {3});
   std::vector<double> u(2 * net.parameter_count(), 0.1), x(4 * 3, 1.0), g(2 * 4 * 2);
   auto context = make_cpu_context();

@@ -161,6 +161,38 @@ TEST_P(OnDevice, InPlaceEqualsOutOfPlace) {
   EXPECT_LT(max_abs_difference(harness.download(out), harness.download(u)), 1e-12);
 }
 
+// An update whose gain is large enough to overflow float32 (outputs whose spread is about sqrt(gamma), large
+// anomalies of U) throws NumericalError in both formulations, in place too, where the error says U was
+// overwritten; it never returns Inf/NaN silently.
+TEST_P(OnDevice, OverflowIsANumericalErrorInEveryFormulationAndInPlace) {
+  const std::int64_t J = 4, P = 2, M = 2;
+  Matrix U(J * P), G(J * M), y(M, 1e3);
+  for (std::int64_t j = 0; j < J; ++j) {
+    for (std::int64_t p = 0; p < P; ++p) U[j * P + p] = (static_cast<double>(j) - 1.5) * 1e37;
+    for (std::int64_t m = 0; m < M; ++m) G[j * M + m] = (static_cast<double>(j) - 1.5) * 1e-3;
+  }
+  Harness harness(GetParam());
+  for (Formulation formulation : {Formulation::ensemble, Formulation::observation}) {
+    for (bool in_place : {false, true}) {
+      KalmanOptions options;
+      options.formulation = formulation;
+      const MatrixView u = harness.upload<float>(U, J, P);
+      const MatrixView out = in_place ? u : harness.zeros<float>(J, P);
+      const Matrix before = harness.download(u);
+      try {
+        kalman_update(harness.context(), u, harness.upload<float>(G, J, M), harness.upload<float>(y, 1, M),
+                      NoiseCovariance::isotropic(1e-6), Perturbation::none(), options, out);
+        ADD_FAILURE() << to_string(formulation) << (in_place ? " in place" : "") << ": no error";
+      } catch (const NumericalError& error) {
+        const std::string message = error.what();
+        EXPECT_NE(message.find("overflowed"), std::string::npos) << message;
+        EXPECT_EQ(message.find("in place") != std::string::npos, in_place) << message;
+      }
+      if (!in_place) EXPECT_EQ(max_abs_difference(harness.download(u), before), 0.0);  // U untouched
+    }
+  }
+}
+
 Matrix member_mean(const Matrix& U, std::int64_t J, std::int64_t P) {
   Matrix mean(P, 0.0);
   for (std::int64_t j = 0; j < J; ++j)
@@ -342,6 +374,15 @@ TEST_P(OnDevice, BadInputThrowsTypedErrorsNamingTheArgument) {
   negative.step = -1;
   expect_message([&] { kalman_update(ctx, u, g, y, isotropic, {}, negative, out); }, "step");
   EXPECT_THROW(kalman_update(ctx, u, harness.upload<float>(p.G, J, M), y, isotropic, {}, {}, out), DTypeError);
+  expect_message([&] { kalman_update(ctx, harness.upload(p.U, J, 0), g, y, isotropic, {}, {}, harness.zeros(J, 0)); },
+                 "U has no columns");
+  expect_message([&] { kalman_update(ctx, u, g, y, NoiseCovariance::diagonal(ConstMatrixView{}), {}, {}, out); },
+                 "unset (null) view");
+  Matrix nan_member = p.U;
+  nan_member[4] = std::nan("");
+  expect_message([&] { ensemble_spread(ctx, harness.upload(nan_member, J, P)); }, "U contains 1 NaN/Inf");
+  expect_message([&] { ensemble_mean(ctx, harness.upload(nan_member, J, P), harness.zeros(1, P)); },
+                 "U contains 1 NaN/Inf");
 }
 
 TEST_P(OnDevice, SteadyLoopsReuseTheWorkspace) {

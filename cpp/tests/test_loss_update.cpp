@@ -47,6 +47,22 @@ TEST_P(LossUpdate, EqualsTheTextbookSchemeWithAndWithoutAdaptiveStep) {
   }
 }
 
+// With eps = 0 and outputs that do not vary over the members D = 0: the update moves nothing whatever the step,
+// so the adaptive step is h itself, not h / 0 (which made 0 * Inf = NaN of the ensemble).
+TEST_P(LossUpdate, ZeroDWithZeroEpsMovesNothing) {
+  const std::int64_t J = 4, P = 3, M = 2;
+  const Matrix U = random_matrix(J, P, 5), G(J * M, 1.0), grad = random_matrix(J, M, 6);
+  Harness harness(GetParam());
+  const MatrixView u = harness.upload(U, J, P);
+  LossUpdateOptions options;
+  options.eps = 0;
+  options.step = 0.5;
+  const UpdateReport report =
+      loss_update(harness.context(), u, harness.upload(G, J, M), harness.upload(grad, J, M), options, u);
+  EXPECT_EQ(report.step, 0.5);
+  EXPECT_LT(max_abs_difference(harness.download(u), U), 1e-15);
+}
+
 TEST_P(LossUpdate, NaNRowsOfTheGradientAreFailedMembers) {
   const std::int64_t J = 5, P = 3, M = 4;
   const Matrix U = random_matrix(J, P, 4), G = random_matrix(J, M, 5);

@@ -12,6 +12,7 @@ def ensemble_mean(U, *, backend="auto"):
     original = U
     xp, U = ensemble(U)
     if resolve(backend, xp) == "reference":
+        require_finite(xp, U, "U")
         return like_input(reference.ensemble_mean(U), original)
     mean = xp.empty(U.shape[1], dtype=U.dtype)
     _core.ensemble_mean(context_for(xp), view(U), view(mean))
@@ -22,6 +23,7 @@ def ensemble_spread(U, *, backend="auto"):
     """Trace of the parameter covariance, (1/J) sum_j |u_j - ubar|^2, without forming it."""
     xp, U = ensemble(U)
     if resolve(backend, xp) == "reference":
+        require_finite(xp, U, "U")
         return reference.ensemble_spread(U)
     return _core.ensemble_spread(context_for(xp), view(U))
 

@@ -1,6 +1,6 @@
 // The general-loss scheme of Kovachki & Stuart (eki-math section 2):
 //   D^{jk} = (1/J) <G(u_k) - Gbar, g_j>,   u_{n+1} = u_n - h_n D(u_n) u_n,
-//   h_n = h / (||D||_F + eps) when adaptive, else h.
+//   h_n = h / (||D||_F + eps) when adaptive, else h (and h where D = 0 with eps = 0: nothing moves).
 #pragma once
 
 #include <cstdint>

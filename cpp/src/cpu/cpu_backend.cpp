@@ -454,7 +454,8 @@ class CpuBackend final : public Backend<T> {
     double sum_of_squares = 0;
     for (i64 r = 0; r < rows; ++r)
       for (i64 c = 0; c < cols; ++c) sum_of_squares += static_cast<double>(a[r * lda + c]) * a[r * lda + c];
-    const T h_n = static_cast<T>(adaptive ? h / (std::sqrt(sum_of_squares) + eps) : h);
+    const double norm = std::sqrt(sum_of_squares) + eps;  // 0 only where D = 0 and eps = 0: no update at any step
+    const T h_n = static_cast<T>(adaptive && norm > 0 ? h / norm : h);
     *step = h_n;
     for (i64 r = 0; r < rows; ++r)
       for (i64 c = 0; c < cols; ++c) a[r * lda + c] *= -h_n;

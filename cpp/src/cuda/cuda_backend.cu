@@ -348,7 +348,8 @@ __global__ void fold_centering_kernel(i64 n, const double* row_sum, const T* a, 
 template <class T>
 __global__ void scale_by_negative_step_kernel(i64 rows, i64 cols, T* a, i64 lda, double h, double eps,
                                               const double* sum_of_squares, T* step) {
-  const T h_n = static_cast<T>(sum_of_squares != nullptr ? h / (sqrt(*sum_of_squares) + eps) : h);
+  const double norm = sum_of_squares != nullptr ? sqrt(*sum_of_squares) + eps : 0.0;
+  const T h_n = static_cast<T>(norm > 0 ? h / norm : h);  // 0 where D = 0 and eps = 0: no update at any step
   if (first_index() == 0) *step = h_n;
   for (i64 i = first_index(); i < rows * cols; i += grid_stride()) {
     const auto [r, c] = divide(i, cols);

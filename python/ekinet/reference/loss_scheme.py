@@ -7,7 +7,8 @@ from ._common import check_survivors, failed_members, namespace, new_report, red
 
 def loss_update(U, G, grad, *, step, adaptive=True, eps=1e-8, on_failure="redraw", redraw_seed=0,
                 output="ensemble"):
-    """u_{n+1} = u_n - h_n D u_n, D^{jk} = (1/J) <G_k - Gbar, g_j>, h_n = h / (||D||_F + eps) when adaptive.
+    """u_{n+1} = u_n - h_n D u_n, D^{jk} = (1/J) <G_k - Gbar, g_j>, h_n = h / (||D||_F + eps) when adaptive
+    (h itself where ||D||_F + eps = 0: D = 0 moves nothing at any step).
 
     Returns (U_new, report) with report["step"] = h_n; U_new.mean(axis=0) instead for output="mean".
     """
@@ -23,7 +24,8 @@ def loss_update(U, G, grad, *, step, adaptive=True, eps=1e-8, on_failure="redraw
     J = Us.shape[0]
 
     D = gs @ (Gs - Gs.mean(axis=0)).T / J
-    h = step / (float(xp.linalg.norm(D)) + eps) if adaptive else step
+    norm = float(xp.linalg.norm(D)) + eps
+    h = step / norm if adaptive and norm > 0 else step  # D = 0 (and eps = 0): no update whatever the step
     U_new = U.copy()
     U_new[survivors] = Us - h * (D @ (Us - Us.mean(axis=0)))  # D u = D (u - ubar): rows of D-bar sum to 0
     report = new_report("ensemble", h)
