@@ -26,15 +26,21 @@ if(_ekinet_blas_mode STREQUAL "SYSTEM")
   set(BLA_VENDOR OpenBLAS)
   find_package(BLAS)
   find_package(LAPACK)
-  if(NOT BLAS_FOUND OR NOT LAPACK_FOUND)
+  if(BLAS_FOUND AND LAPACK_FOUND)
+    # The package config must find OpenBLAS again, not the first vendor FindBLAS tries (MKL, FlexiBLAS, ...):
+    # the library may call OpenBLAS-only functions. The consumer's own BLA_VENDOR is restored afterwards.
+    string(CONCAT EKINET_BLAS_CONFIG_CODE "set(_ekinet_consumer_bla_vendor \"\${BLA_VENDOR}\")\n"
+                  "set(BLA_VENDOR OpenBLAS)\nfind_dependency(BLAS)\nfind_dependency(LAPACK)\n"
+                  "set(BLA_VENDOR \"\${_ekinet_consumer_bla_vendor}\")")
+  else()
     unset(BLA_VENDOR)
     find_package(BLAS REQUIRED)
     find_package(LAPACK REQUIRED)
+    set(EKINET_BLAS_CONFIG_CODE "find_dependency(BLAS)\nfind_dependency(LAPACK)")
   endif()
   set(EKINET_BLAS_TARGETS LAPACK::LAPACK BLAS::BLAS)
   set(EKINET_BLAS_PREFIX "")
   set(EKINET_BLAS_NAME "system BLAS/LAPACK (${BLAS_LIBRARIES})")
-  set(EKINET_BLAS_CONFIG_CODE "find_dependency(BLAS)\nfind_dependency(LAPACK)")
 endif()
 message(STATUS "ekinet: CPU BLAS/LAPACK: ${EKINET_BLAS_NAME}")
 
