@@ -3,6 +3,7 @@
 import argparse
 import json
 import math
+import os
 import sys
 
 
@@ -18,7 +19,6 @@ def _checked(convert, accept, description):
             raise argparse.ArgumentTypeError(f"{text!r} is not {description}")
         return value
 
-    parse.__name__ = description
     return parse
 
 
@@ -138,8 +138,6 @@ def build_parser():
 
 def _check_outputs(args):
     """--history and --plot are written after training: a path that cannot be written fails now instead."""
-    import os
-
     if args.history and os.path.isdir(args.history):
         raise ValueError(f"--history {args.history} is a directory; pass a file (.csv or .json)")
     if args.plot:
