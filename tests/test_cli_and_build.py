@@ -120,3 +120,12 @@ def test_cli_refuses_bad_values_and_unwritable_outputs_before_training(capsys, t
         assert cli.main([*argv, "--no-progress"]) == 2
         assert re.search(f"^ekinet {argv[0]}: {message}", capsys.readouterr().err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing trained, nothing written
+
+
+def test_cli_says_when_train_size_exceeds_the_data(capsys):
+    from ekinet import cli
+
+    assert cli.main(["train", "--train-size", "999999", "--ensemble", "4", "--epochs", "1", "--batch-size", "500",
+                     "--no-progress"]) == 0
+    assert re.search(r"--train-size 999999 exceeds the \d+ training examples of mnist-small; using all of them",
+                     capsys.readouterr().err)

@@ -450,3 +450,9 @@ def test_bad_datasets_are_named(digits):
         Trainer("mlp:1-8-2", sine_data())
     with pytest.raises(ValueError, match="Gaussian NLL needs update='loss'"):
         Trainer("mlp:1-8-2", sine_data(), loss="gaussian-nll", update="kalman")
+
+
+def test_a_batch_larger_than_the_training_set_is_named(digits):
+    train = digits[0]
+    with pytest.warns(UserWarning, match=rf"batch_size = {len(train) + 1} exceeds the {len(train)} training"):
+        small_trainer(digits, batch_size=len(train) + 1)

@@ -170,6 +170,9 @@ def _train(args):
     test = datasets.load(args.data, split="test", flatten=flatten,
                          **({} if args.data == "mnist-small" else {"data_dir": args.data_dir}))
     if args.train_size:
+        if args.train_size > len(train):
+            print(f"ekinet train: --train-size {args.train_size} exceeds the {len(train)} training examples of "
+                  f"{args.data}; using all of them", file=sys.stderr)
         train = train.subset(np.arange(min(args.train_size, len(train))))
     validation = None
     if args.validation > 0:

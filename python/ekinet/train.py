@@ -14,6 +14,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 import zipfile
 
 import numpy as np
@@ -175,6 +176,9 @@ class Trainer:
         self.method, self.update = method, update
         self.ensemble_size = _positive_int(ensemble, "ensemble", 2)
         self.batch_size = _positive_int(batch_size, "batch_size", 1)
+        if self.batch_size > len(self.train_set):
+            warnings.warn(f"batch_size = {self.batch_size} exceeds the {len(self.train_set)} training examples: "
+                          f"every epoch is one update on all of them", stacklevel=2)
         self.epochs = _positive_int(epochs, "epochs", 1)
         for name, value in (("step", step), ("step_decay", step_decay), ("noise", noise)):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
