@@ -9,12 +9,21 @@ if(_ekinet_blas_mode STREQUAL "AUTO" OR _ekinet_blas_mode STREQUAL "SCIPY_OPENBL
       OUTPUT_VARIABLE _ekinet_openblas_lib_dir RESULT_VARIABLE _ekinet_openblas_result ERROR_QUIET)
   endif()
   if(Python3_Interpreter_FOUND AND _ekinet_openblas_result EQUAL 0)
-    find_package(OpenBLAS CONFIG REQUIRED PATHS "${_ekinet_openblas_lib_dir}/cmake/openblas" NO_DEFAULT_PATH)
+    set(_ekinet_openblas_config_dir "${_ekinet_openblas_lib_dir}/cmake/openblas")
+    find_package(OpenBLAS CONFIG REQUIRED PATHS "${_ekinet_openblas_config_dir}" NO_DEFAULT_PATH)
     set(EKINET_BLAS_TARGETS OpenBLAS::OpenBLAS)
     set(EKINET_BLAS_PREFIX "scipy_")
     set(EKINET_BLAS_NAME "scipy-openblas32 ${OpenBLAS_VERSION}")
-    set(EKINET_BLAS_CONFIG_CODE
-        "find_dependency(OpenBLAS CONFIG PATHS \"${_ekinet_openblas_lib_dir}/cmake/openblas\" NO_DEFAULT_PATH)")
+    # The config records the wheel's absolute path: if that Python environment moved or lost the package, say
+    # so and how to point at another copy (OpenBLAS_DIR), rather than fail later on missing scipy_ symbols.
+    string(CONCAT EKINET_BLAS_CONFIG_CODE
+           "if(NOT OpenBLAS_DIR AND NOT EXISTS \"${_ekinet_openblas_config_dir}/OpenBLASConfig.cmake\")\n"
+           "  set(ekinet_NOT_FOUND_MESSAGE \"ekinet was built against scipy-openblas32 at "
+           "${_ekinet_openblas_config_dir}, which no longer exists. Install the same scipy-openblas32 "
+           "(${OpenBLAS_VERSION}) there again, or pass -DOpenBLAS_DIR=<lib dir>/cmake/openblas with <lib dir> from "
+           "python -c 'import scipy_openblas32 as s; print(s.get_lib_dir())'.\")\n"
+           "  set(ekinet_FOUND FALSE)\n  return()\nendif()\n"
+           "find_dependency(OpenBLAS CONFIG PATHS \"${_ekinet_openblas_config_dir}\" NO_DEFAULT_PATH)")
   elseif(_ekinet_blas_mode STREQUAL "SCIPY_OPENBLAS")
     message(FATAL_ERROR "EKINET_BLAS=SCIPY_OPENBLAS but the Python package scipy_openblas32 is not importable: "
                         "pip install scipy-openblas32, or configure with -DEKINET_BLAS=SYSTEM.")

@@ -1,5 +1,7 @@
 # ctest script: installs the ekinet build tree to a scratch prefix, configures the oscillator example out of
-# tree against it with find_package(ekinet), builds and runs it. Called with -DBUILD_DIR, -DSOURCE_DIR, -DWORK_DIR.
+# tree against it with find_package(ekinet), builds and runs it; then, for a build on scipy-openblas32, checks that
+# find_package(ekinet) says what is wrong when the recorded OpenBLAS has gone. Called with -DBUILD_DIR, -DSOURCE_DIR,
+# -DWORK_DIR.
 file(REMOVE_RECURSE "${WORK_DIR}")
 function(run_step)
   execute_process(COMMAND ${ARGV} RESULT_VARIABLE result)
@@ -12,3 +14,19 @@ run_step(${CMAKE_COMMAND} -S "${SOURCE_DIR}/cpp/examples/oscillator" -B "${WORK_
          -DCMAKE_PREFIX_PATH=${WORK_DIR}/install -DCMAKE_BUILD_TYPE=Release)
 run_step(${CMAKE_COMMAND} --build "${WORK_DIR}/build")
 run_step("${WORK_DIR}/build/oscillator_calibration")
+
+file(GLOB_RECURSE config "${WORK_DIR}/install/*ekinetConfig.cmake")
+file(READ "${config}" config_text)
+string(REGEX MATCH "find_dependency\\(OpenBLAS CONFIG PATHS \"([^\"]+)\"" recorded "${config_text}")
+if(recorded)
+  string(REPLACE "${CMAKE_MATCH_1}" "${WORK_DIR}/gone/cmake/openblas" config_text "${config_text}")
+  file(WRITE "${config}" "${config_text}")
+  execute_process(COMMAND ${CMAKE_COMMAND} -S "${SOURCE_DIR}/cpp/examples/oscillator" -B "${WORK_DIR}/build-gone"
+                          -DCMAKE_PREFIX_PATH=${WORK_DIR}/install
+                  RESULT_VARIABLE result OUTPUT_VARIABLE output ERROR_VARIABLE output)
+  # CMake wraps the message's lines, so match words that it cannot break.
+  if(result EQUAL 0 OR NOT output MATCHES "scipy-openblas32" OR NOT output MATCHES "get_lib_dir")
+    message(FATAL_ERROR "find_package(ekinet) with its OpenBLAS gone: expected a failure naming the missing "
+                        "scipy-openblas32 and OpenBLAS_DIR, got (${result}):\n${output}")
+  endif()
+endif()
