@@ -31,10 +31,13 @@ from gradient_estimate import write_result  # docs/, the script's own folder
 from ekinet import datasets, nn
 
 
-def preconditioner(net, module, bias_std, readout_scale=1.0):
+def preconditioner(net, module, bias_std, readout_scale=1.0, uniform_std=None):
     """C^(1/2) as one tensor per module parameter: the Glorot prior's standard deviations (the Trainer's), those
-    of the last layer times readout_scale."""
+    of the last layer times readout_scale; or, with uniform_std, that one standard deviation for every parameter
+    (C = uniform_std^2 I: gradient descent's own geometry, which the Glorot prior rescales layer by layer)."""
     std = net.prior_std("float32", bias_std=bias_std)
+    if uniform_std is not None:
+        std = np.full_like(std, uniform_std)
     readout = f"{len(net.layers) - 1}."
     root = {}
     for name, parameter in module.named_parameters():
@@ -140,11 +143,11 @@ def nesterov_step(points, iterates, direction, step, coefficient):
 
 
 def train(net, u0, data, members, step, decay, epochs, batch_size, bias_std, readout_scale, seed, input_span=False,
-          hidden_span=False, whiten=None, schedule="epoch", momentum=0.0):
+          hidden_span=False, whiten=None, schedule="epoch", momentum=0.0, uniform_std=None):
     (x, y), (x_test, y_test) = data
     module = net.to_torch(u0)
     inputs = layer_inputs(module, span_layers(net, input_span, hidden_span))
-    root = preconditioner(net, module, bias_std, readout_scale)
+    root = preconditioner(net, module, bias_std, readout_scale, uniform_std)
     generator = torch.Generator().manual_seed(seed)
     order = np.random.default_rng(seed)
     averaged = net.to_torch(u0)  # the parameters averaged over each epoch's updates (the Trainer's "average")
@@ -193,6 +196,9 @@ def main():
     parser.add_argument("--bias-std", type=float, default=0.1)
     parser.add_argument("--readout-scales", default="1",
                         help="factors on the last layer's prior std, comma-separated")
+    parser.add_argument("--uniform-std", type=float, default=None, metavar="SIGMA",
+                        help="draw every parameter with this one standard deviation instead of the Glorot prior's "
+                             "(C = SIGMA^2 I; the step then plays SGD's rate over SIGMA^2 per summed example)")
     parser.add_argument("--input-span", action="store_true",
                         help="draw the first layer's weights in the span of the batch's inputs only")
     parser.add_argument("--hidden-span", action="store_true",
@@ -227,10 +233,10 @@ def main():
         curve, average_curve, first_cosine, last_cosine = train(net, u0, data, members, step, args.decay, args.epochs,
                                                  args.batch_size, args.bias_std, readout_scale, args.seed,
                                                  args.input_span, args.hidden_span, args.whiten, args.schedule,
-                                                 args.momentum)
+                                                 args.momentum, args.uniform_std)
         rows.append({"members": "inf" if math.isinf(members) else int(members), "readout_scale": readout_scale,
                      "input_span": args.input_span, "hidden_span": args.hidden_span, "whiten": args.whiten,
-                     "schedule": args.schedule, "momentum": args.momentum,
+                     "schedule": args.schedule, "momentum": args.momentum, "uniform_std": args.uniform_std,
                      "step": step, "test_accuracy": curve, "test_accuracy_average": average_curve,
                      "cosine_first_100": first_cosine,
                      "cosine_last_100": last_cosine, "seconds": time.perf_counter() - start})
