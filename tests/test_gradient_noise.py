@@ -153,6 +153,24 @@ def test_preconditioner_of_a_convolutional_network_is_the_priors_std_per_weight(
     assert len(set(np.round(flat, 6))) >= 3  # the conv weights, the dense weights and the biases differ
 
 
+def test_uniform_preconditioner_gives_every_parameter_one_std(monkeypatch):
+    """--uniform-std: C^(1/2) is that one standard deviation for every weight and bias (C = sigma^2 I), so the
+    noise-free direction is the gradient times sigma^2, gradient descent's own geometry; the readout scale still
+    applies on top."""
+    from ekinet import nn
+
+    script = load(monkeypatch)
+    net = nn.from_string("mlp:5-4-3")
+    module = net.to_torch(net.prior(1, rng=0)[0])
+    root = script.preconditioner(net, module, bias_std=0.1, uniform_std=0.2)
+    for name, parameter in module.named_parameters():
+        assert root[name].shape == parameter.shape
+        torch.testing.assert_close(root[name], torch.full(parameter.shape, 0.2))
+    scaled = script.preconditioner(net, module, bias_std=0.1, readout_scale=3.0, uniform_std=0.2)
+    torch.testing.assert_close(scaled["1.weight"], torch.full((3, 4), 0.6))
+    torch.testing.assert_close(scaled["0.weight"], torch.full((4, 5), 0.2))
+
+
 def test_step_schedules(monkeypatch):
     """--schedule: "epoch" is the Trainer's step_decay per epoch; "linear" and "cosine" anneal from the step to
     zero over the run, halfway at half the step."""
