@@ -138,6 +138,28 @@ def test_momentum_coefficient_reaches_the_momentum_runs_and_names_their_checkpoi
                         progress=False)
 
 
+def test_kalman_update_reaches_the_eki_runs_names_their_checkpoints_and_the_report(tmp_path):
+    """update="kalman" (with its noise gamma) trains the EKI rows by the Kalman update instead of the general-loss
+    scheme: the row says so, the checkpoint name keeps it apart from a loss-scheme run, the report labels it."""
+    loss = experiments.run("quickstart", size="smoke", out=None, progress=False)["rows"][0]
+    kalman = experiments.run("quickstart", size="smoke", update="kalman", noise=0.01, out=tmp_path, progress=False,
+                             checkpoints=tmp_path)["rows"][0]
+    assert (loss["update"], "noise" in loss) == ("loss", False)
+    assert (kalman["update"], kalman["noise"]) == ("kalman", 0.01)
+    assert kalman["history"][-1]["train_loss"] != loss["history"][-1]["train_loss"]
+    assert kalman["accuracy_mean"] > 0.3  # it learns: 10 classes, chance is 0.1
+    assert [f.name for f in tmp_path.glob("*.npz")] == ["quickstart-eki-r-mlp_784-100-10-J40-noise=0.01-update=kalman.npz"]
+    assert "| quickstart | smoke | eki-r (kalman) | mlp:784-100-10 | 40 |" in experiments.report(tmp_path)
+    with pytest.raises(ValueError, match="noise = 0.01 is the Kalman update's gamma: pass update='kalman'"):
+        experiments.run("quickstart", size="smoke", noise=0.01, out=None, progress=False)
+    with pytest.raises(ValueError, match="update = 'newton' must be 'loss' .* or 'kalman'"):
+        experiments.run("quickstart", size="smoke", update="newton", out=None, progress=False)
+    with pytest.raises(ValueError, match="update applies to the EKI methods .* mnist-dnn1 runs sgd"):
+        experiments.run("mnist-dnn1", size="smoke", update="kalman", methods=["sgd"], out=None, progress=False)
+    with pytest.raises(ValueError, match="an online experiment always makes the Kalman update"):
+        experiments.run("sunspots-rnn", size="smoke", update="kalman", out=None, progress=False)
+
+
 def test_experiment_checkpoints_resume_an_interrupted_run_exactly(tmp_path):
     whole = experiments.run("quickstart", size="smoke", out=None, progress=False)["rows"][0]
     first = experiments.run("quickstart", size="smoke", epochs=1, out=None, progress=False,
@@ -168,6 +190,10 @@ def test_cli_experiment_checkpoints(tmp_path, capsys):
     result = json.loads((tmp_path / "out" / "quickstart.json").read_text())
     assert result["settings"]["centred_draws"] is True and result["rows"][0]["randomization"]["centred"] is True
     assert result["settings"]["input_span"] is True and result["rows"][0]["randomization"]["input_span"] is True
+    assert cli.main(arguments + ["--update", "kalman", "--noise", "0.02", "--epochs", "1"]) == 0
+    result = json.loads((tmp_path / "out" / "quickstart.json").read_text())
+    assert (result["settings"]["update"], result["settings"]["noise"]) == ("kalman", 0.02)
+    assert (result["rows"][0]["update"], result["rows"][0]["noise"]) == ("kalman", 0.02)
 
 
 def test_cli_train_writes_history_checkpoint_and_resumes(tmp_path, capsys):
@@ -276,6 +302,8 @@ def test_cli_errors_are_clear(arguments, message, capsys):
 @pytest.mark.parametrize("arguments", [["train", "--ensemble", "0"], ["train", "--step", "-1"],
                                        ["train", "--method", "adam"], ["experiment", "x", "--size", "huge"],
                                        ["experiment", "quickstart", "--step", "0"],
+                                       ["experiment", "quickstart", "--noise", "-1"],
+                                       ["experiment", "quickstart", "--update", "newton"],
                                        ["train", "--step-decay", "-0.5"], ["train", "--data", "cifar"],
                                        ["train", "--data", "boston"], ["train", "--validation", "-0.5"],
                                        ["train", "--validation", "1"]])

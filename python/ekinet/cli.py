@@ -121,6 +121,11 @@ def build_parser():
     experiment.add_argument("--momentum-coefficient", type=_open_fraction,
                             help="meki, meki-r: a constant Nesterov coefficient in (0, 1) (training experiments; "
                                  "default: n/(n+3), as the paper)")
+    experiment.add_argument("--update", choices=("loss", "kalman"),
+                            help="the EKI methods' update (training experiments; default: the general-loss "
+                                 "scheme, the paper's)")
+    experiment.add_argument("--noise", type=_positive_float,
+                            help="with --update kalman: the noise variance gamma (default: the Trainer's)")
     experiment.add_argument("--methods", help="comma-separated subset, e.g. eki,eki-r,sgd")
     experiment.add_argument("--out", default="results", help="results directory (default results/)")
     experiment.add_argument("--checkpoints", metavar="DIR",
@@ -219,7 +224,8 @@ def _experiment(args):
                              step_decay=args.step_decay, centred_draws=args.centred_draws,
                              input_span=args.input_span, hidden_span=args.hidden_span,
                              momentum_restart=args.momentum_restart,
-                             momentum_coefficient=args.momentum_coefficient, out=args.out,
+                             momentum_coefficient=args.momentum_coefficient, update=args.update,
+                             noise=args.noise, out=args.out,
                              progress=not args.no_progress, device=args.device, seed=args.seed,
                              data_dir=args.data_dir, methods=methods, checkpoints=args.checkpoints)
     print(experiments.report(args.out) if args.out else json.dumps(result.get("rows"), default=str)[:2000])

@@ -57,6 +57,8 @@ class Settings:
     hidden_span: bool = False  # with input_span: RandomizationSchedule(hidden_span=True)
     momentum_restart: str = None  # meki, meki-r: the Trainer's momentum_restart ("epoch"); None: the paper's
     momentum_coefficient: float = None  # meki, meki-r: the Trainer's constant coefficient; None: n/(n+3)
+    update: str = None  # the Trainer's update, "loss" or "kalman"; None: its default, the general-loss scheme
+    noise: float = None  # update="kalman": the Trainer's noise variance gamma; None: its default
 
 
 @dataclasses.dataclass
@@ -159,6 +161,10 @@ def _train_eki(model, data, method, settings, options, **kw):
     if settings.momentum_coefficient and method.startswith("meki"):
         named["momentum"] = settings.momentum_coefficient
         kw = {"momentum_coefficient": settings.momentum_coefficient, **kw}
+    for option in ("update", "noise"):  # the Kalman update and its gamma, when asked for
+        if getattr(settings, option) is not None:
+            named[option] = getattr(settings, option)
+            kw = {option: getattr(settings, option), **kw}
     checkpoint = _checkpoint_path(options, model, method, settings.ensemble, named)
     if any(schedule.values()):
         kw = {"randomization": RandomizationSchedule(**schedule), **kw}
@@ -176,6 +182,7 @@ def _train_eki(model, data, method, settings, options, **kw):
     final = trainer.history[-1]
     metrics = {k[len("test_"):]: v for k, v in final.items() if k.startswith("test_")}
     return {"method": method, "model": model, "ensemble": settings.ensemble, "epochs": trainer.epoch,
+            "update": trainer.update, **({"noise": trainer.noise} if trainer.update == "kalman" else {}),
             "step": trainer.step, "step_decay": trainer.step_decay, "momentum_restart": trainer.momentum_restart,
             "momentum_coefficient": trainer.momentum_coefficient,
             "randomization": None if trainer.randomization is None else dataclasses.asdict(trainer.randomization),
@@ -328,6 +335,9 @@ def _online(series_name, models, window=1):
         if settings.step_decay is not None:
             raise ValueError("step_decay applies to the epochs of the training experiments; an online experiment "
                              "makes one update per observation (use step)")
+        if settings.update is not None or settings.noise is not None:
+            raise ValueError("update and noise choose the Trainer's update in the training experiments; an online "
+                             "experiment always makes the Kalman update, with the noise chosen per cell")
         series = datasets.load_series(series_name, data_dir=options.get("data_dir"))
         rows = []
         for model in models:
@@ -424,7 +434,7 @@ def get(name):
 
 def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, step=None, step_decay=None,
         centred_draws=None, input_span=None, hidden_span=None, momentum_restart=None, momentum_coefficient=None,
-        out="results", progress=True, device="cpu", seed=0, data_dir=None, methods=None, checkpoints=None):
+        update=None, noise=None, out="results", progress=True, device="cpu", seed=0, data_dir=None, methods=None, checkpoints=None):
     """Run an experiment at size "paper", "cpu" (reduced, labelled as such), "smoke" or "auto" (paper on a GPU,
     cpu otherwise), with optional overrides; writes out/NAME.json and returns the result dict.
 
@@ -442,7 +452,8 @@ def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, step=
                                    ("step", step), ("step_decay", step_decay), ("centred_draws", centred_draws),
                                    ("input_span", input_span), ("hidden_span", hidden_span),
                                    ("momentum_restart", momentum_restart),
-                                   ("momentum_coefficient", momentum_coefficient))
+                                   ("momentum_coefficient", momentum_coefficient), ("update", update),
+                                   ("noise", noise))
                  if v is not None}
     settings = dataclasses.replace(settings, **overrides)
     if methods:
@@ -456,6 +467,13 @@ def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, step=
                          f"{', '.join(runs)}: leave it out")
     if settings.hidden_span and not settings.input_span:
         raise ValueError("hidden_span extends input_span to the later Dense layers: set input_span too")
+    if settings.update not in (None, "loss", "kalman"):
+        raise ValueError(f"update = {settings.update!r} must be 'loss' (the general-loss scheme) or 'kalman'")
+    if settings.noise is not None and settings.update != "kalman":
+        raise ValueError(f"noise = {settings.noise} is the Kalman update's gamma: pass update='kalman' with it")
+    if settings.update is not None and not any(m in EKI_METHODS for m in runs):
+        raise ValueError(f"update applies to the EKI methods ({', '.join(EKI_METHODS)}), and {name} runs "
+                         f"{', '.join(runs)}: leave it out")
     for option in ("momentum_restart", "momentum_coefficient"):
         if getattr(settings, option) and not any(m.startswith("meki") for m in runs):
             raise ValueError(f"{option} applies to the momentum methods (meki, meki-r), and {name} runs "
@@ -525,6 +543,7 @@ def report(out="results"):
 def _report_line(name, result, row):
     method = row.get("method", "")
     paper = result.get("paper", {}).get(method)
+    label = f"{method} (kalman)" if row.get("update") == "kalman" else method
     if "skipped" in row:
         ours = f"skipped: {row['skipped']}"
     elif "accuracy_mean" in row:
@@ -550,7 +569,7 @@ def _report_line(name, result, row):
     if name == "fashion-heaviside":
         activation = row.get("model", "").rsplit(":", 1)[-1]
         paper = f"{result['paper'].get(activation, float('nan')):.2f}"
-    return (f"| {name} | {result['size']} | {method} | {row.get('model', '')} | "
+    return (f"| {name} | {result['size']} | {label} | {row.get('model', '')} | "
             f"{_ensemble_size(row)} | {ours} | {paper or '-'} |")
 
 
