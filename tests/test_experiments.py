@@ -148,7 +148,8 @@ def test_kalman_update_reaches_the_eki_runs_names_their_checkpoints_and_the_repo
     assert (kalman["update"], kalman["noise"]) == ("kalman", 0.01)
     assert kalman["history"][-1]["train_loss"] != loss["history"][-1]["train_loss"]
     assert kalman["accuracy_mean"] > 0.3  # it learns: 10 classes, chance is 0.1
-    assert [f.name for f in tmp_path.glob("*.npz")] == ["quickstart-eki-r-mlp_784-100-10-J40-noise=0.01-update=kalman.npz"]
+    assert [f.name for f in tmp_path.glob("*.npz")] == [
+        "quickstart-eki-r-mlp_784-100-10-J40-noise=0.01-update=kalman.npz"]
     assert "| quickstart | smoke | eki-r (kalman) | mlp:784-100-10 | 40 |" in experiments.report(tmp_path)
     with pytest.raises(ValueError, match="noise = 0.01 is the Kalman update's gamma: pass update='kalman'"):
         experiments.run("quickstart", size="smoke", noise=0.01, out=None, progress=False)

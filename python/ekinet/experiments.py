@@ -434,7 +434,8 @@ def get(name):
 
 def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, step=None, step_decay=None,
         centred_draws=None, input_span=None, hidden_span=None, momentum_restart=None, momentum_coefficient=None,
-        update=None, noise=None, out="results", progress=True, device="cpu", seed=0, data_dir=None, methods=None, checkpoints=None):
+        update=None, noise=None, out="results", progress=True, device="cpu", seed=0, data_dir=None, methods=None,
+        checkpoints=None):
     """Run an experiment at size "paper", "cpu" (reduced, labelled as such), "smoke" or "auto" (paper on a GPU,
     cpu otherwise), with optional overrides; writes out/NAME.json and returns the result dict.
 
