@@ -116,7 +116,7 @@ class Trainer:
     update : "loss" (the general-loss scheme of Kovachki & Stuart with the adaptive step, the paper's training
         algorithm) or "kalman" (the Kalman EKI update on the outputs: softmax probabilities against one-hot
         labels for classification; a damped Gauss-Newton step in the batch's outputs. At J = 2000 it was level
-        with "loss" on DNN 2 after one epoch; on CNN-MNIST a whole epoch ahead after one, level after two;
+        with "loss" on DNN 2 after one epoch; on CNN-MNIST a whole epoch ahead after one, behind after three;
         see docs/results.md).
     loss : "cross-entropy" (classification, on logits), "squared" or "gaussian-nll" (regression; the network
         outputs [mu, s] per target and sigma = softplus(s)). Default: cross-entropy or squared.
