@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "ekinet/array.hpp"
+#include "ekinet/context.hpp"
 #include "ekinet/losses.hpp"
 #include "ekinet/network.hpp"
 #include "fused_network.hpp"
@@ -262,5 +263,18 @@ class Backend {
                             const T* inverse_variance, double scalar_inverse_variance, T* values, T* grad,
                             i64 ldg) = 0;
 };
+
+// Every Context is one of these (Context's constructor is private to this class), so the library's functions
+// can reach the primitives of a context they are given.
+class BackendContext : public Context {
+ public:
+  virtual Backend<float>& backend(float) = 0;
+  virtual Backend<double>& backend(double) = 0;
+};
+
+template <class T>
+Backend<T>& backend_of(Context& context) {
+  return static_cast<BackendContext&>(context).backend(T{});
+}
 
 }  // namespace ekinet::detail

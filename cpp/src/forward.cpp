@@ -329,7 +329,7 @@ class ForwardPass {
 template <class T>
 void forward_typed(Context& ctx, const Network& network, const ConstMatrixView& U, const ConstMatrixView& X,
                    MatrixView G, const ConstMatrixView& state_in, const MatrixView& state_out) {
-  Backend<T>& backend = ctx.backend(T{});
+  Backend<T>& backend = backend_of<T>(ctx);
   const ArgumentChecker check("forward", ctx, U.dtype);
   check.array(U, "U");
   const i64 J = U.rows, B = X.rows;

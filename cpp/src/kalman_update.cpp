@@ -144,7 +144,7 @@ template <class T>
 UpdateReport kalman_update_typed(Context& ctx, const ConstMatrixView& U, const ConstMatrixView& G,
                                  const ConstMatrixView& y, const NoiseCovariance& noise_cov,
                                  const Perturbation& perturbation, const KalmanOptions& options, MatrixView U_out) {
-  Backend<T>& backend = ctx.backend(T{});
+  Backend<T>& backend = backend_of<T>(ctx);
   Workspace& workspace = backend.workspace();
   workspace.reset();
   const ArgumentChecker check("kalman_update", ctx, U.dtype);

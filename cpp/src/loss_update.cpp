@@ -15,7 +15,7 @@ namespace {
 template <class T>
 UpdateReport loss_update_typed(Context& ctx, const ConstMatrixView& U, const ConstMatrixView& G,
                                const ConstMatrixView& grad, const LossUpdateOptions& options, MatrixView U_out) {
-  Backend<T>& backend = ctx.backend(T{});
+  Backend<T>& backend = backend_of<T>(ctx);
   Workspace& workspace = backend.workspace();
   workspace.reset();
   const ArgumentChecker check("loss_update", ctx, U.dtype);
@@ -61,7 +61,7 @@ UpdateReport loss_update_typed(Context& ctx, const ConstMatrixView& U, const Con
 template <class T>
 void nesterov_typed(Context& ctx, const ConstMatrixView& U_new, const ConstMatrixView& U_old, double coefficient,
                     MatrixView V_out) {
-  Backend<T>& backend = ctx.backend(T{});
+  Backend<T>& backend = backend_of<T>(ctx);
   const ArgumentChecker check("nesterov_extrapolate", ctx, U_new.dtype);
   check.array(U_new, "U_new");
   check.shape(U_old, "U_old", U_new.rows, U_new.cols, "the shape of U_new");

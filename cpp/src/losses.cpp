@@ -40,7 +40,7 @@ void squared_full(Backend<T>& backend, const PreparedNoise<T>& noise, const Cons
 template <class T>
 void loss_typed(Context& ctx, Loss loss, const ConstMatrixView& Z, const ConstMatrixView& y, i64 width,
                 const NoiseCovariance& noise_cov, MatrixView values, MatrixView grad) {
-  Backend<T>& backend = ctx.backend(T{});
+  Backend<T>& backend = backend_of<T>(ctx);
   backend.workspace().reset();
   const std::string operation = std::string("loss ") + name_of(loss);
   const ArgumentChecker check(operation.c_str(), ctx, Z.dtype);

@@ -54,7 +54,7 @@ void randomize(Context& ctx, ConstMatrixView U, double scale, ConstMatrixView pr
                MatrixView U_out) {
   detail::dispatch_dtype(U.dtype, [&](auto tag) {
     using T = decltype(tag);
-    auto& backend = ctx.backend(T{});
+    auto& backend = detail::backend_of<T>(ctx);
     backend.workspace().reset();
     const detail::ArgumentChecker check("randomize", ctx, U.dtype);
     const T* mean = detail::checked_mean(backend, check, U, scale, U_out);
@@ -66,7 +66,7 @@ void randomize_around(Context& ctx, ConstMatrixView mean, double scale, ConstMat
                       MatrixView U_out) {
   detail::dispatch_dtype(mean.dtype, [&](auto tag) {
     using T = decltype(tag);
-    auto& backend = ctx.backend(T{});
+    auto& backend = detail::backend_of<T>(ctx);
     backend.workspace().reset();
     const detail::ArgumentChecker check("randomize_around", ctx, mean.dtype);
     check.array(U_out, "U_out");
@@ -81,7 +81,7 @@ void randomize_around(Context& ctx, ConstMatrixView mean, double scale, ConstMat
 void randomize_with(Context& ctx, ConstMatrixView U, double scale, ConstMatrixView xi, MatrixView U_out) {
   detail::dispatch_dtype(U.dtype, [&](auto tag) {
     using T = decltype(tag);
-    auto& backend = ctx.backend(T{});
+    auto& backend = detail::backend_of<T>(ctx);
     backend.workspace().reset();
     const detail::ArgumentChecker check("randomize", ctx, U.dtype);
     check.shape(xi, "xi", U.rows, U.cols, "one prior sample per member, like U");

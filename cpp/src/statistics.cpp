@@ -28,7 +28,7 @@ T* checked_mean(Backend<T>& backend, const ArgumentChecker& check, const ConstMa
 void ensemble_mean(Context& ctx, ConstMatrixView U, MatrixView mean) {
   detail::dispatch_dtype(U.dtype, [&](auto tag) {
     using T = decltype(tag);
-    auto& backend = ctx.backend(T{});
+    auto& backend = detail::backend_of<T>(ctx);
     backend.workspace().reset();
     const detail::ArgumentChecker check("ensemble_mean", ctx, U.dtype);
     check.shape(mean, "mean", 1, U.cols, "one value per parameter");
@@ -39,7 +39,7 @@ void ensemble_mean(Context& ctx, ConstMatrixView U, MatrixView mean) {
 void ensemble_anomalies(Context& ctx, ConstMatrixView U, MatrixView anomalies) {
   detail::dispatch_dtype(U.dtype, [&](auto tag) {
     using T = decltype(tag);
-    auto& backend = ctx.backend(T{});
+    auto& backend = detail::backend_of<T>(ctx);
     backend.workspace().reset();
     const detail::ArgumentChecker check("ensemble_anomalies", ctx, U.dtype);
     check.shape(anomalies, "anomalies", U.rows, U.cols, "the shape of U");
@@ -52,7 +52,7 @@ void ensemble_anomalies(Context& ctx, ConstMatrixView U, MatrixView anomalies) {
 double ensemble_spread(Context& ctx, ConstMatrixView U) {
   return detail::dispatch_dtype(U.dtype, [&](auto tag) {
     using T = decltype(tag);
-    auto& backend = ctx.backend(T{});
+    auto& backend = detail::backend_of<T>(ctx);
     backend.workspace().reset();
     const detail::ArgumentChecker check("ensemble_spread", ctx, U.dtype);
     const T* mean = detail::checked_mean(backend, check, U);

@@ -18,7 +18,7 @@ TEST_P(RecurrentSchedules, FusedCpuScheduleEqualsTheStepByStepSchedule) {
   const std::int64_t J = 3, steps = 4, F = 3, H = 5, G = (lstm ? 4 : 1) * H;
   const std::int64_t P = G * F + G * H + 2 * G + 7;  // a row stride wider than the layer's parameters
   auto context = make_cpu_context();
-  auto& backend = context->backend(double{});
+  auto& backend = detail::backend_of<double>(*context);
 
   const Matrix params = random_matrix(J, P, 1, 0.5);
   const Matrix x = random_matrix(B * steps, F, 2);  // shared by every member

@@ -9,7 +9,7 @@ namespace {
 
 TEST(RobustSpdSolve, SolvesAWellConditionedSystemWithoutRescue) {
   auto context = make_cpu_context();
-  auto& backend = context->backend(double{});
+  auto& backend = detail::backend_of<double>(*context);
   backend.workspace().reset();
   Matrix a = random_spd(5, 1);
   const Matrix x = random_matrix(5, 2, 2);  // column-major 5 x 2
@@ -25,7 +25,7 @@ TEST(RobustSpdSolve, SolvesAWellConditionedSystemWithoutRescue) {
 
 TEST(RobustSpdSolve, SingularMatrixIsRescuedByJitterAndCounted) {
   auto context = make_cpu_context();
-  auto& backend = context->backend(double{});
+  auto& backend = detail::backend_of<double>(*context);
   backend.workspace().reset();
   Matrix a = {1, 1, 1, 1};  // rank one
   Matrix b = {2, 2};
@@ -37,7 +37,7 @@ TEST(RobustSpdSolve, SingularMatrixIsRescuedByJitterAndCounted) {
 
 TEST(RobustSpdSolve, CholeskyWhoseSolveOverflowsIsRescuedByJitter) {
   auto context = make_cpu_context();
-  auto& backend = context->backend(float{});
+  auto& backend = detail::backend_of<float>(*context);
   backend.workspace().reset();
   // potrf accepts the pivot sqrt(1e-30), but 1e10 / 1e-30 overflows float32: the jittered system answers instead.
   std::vector<float> a = {1, 0, 0, 1e-30f};
@@ -55,7 +55,7 @@ TEST(RobustSpdSolve, CholeskyWhoseSolveOverflowsIsRescuedByJitter) {
 
 TEST(RobustSpdSolve, IndefiniteMatrixFallsBackToTheEigenDecomposition) {
   auto context = make_cpu_context();
-  auto& backend = context->backend(double{});
+  auto& backend = detail::backend_of<double>(*context);
   backend.workspace().reset();
   Matrix a = {1, 0, 0, -1};  // jitter cannot fix a negative eigenvalue: clamped instead
   Matrix b = {3, 5};
@@ -68,7 +68,7 @@ TEST(RobustSpdSolve, IndefiniteMatrixFallsBackToTheEigenDecomposition) {
 
 TEST(RobustSpdSolve, NonFiniteMatrixRaises) {
   auto context = make_cpu_context();
-  auto& backend = context->backend(double{});
+  auto& backend = detail::backend_of<double>(*context);
   backend.workspace().reset();
   Matrix a = {std::nan(""), 0, 0, 1};
   Matrix b = {1, 1};

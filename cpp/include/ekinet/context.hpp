@@ -11,10 +11,11 @@
 namespace ekinet {
 
 namespace detail {
-template <class T>
-class Backend;
+class BackendContext;
 }
 
+// Made only by make_cpu_context and make_cuda_context: the library's functions reach the device's primitives
+// through the context, so its constructor is private to them.
 class Context {
  public:
   virtual ~Context() = default;
@@ -29,9 +30,6 @@ class Context {
   // Frees the workspace (it grows again on the next call).
   virtual void release_workspace() = 0;
 
-  virtual detail::Backend<float>& backend(float) = 0;
-  virtual detail::Backend<double>& backend(double) = 0;
-
   // Whether forward() may run a small network whole per member and example in on-chip memory (CUDA: image
   // networks such as CNN-MNIST and one-step recurrent networks; docs/design.md). On by default; off runs every
   // network layer by layer, to compare the two in benchmarks or to isolate a suspected fault.
@@ -39,6 +37,9 @@ class Context {
   bool whole_networks() const { return whole_networks_; }
 
  private:
+  friend class detail::BackendContext;
+  Context() = default;
+
   bool whole_networks_ = true;
 };
 

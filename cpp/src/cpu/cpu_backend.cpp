@@ -711,7 +711,7 @@ class CpuBackend final : public Backend<T> {
   Workspace& workspace_;
 };
 
-class CpuContext final : public Context {
+class CpuContext final : public BackendContext {
  public:
   CpuContext() : workspace_(allocator_), float_backend_(workspace_), double_backend_(workspace_) {}
 

@@ -1138,7 +1138,7 @@ class CudaBackend final : public Backend<T> {
 
 // ---- the context ----------------------------------------------------------------------------------------------
 
-class CudaContext final : public Context {
+class CudaContext final : public BackendContext {
  public:
   CudaContext(int device, cudaStream_t stream)
       : state_(device, stream),
