@@ -98,8 +98,8 @@ bench_randomize() { python3 bench/randomize.py --device cuda --out "$WORK/result
 # The paper's settings for the experiments the CPU cannot run in a session. First DNN 4 EKI(R) with input- and
 # hidden-span draws, never run at the paper's size (about 3.5 hours on 2 CPU cores). Then DNN 3 with them at a
 # fifth seed (seeds 0-3 ran on the CPU). Then CNN-MNIST EKI(R) with the Kalman update, about 10 minutes on an H200
-# (9.8 updates a second). The CPU ran three of its epochs: an epoch ahead of the general-loss scheme's 0.9868 run
-# after the first, behind it after the third (docs/results.md, "The Kalman update"). Checkpoints go to
+# (9.8 updates a second). The CPU ran three of its epochs (step decay 0.85 and 0.4): an epoch ahead of the loss scheme
+# after the first, behind or level after the third (docs/results.md, "The Kalman update"). Checkpoints go to
 # $WORK/checkpoints after every epoch: a stage stopped at its limit resumes there in the next call while the
 # machine is warm.
 experiments() {
