@@ -18,6 +18,11 @@ from ekinet.updates import kalman_update
 NOISE = {"rnn": 3e-4, "lstm": 1e-3}  # experiments._ONLINE_NOISE
 
 
+def mean_squared_errors(predictions, targets):
+    """One MSE per pass (row of predictions)."""
+    return [float(e) for e in np.mean((predictions - targets) ** 2, axis=1)]
+
+
 def forecast_and_analysis(series, model_name, J=200, passes=3, seed=0):
     model = online._check_regressor(model_name)
     values = online._prepare_series(series, True, 1)[0]
@@ -35,8 +40,7 @@ def forecast_and_analysis(series, model_name, J=200, passes=3, seed=0):
             U = kalman_update(U, G.reshape(J, 1), targets[t:t + 1], noise, rng=generator)
             analysis[p, t] = network.forward(U, inputs[:, t:t + 1], state=state).mean(dtype=np.float64)
             state = next_state
-    errors = lambda predictions: [float(e) for e in np.mean((predictions - targets) ** 2, axis=1)]  # noqa: E731
-    return errors(forecast), errors(analysis)
+    return mean_squared_errors(forecast, targets), mean_squared_errors(analysis, targets)
 
 
 series = datasets.load_series("melbourne")
