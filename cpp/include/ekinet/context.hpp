@@ -19,6 +19,8 @@ class BackendContext;
 class Context {
  public:
   virtual ~Context() = default;
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
   virtual Device device() const = 0;
   // CUDA: the stream all work is queued on (cudaStream_t as void*); ignored on the CPU.
   virtual void set_stream(void* stream) = 0;
