@@ -15,7 +15,7 @@ class BackendContext;
 }
 
 // Made only by make_cpu_context and make_cuda_context: the library's functions reach the device's primitives
-// through the context, so its constructor is private to them.
+// through the context, so only the library's internal context class can construct one.
 class Context {
  public:
   virtual ~Context() = default;
