@@ -425,6 +425,46 @@ def test_randomized_updates_compute_only_the_mean_and_equal_the_full_update(meth
     np.testing.assert_allclose(opt.ensemble, U, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("momentum, every, restart", [(False, 1, False), (0.6, 1, True), (True, 3, False),
+                                                        (0.6, None, False)])
+def test_state_restores_an_optimiser_that_continues_exactly(momentum, every, restart, decay_problem):
+    """state() / restore() (the Trainer's checkpoints): a fresh optimiser restored from another's state continues
+    with the same members, draws and momentum. Members redrawn around the update's centre are kept as the centre
+    alone and drawn again on restore."""
+    U0, y = decay_problem
+    spec = None if every is None else ekinet.Randomization(scale=0.05, every=every, prior_std=[0.5, 1.0, 2.0])
+    options = dict(noise_cov=NOISE_STD**2, momentum=momentum, randomization=spec, rng=4)
+    opt = ekinet.EKI(U0, **options)
+    for n in range(4):
+        opt.tell(decay(opt.ask()), y)
+        if restart and n == 1:
+            opt.restart_momentum()
+    arrays, info = opt.state()
+    assert ("U" in arrays) == (every != 1)  # a redraw after every update keeps only the centre
+    assert ("V" in arrays) == (every != 1 and bool(momentum))
+    fresh = ekinet.EKI(U0 + 1.0, **options)
+    fresh.restore({k: v.copy() for k, v in arrays.items()}, info)
+    np.testing.assert_array_equal(fresh.ensemble, opt.ensemble)
+    for _ in range(4):
+        np.testing.assert_array_equal(fresh.ask(), opt.ask())
+        G = decay(opt.ask())
+        opt.tell(G, y)
+        fresh.tell(G, y)
+    np.testing.assert_array_equal(fresh.ensemble, opt.ensemble)
+
+
+def test_restore_needs_members_or_a_centre_and_the_draw_they_were_saved_with(decay_problem):
+    U0, y = decay_problem
+    opt = ekinet.EKI(U0, noise_cov=NOISE_STD**2, randomization=ekinet.Randomization(every=1), rng=0)
+    opt.tell(decay(opt.ask()), y)
+    arrays, info = opt.state()
+    with pytest.raises(ValueError, match=r"neither members \(U\) nor the centre"):
+        ekinet.EKI(U0).restore({}, info)
+    other = dict(info, drawn_from=ekinet.EKI(U0, rng=1).state()[1]["rng"])
+    with pytest.raises(ValueError, match="did not end at the saved RNG state"):
+        ekinet.EKI(U0, randomization=ekinet.Randomization(every=1)).restore(arrays, other)
+
+
 @pytest.mark.parametrize("method", ["kalman", "loss"])
 def test_failed_members_in_the_optimiser_are_redrawn(method, decay_problem):
     """A forward model that fails (NaN) for some members, with the default on_failure="redraw": eki-math

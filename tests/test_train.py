@@ -247,16 +247,72 @@ def test_damaged_checkpoints_are_clear_errors(digits, tmp_path):
     with pytest.raises(ValueError, match="is a directory"):
         small_trainer(digits, checkpoint=tmp_path)
 
+    plain = tmp_path / "plain.npz"  # plain EKI under momentum keeps its members U and where they are evaluated, V
+    small_trainer(digits, method="meki", epochs=1, checkpoint=plain).fit()
+    for source, method, edits in (
+            (plain, "meki", {"U": (lambda U: np.concatenate([U, U]), r"array U has shape \(\d+, \d+\)"),
+                             "V": (lambda V: _with_nan(V, 3), "array V holds 1 NaN/Inf"),
+                             "best": (lambda best: best.astype(np.float64), "array best .* dtype float64")}),
+            (path, "eki-r", {"centre": (lambda centre: centre[:-1], r"array centre has shape \(\d+,\)"),
+                             "shift": (lambda _: np.zeros(1), "array shift has shape")})):
+        with np.load(source) as archive:
+            arrays = dict(archive)
+        for key, (edit, match) in edits.items():
+            name = tmp_path / f"{method}-{key}.npz"
+            np.savez(name, **{**arrays, key: edit(arrays.get(key))})
+            with pytest.raises(ValueError, match=match):
+                small_trainer(digits, method=method, checkpoint=name, resume=True)
+    with np.load(path) as archive:
+        arrays = {k: v for k, v in archive.items() if k != "centre"}
+    np.savez(tmp_path / "no-members.npz", **arrays)
+    with pytest.raises(ValueError, match="neither the members .U. nor the centre"):
+        small_trainer(digits, checkpoint=tmp_path / "no-members.npz", resume=True)
+
+
+def _with_nan(array, index):
+    return np.where(np.arange(array.size).reshape(array.shape) == index, np.nan, array).astype(array.dtype)
+
+
+def _checkpoint(path):
     with np.load(path) as archive:
         arrays = dict(archive)
-    edits = {"rows.npz": ("U", np.concatenate([arrays["U"], arrays["U"]]), r"array U has shape \(\d+, \d+\)"),
-             "nan.npz": ("V", np.where(np.arange(arrays["V"].size).reshape(arrays["V"].shape) == 3, np.nan,
-                                       arrays["V"]).astype(arrays["V"].dtype), "array V holds 1 NaN/Inf"),
-             "float64.npz": ("U", arrays["U"].astype(np.float64), "dtype float64")}
-    for name, (key, value, match) in edits.items():
-        np.savez(tmp_path / name, **{**arrays, key: value})
-        with pytest.raises(ValueError, match=match):
-            small_trainer(digits, checkpoint=tmp_path / name, resume=True)
+    return json.loads(arrays.pop("state").tobytes().decode()), arrays
+
+
+def test_eki_r_checkpoints_keep_the_centre_not_the_members_and_resume_exactly(digits, tmp_path):
+    """EKI(R) redraws every member around the update's centre: a checkpoint keeps that centre (P values) and the
+    RNG state of the draw, and resuming repeats the draw, so the resumed ensemble is the uninterrupted one."""
+    path = tmp_path / "run.npz"
+    trainer = small_trainer(digits, epochs=1, checkpoint=path)
+    trainer.fit()
+    state, arrays = _checkpoint(path)
+    assert "U" not in arrays and "V" not in arrays and state["members_drawn_from"] is not None
+    assert arrays["centre"].shape == (trainer.network.parameter_count,)
+    resumed = small_trainer(digits, epochs=1, checkpoint=path, resume=True)
+    np.testing.assert_array_equal(resumed.optimizer.ensemble, trainer.optimizer.ensemble)
+    assert resumed.optimizer._rng.bit_generator.state == trainer.optimizer._rng.bit_generator.state
+
+    state["members_drawn_from"] = state["optimizer_rng"]  # another draw than the one that was made
+    np.savez(tmp_path / "other-draw.npz", state=np.frombuffer(json.dumps(state).encode(), dtype=np.uint8), **arrays)
+    with pytest.raises(ValueError, match="redrawing the members from the saved centre did not end at the saved RNG"):
+        small_trainer(digits, checkpoint=tmp_path / "other-draw.npz", resume=True)
+
+
+def test_checkpoint_with_the_members_written_before_compact_checkpoints_resumes_exactly(digits, tmp_path):
+    """Checkpoints written before EKI(R)'s held its members U, where they are evaluated V, and the centre, and no
+    RNG state of the draw: they resume as the run continued."""
+    whole = small_trainer(digits, epochs=2)
+    whole.fit()
+    path = tmp_path / "run.npz"
+    first = small_trainer(digits, epochs=1, checkpoint=path)
+    first.fit()
+    state, arrays = _checkpoint(path)
+    del state["members_drawn_from"]
+    arrays["U"] = arrays["V"] = first.optimizer.ensemble
+    np.savez(path, state=np.frombuffer(json.dumps(state).encode(), dtype=np.uint8), **arrays)
+    resumed = small_trainer(digits, epochs=2, checkpoint=path, resume=True)
+    resumed.fit()
+    np.testing.assert_array_equal(resumed.optimizer.ensemble, whole.optimizer.ensemble)
 
 
 def test_early_stopping_restores_the_best_epoch(digits, monkeypatch):

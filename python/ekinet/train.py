@@ -37,6 +37,7 @@ METHODS = {
 UPDATES = ("loss", "kalman")
 LOSSES = {"classification": ("cross-entropy",), "regression": ("squared", "gaussian-nll")}
 CHECKPOINT_VERSION = 1
+OPTIMIZER_ARRAYS = ("U", "V", "centre", "shift", "best")  # EKI.state()'s
 # Settings added after checkpoints of this version were written, with the value that reproduces those runs.
 CONFIG_ADDED_SINCE_VERSION = {"step_decay": 1.0, "momentum_restart": None, "momentum_coefficient": None}
 
@@ -138,7 +139,9 @@ class Trainer:
         restore the ensemble of the best epoch); needs validation. None trains all epochs.
     ensemble_eval : "final" (ensemble-averaged prediction at the end only), "epoch" (every epoch) or "never":
         the ensemble average costs a forward pass of all J members over the evaluation set.
-    checkpoint : a path written atomically after every epoch; resume=True continues from it if it exists.
+    checkpoint : a path written atomically after every epoch; resume=True continues from it if it exists. Under
+        EKI(R) with a redraw after every update it holds the centre the members are drawn around, not the J
+        members (P values instead of J x P; resuming repeats the draw), unless patience keeps a best epoch.
     device : "cpu" (NumPy) or "cuda" (CuPy arrays; the CUDA core, or the CuPy reference without it).
     rng : integer seed of the prior draw, the updates' noise and the batch order.
 
@@ -441,8 +444,7 @@ class Trainer:
 
     def _restore_best(self):
         opt = self.optimizer
-        opt._U = opt._V = self._best_U.copy()
-        opt._centre = opt._shift = None
+        opt.reset_ensemble(self._best_U.copy())
         self._average = None if self._best_average is None else self._best_average.copy()
         self.history.append({"epoch": self._best_epoch, "restored_best_epoch": True, **self._epoch_metrics()})
 
@@ -561,24 +563,19 @@ class Trainer:
         """Write a checkpoint (ensemble, optimiser and RNG state, history) atomically: a crash mid-write
         leaves the previous checkpoint intact."""
         opt = self.optimizer
+        optimizer_arrays, optimizer_state = opt.state()
         state = {"version": CHECKPOINT_VERSION, "config": self._config(), "epoch": self.epoch,
-                 "history": self.history, "optimizer_history": opt.history, "iteration": opt.iteration,
-                 "optimizer_rng": opt._rng.bit_generator.state, "batch_rng": self._batch_rng.bit_generator.state,
+                 "history": self.history, "optimizer_history": opt.history, "iteration": optimizer_state["iteration"],
+                 "momentum_start": optimizer_state["momentum_start"], "optimizer_rng": optimizer_state["rng"],
+                 "members_drawn_from": optimizer_state["drawn_from"],
+                 "batch_rng": self._batch_rng.bit_generator.state,
                  "scheduler": vars(opt.scheduler), "best_metric": self._best_metric,
                  "best_epoch": self._best_epoch, "stopped_early": self.stopped_early}
-        arrays = {"U": to_host(opt.ensemble), "V": to_host(opt._V)}
-        if opt._centre is not None:  # the last update's centre, where the next members are drawn
-            arrays["centre"] = to_host(opt._centre)
-        if opt._shift is not None:  # MEKI(R): the velocity term added to the members drawn around the centre
-            arrays["shift"] = to_host(opt._shift)
-        if opt.best is not None:
-            arrays["best"] = to_host(opt.best)
-        if self._best_U is not None:
-            arrays["best_epoch_U"] = to_host(self._best_U)
-        if self._best_average is not None:
-            arrays["best_epoch_average"] = to_host(self._best_average)
-        if self._average is not None:
-            arrays["average"] = to_host(self._average)
+        arrays = {name: to_host(array) for name, array in optimizer_arrays.items()}
+        for name, array in (("best_epoch_U", self._best_U), ("best_epoch_average", self._best_average),
+                            ("average", self._average)):
+            if array is not None:
+                arrays[name] = to_host(array)
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=directory, prefix=".checkpoint-", suffix=".npz")
@@ -607,13 +604,15 @@ class Trainer:
                              "settings or start a new checkpoint")
         self._check_checkpoint_arrays(path, arrays)
         xp, opt = self.xp, self.optimizer
-        opt._U, opt._V = xp.asarray(arrays["U"]), xp.asarray(arrays["V"])
-        opt._centre = xp.asarray(arrays["centre"]) if "centre" in arrays else None
-        opt._shift = xp.asarray(arrays["shift"]) if "shift" in arrays else None
-        opt._best = xp.asarray(arrays["best"]) if "best" in arrays else None
-        opt.iteration, opt.history = state["iteration"], state["optimizer_history"]
-        opt._rng.bit_generator.state = state["optimizer_rng"]
+        opt.history = state["optimizer_history"]
         vars(opt.scheduler).update(state["scheduler"])
+        # Checkpoints from before these keys restarted the momentum only at epochs, which a resume repeats.
+        info = {"iteration": state["iteration"], "momentum_start": state.get("momentum_start", 0),
+                "rng": state["optimizer_rng"], "drawn_from": state.get("members_drawn_from")}
+        try:
+            opt.restore({k: xp.asarray(arrays[k]) for k in OPTIMIZER_ARRAYS if k in arrays}, info)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}; resume from another checkpoint or start afresh") from None
         self._batch_rng.bit_generator.state = state["batch_rng"]
         self.epoch, self.history = state["epoch"], state["history"]
         self._best_metric, self._best_epoch = state["best_metric"], state["best_epoch"]
@@ -629,10 +628,9 @@ class Trainer:
         J, P = self.ensemble_size, self.network.parameter_count
         shapes = {"U": (J, P), "V": (J, P), "best_epoch_U": (J, P), "centre": (P,), "shift": (P,), "best": (P,),
                   "average": (P,), "best_epoch_average": (P,)}
-        for name in ("U", "V"):
-            if name not in arrays:
-                raise ValueError(f"{path}: the checkpoint has no {name} array; it is damaged or not written by "
-                                 "Trainer.save")
+        if "U" not in arrays and "centre" not in arrays:
+            raise ValueError(f"{path}: the checkpoint has neither the members (U) nor the centre they are drawn "
+                             "around; it is damaged or not written by Trainer.save")
         for name, array in arrays.items():
             expected = shapes.get(name)
             if expected is None:
