@@ -334,6 +334,36 @@ def test_early_stopping_restores_the_best_epoch(digits, monkeypatch):
     assert trainer.history[-1]["restored_best_epoch"]
 
 
+def test_early_stopping_resumed_from_a_checkpoint_restores_the_same_best_epoch(digits, tmp_path, monkeypatch):
+    """The best epoch travels in the checkpoint, as the optimiser's state (under EKI(R) its centre, not J x P)."""
+    scores = [0.5, 0.7, 0.6, 0.65, 0.9]
+    path = tmp_path / "run.npz"
+
+    def run(epochs, **kw):
+        trainer = small_trainer(digits, epochs=epochs, patience=2, **kw)
+        monkeypatch.setattr(trainer, "_epoch_metrics", lambda: {"validation_accuracy_mean": scores[trainer.epoch - 1]})
+        trainer.fit()
+        return trainer
+
+    whole = run(5)
+    assert whole.stopped_early and whole.epoch == 4
+    assert not run(3, checkpoint=path).stopped_early
+    _, arrays = _checkpoint(path)
+    assert "best_epoch_centre" in arrays and "best_epoch_U" not in arrays
+    state, arrays = _checkpoint(path)
+    resumed = run(5, checkpoint=path, resume=True)
+    assert resumed.stopped_early and resumed.epoch == 4
+    np.testing.assert_array_equal(resumed.optimizer.ensemble, whole.optimizer.ensemble)
+    np.testing.assert_array_equal(resumed._particle("average"), whole._particle("average"))
+    # Checkpoints written before kept the best epoch's members (best_epoch_U) and continue from them.
+    del state["best_epoch_optimizer"]
+    arrays = {k: v for k, v in arrays.items() if not k.startswith("best_epoch_") or k == "best_epoch_average"}
+    arrays["best_epoch_U"] = whole.optimizer.ensemble
+    np.savez(path, state=np.frombuffer(json.dumps(state).encode(), dtype=np.uint8), **arrays)
+    older = run(5, checkpoint=path, resume=True)
+    np.testing.assert_array_equal(older.optimizer.ensemble, whole.optimizer.ensemble)
+
+
 def test_history_files(digits, tmp_path):
     trainer = small_trainer(digits, epochs=1)
     trainer.fit()

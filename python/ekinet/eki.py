@@ -245,12 +245,6 @@ class EKI:
         self._V, self._shift, self._drawn_from = self._U, None, None
         return self._U
 
-    def reset_ensemble(self, U):
-        """Continue from the members U (J, P) (e.g. an earlier ensemble kept for early stopping), without
-        momentum or a pending redraw."""
-        self._U = self._V = U
-        self._centre = self._shift = self._drawn_from = None
-
     def state(self):
         """(arrays, info): what restore() needs to continue exactly as this optimiser would, for checkpoints.
         Members drawn around the last update's centre (EKI(R)) are kept as that centre and the RNG state before

@@ -141,7 +141,7 @@ class Trainer:
         the ensemble average costs a forward pass of all J members over the evaluation set.
     checkpoint : a path written atomically after every epoch; resume=True continues from it if it exists. Under
         EKI(R) with a redraw after every update it holds the centre the members are drawn around, not the J
-        members (P values instead of J x P; resuming repeats the draw), unless patience keeps a best epoch.
+        members (P values instead of J x P; resuming repeats the draw).
     device : "cpu" (NumPy) or "cuda" (CuPy arrays; the CUDA core, or the CuPy reference without it).
     rng : integer seed of the prior draw, the updates' noise and the batch order.
 
@@ -261,7 +261,8 @@ class Trainer:
         self._data = {}
         self.epoch = 0
         self.history = []
-        self._best_metric, self._best_epoch, self._best_U = None, None, None
+        self._best_metric, self._best_epoch = None, None
+        self._best_state = None  # with patience: the optimiser's state() at the best epoch
         self._average, self._best_average = None, None  # the epoch-averaged mean particle (see the class doc)
         self.stopped_early = False
         if resume and self.checkpoint_path and os.path.exists(self.checkpoint_path):
@@ -409,7 +410,7 @@ class Trainer:
             if self.checkpoint_path:
                 self.save(self.checkpoint_path)
         bar.close()
-        if self.stopped_early and self._best_U is not None:
+        if self.stopped_early and self._best_state is not None:
             self._restore_best()
         if self.ensemble_eval == "final" and self.history:
             for name in ("validation", "test"):
@@ -438,13 +439,15 @@ class Trainer:
         if self._best_metric is None or value > self._best_metric:
             self._best_metric, self._best_epoch = value, self.epoch
             if self.patience is not None:
-                self._best_U, self._best_average = self.optimizer.ensemble.copy(), self._average.copy()
+                arrays, info = self.optimizer.state()
+                self._best_state = ({k: v.copy() for k, v in arrays.items()}, info)
+                self._best_average = self._average.copy()
         elif self.patience is not None and self.epoch - self._best_epoch >= self.patience:
             self.stopped_early = True
 
     def _restore_best(self):
-        opt = self.optimizer
-        opt.reset_ensemble(self._best_U.copy())
+        arrays, info = self._best_state
+        self.optimizer.restore({k: v.copy() for k, v in arrays.items()}, info)
         self._average = None if self._best_average is None else self._best_average.copy()
         self.history.append({"epoch": self._best_epoch, "restored_best_epoch": True, **self._epoch_metrics()})
 
@@ -572,8 +575,10 @@ class Trainer:
                  "scheduler": vars(opt.scheduler), "best_metric": self._best_metric,
                  "best_epoch": self._best_epoch, "stopped_early": self.stopped_early}
         arrays = {name: to_host(array) for name, array in optimizer_arrays.items()}
-        for name, array in (("best_epoch_U", self._best_U), ("best_epoch_average", self._best_average),
-                            ("average", self._average)):
+        if self._best_state is not None:
+            best_arrays, state["best_epoch_optimizer"] = self._best_state
+            arrays.update({f"best_epoch_{name}": to_host(array) for name, array in best_arrays.items()})
+        for name, array in (("best_epoch_average", self._best_average), ("average", self._average)):
             if array is not None:
                 arrays[name] = to_host(array)
         directory = os.path.dirname(os.path.abspath(path))
@@ -616,7 +621,10 @@ class Trainer:
         self._batch_rng.bit_generator.state = state["batch_rng"]
         self.epoch, self.history = state["epoch"], state["history"]
         self._best_metric, self._best_epoch = state["best_metric"], state["best_epoch"]
-        self._best_U = xp.asarray(arrays["best_epoch_U"]) if "best_epoch_U" in arrays else None
+        best = {k: xp.asarray(arrays[f"best_epoch_{k}"]) for k in OPTIMIZER_ARRAYS if f"best_epoch_{k}" in arrays}
+        self._best_state = None
+        if best:  # checkpoints from before best_epoch_optimizer kept only the best epoch's members
+            self._best_state = (best, state.get("best_epoch_optimizer", dict(info, momentum_start=0, drawn_from=None)))
         # Checkpoints written before the average existed have none: it returns after the next epoch.
         self._average = xp.asarray(arrays["average"]) if "average" in arrays else None
         self._best_average = xp.asarray(arrays["best_epoch_average"]) if "best_epoch_average" in arrays else None
@@ -626,8 +634,9 @@ class Trainer:
         """Every array a checkpoint holds has this Trainer's shape and dtype and finite values: a damaged or
         edited file must not resume as another ensemble."""
         J, P = self.ensemble_size, self.network.parameter_count
-        shapes = {"U": (J, P), "V": (J, P), "best_epoch_U": (J, P), "centre": (P,), "shift": (P,), "best": (P,),
-                  "average": (P,), "best_epoch_average": (P,)}
+        optimizer = {"U": (J, P), "V": (J, P), "centre": (P,), "shift": (P,), "best": (P,)}
+        shapes = {**optimizer, **{f"best_epoch_{k}": shape for k, shape in optimizer.items()}, "average": (P,),
+                  "best_epoch_average": (P,)}
         if "U" not in arrays and "centre" not in arrays:
             raise ValueError(f"{path}: the checkpoint has neither the members (U) nor the centre they are drawn "
                              "around; it is damaged or not written by Trainer.save")
