@@ -463,6 +463,8 @@ def test_restore_needs_members_or_a_centre_and_the_draw_they_were_saved_with(dec
     other = dict(info, drawn_from=ekinet.EKI(U0, rng=1).state()[1]["rng"])
     with pytest.raises(ValueError, match="did not end at the saved RNG state"):
         ekinet.EKI(U0, randomization=ekinet.Randomization(every=1)).restore(arrays, other)
+    with pytest.raises(ValueError, match="needs the randomisation they were drawn with"):
+        ekinet.EKI(U0).restore(arrays, info)
 
 
 @pytest.mark.parametrize("method", ["kalman", "loss"])

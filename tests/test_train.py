@@ -294,7 +294,7 @@ def test_eki_r_checkpoints_keep_the_centre_not_the_members_and_resume_exactly(di
 
     state["members_drawn_from"] = state["optimizer_rng"]  # another draw than the one that was made
     np.savez(tmp_path / "other-draw.npz", state=np.frombuffer(json.dumps(state).encode(), dtype=np.uint8), **arrays)
-    with pytest.raises(ValueError, match="redrawing the members from the saved centre did not end at the saved RNG"):
+    with pytest.raises(ValueError, match="redrawing the members did not end at the saved RNG state"):
         small_trainer(digits, checkpoint=tmp_path / "other-draw.npz", resume=True)
 
 
@@ -348,20 +348,23 @@ def test_early_stopping_resumed_from_a_checkpoint_restores_the_same_best_epoch(d
     whole = run(5)
     assert whole.stopped_early and whole.epoch == 4
     assert not run(3, checkpoint=path).stopped_early
-    _, arrays = _checkpoint(path)
-    assert "best_epoch_centre" in arrays and "best_epoch_U" not in arrays
     state, arrays = _checkpoint(path)
+    assert "best_epoch_centre" in arrays and "best_epoch_U" not in arrays
     resumed = run(5, checkpoint=path, resume=True)
     assert resumed.stopped_early and resumed.epoch == 4
     np.testing.assert_array_equal(resumed.optimizer.ensemble, whole.optimizer.ensemble)
     np.testing.assert_array_equal(resumed._particle("average"), whole._particle("average"))
-    # Checkpoints written before kept the best epoch's members (best_epoch_U) and continue from them.
     del state["best_epoch_optimizer"]
+    np.savez(path, state=np.frombuffer(json.dumps(state).encode(), dtype=np.uint8), **arrays)
+    with pytest.raises(ValueError, match="has the best epoch's arrays but not its optimiser state"):
+        run(5, checkpoint=path, resume=True)
+    # Checkpoints written before kept the best epoch's members (best_epoch_U) and continue from them.
     arrays = {k: v for k, v in arrays.items() if not k.startswith("best_epoch_") or k == "best_epoch_average"}
     arrays["best_epoch_U"] = whole.optimizer.ensemble
     np.savez(path, state=np.frombuffer(json.dumps(state).encode(), dtype=np.uint8), **arrays)
     older = run(5, checkpoint=path, resume=True)
     np.testing.assert_array_equal(older.optimizer.ensemble, whole.optimizer.ensemble)
+    assert older.optimizer.best is not None
 
 
 def test_history_files(digits, tmp_path):

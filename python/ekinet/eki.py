@@ -266,20 +266,24 @@ class EKI:
 
     def restore(self, arrays, info):
         """Continue from what state() returned (arrays on this optimiser's device)."""
+        drawn_from = info.get("drawn_from") if "U" not in arrays else None
+        if "U" not in arrays and "centre" not in arrays:
+            raise ValueError("the saved state has neither members (U) nor the centre they are drawn around")
+        if drawn_from is not None and self.randomization is None:
+            raise ValueError("the saved members are a draw around a centre, which needs the randomisation they "
+                             "were drawn with; this optimiser has randomization=None")
         self._pending = None
         self.iteration, self._momentum_start = info["iteration"], info["momentum_start"]
         self._centre, self._shift, self._best = (arrays.get(k) for k in ("centre", "shift", "best"))
         self._U = arrays.get("U")
         self._V = arrays.get("V", self._U)
         self._drawn_from = None
-        if self._U is None and self._centre is None:
-            raise ValueError("the saved state has neither members (U) nor the centre they are drawn around")
-        if self._U is None and info.get("drawn_from") is not None:
-            self._rng.bit_generator.state = info["drawn_from"]
+        if drawn_from is not None:
+            self._rng.bit_generator.state = drawn_from
             self._draw_if_only_a_centre()
             if self._rng.bit_generator.state != info["rng"]:
-                raise ValueError("redrawing the members from the saved centre did not end at the saved RNG state: "
-                                 "the state is damaged or was written by another randomisation")
+                raise ValueError("redrawing the members did not end at the saved RNG state: the state before the "
+                                 "draw and the state after it do not belong together; the state is damaged")
         self._rng.bit_generator.state = info["rng"]
 
     def restart_momentum(self):

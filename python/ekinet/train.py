@@ -136,12 +136,13 @@ class Trainer:
     tikhonov : lambda of the regulariser lambda |u|^2, applied by augmenting the outputs with the parameters.
     bias_std : prior standard deviation of the biases (the weights are Glorot): nonzero, so biases can learn.
     patience : stop when the validation metric of the mean particle has not improved for this many epochs (and
-        restore the ensemble of the best epoch); needs validation. None trains all epochs.
+        return the optimiser to the best epoch: its ensemble, best member, update count and random state; the
+        history keeps every epoch); needs validation. None trains all epochs.
     ensemble_eval : "final" (ensemble-averaged prediction at the end only), "epoch" (every epoch) or "never":
         the ensemble average costs a forward pass of all J members over the evaluation set.
     checkpoint : a path written atomically after every epoch; resume=True continues from it if it exists. Under
         EKI(R) with a redraw after every update it holds the centre the members are drawn around, not the J
-        members (P values instead of J x P; resuming repeats the draw).
+        members (P values instead of J x P; resuming repeats the draw, bit for bit on the same device).
     device : "cpu" (NumPy) or "cuda" (CuPy arrays; the CUDA core, or the CuPy reference without it).
     rng : integer seed of the prior draw, the updates' noise and the batch order.
 
@@ -440,6 +441,7 @@ class Trainer:
             self._best_metric, self._best_epoch = value, self.epoch
             if self.patience is not None:
                 arrays, info = self.optimizer.state()
+                arrays.pop("V", None)  # training stops at the restore: the members suffice, not MEKI's next point
                 self._best_state = ({k: v.copy() for k, v in arrays.items()}, info)
                 self._best_average = self._average.copy()
         elif self.patience is not None and self.epoch - self._best_epoch >= self.patience:
@@ -609,22 +611,29 @@ class Trainer:
                              "settings or start a new checkpoint")
         self._check_checkpoint_arrays(path, arrays)
         xp, opt = self.xp, self.optimizer
-        opt.history = state["optimizer_history"]
-        vars(opt.scheduler).update(state["scheduler"])
         # Checkpoints from before these keys restarted the momentum only at epochs, which a resume repeats.
         info = {"iteration": state["iteration"], "momentum_start": state.get("momentum_start", 0),
                 "rng": state["optimizer_rng"], "drawn_from": state.get("members_drawn_from")}
+        best = {k: xp.asarray(arrays[f"best_epoch_{k}"]) for k in OPTIMIZER_ARRAYS if f"best_epoch_{k}" in arrays}
+        best_info = state.get("best_epoch_optimizer")
+        if best and best_info is None:
+            if set(best) != {"U"}:
+                raise ValueError(f"{path}: the checkpoint has the best epoch's arrays but not its optimiser state; "
+                                 "it is damaged: resume from another checkpoint or start afresh")
+            # Written before best_epoch_optimizer: the best epoch's members only, to stop with, and the best member.
+            best_info = dict(info, drawn_from=None)
+            if "best" in arrays:
+                best["best"] = xp.asarray(arrays["best"])
         try:
             opt.restore({k: xp.asarray(arrays[k]) for k in OPTIMIZER_ARRAYS if k in arrays}, info)
         except ValueError as error:
             raise ValueError(f"{path}: {error}; resume from another checkpoint or start afresh") from None
+        opt.history = state["optimizer_history"]
+        vars(opt.scheduler).update(state["scheduler"])
         self._batch_rng.bit_generator.state = state["batch_rng"]
         self.epoch, self.history = state["epoch"], state["history"]
         self._best_metric, self._best_epoch = state["best_metric"], state["best_epoch"]
-        best = {k: xp.asarray(arrays[f"best_epoch_{k}"]) for k in OPTIMIZER_ARRAYS if f"best_epoch_{k}" in arrays}
-        self._best_state = None
-        if best:  # checkpoints from before best_epoch_optimizer kept only the best epoch's members
-            self._best_state = (best, state.get("best_epoch_optimizer", dict(info, momentum_start=0, drawn_from=None)))
+        self._best_state = (best, best_info) if best else None
         # Checkpoints written before the average existed have none: it returns after the next epoch.
         self._average = xp.asarray(arrays["average"]) if "average" in arrays else None
         self._best_average = xp.asarray(arrays["best_epoch_average"]) if "best_epoch_average" in arrays else None
