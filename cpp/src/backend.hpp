@@ -145,7 +145,7 @@ class Backend {
   virtual void gemm(Trans trans_a, Trans trans_b, i64 m, i64 n, i64 k, T alpha, const T* a, i64 lda,
                     const T* b, i64 ldb, T beta, T* c, i64 ldc) = 0;
   // lower triangle of C (n x n) = alpha op(A) op(A)^T + beta C, op(A) n x k (Trans::yes: A is k x n); the upper
-  // triangle is not read and may be overwritten
+  // triangle may be overwritten, and with beta != 0 read (a backend may form the product by GEMM)
   virtual void syrk_lower(Trans trans, i64 n, i64 k, T alpha, const T* a, i64 lda, T beta, T* c, i64 ldc) = 0;
   // B (m x n) <- op(L)^{-1} B, L lower triangular with non-unit diagonal
   virtual void trsm_left_lower(Trans trans, i64 m, i64 n, const T* l, i64 ldl, T* b, i64 ldb) = 0;

@@ -168,9 +168,13 @@ EKINET_HOST_DEVICE inline int smaller(int a, int b) { return a < b ? a : b; }
 // the same shared-memory bank at each step. Starting each row at its own index spreads them over the banks.
 template <class T>
 EKINET_HOST_DEVICE T rotated_dot(const T* w, const T* x, int n, int start) {
+  // One loop with a wrapping index, not two: a warp steps in lockstep, and two loops whose lengths differ by
+  // lane would take n + 31 steps instead of n.
   T sum = 0;
-  for (int k = start; k < n; ++k) sum += w[k] * x[k];
-  for (int k = 0; k < start; ++k) sum += w[k] * x[k];
+  for (int i = 0, k = start; i < n; ++i) {
+    sum += w[k] * x[k];
+    if (++k == n) k = 0;
+  }
   return sum;
 }
 EKINET_HOST_DEVICE inline int larger(int a, int b) { return a > b ? a : b; }
