@@ -510,6 +510,10 @@ def test_dataset_errors():
         datasets.Dataset(np.zeros((2, 1)), np.array([1.5, 0.0]), "c", "classification", 2)
     with pytest.raises(ValueError, match=r"one integer class label.*shape \(2, 2\)"):
         datasets.Dataset(np.zeros((2, 1)), np.eye(2, dtype=int), "c", "classification", 2)
+    with pytest.raises(ValueError, match=r"x holds one number or array of numbers per example.*dtype <U1"):
+        datasets.Dataset(np.array(["a", "b"]), np.zeros(2), "s", "regression")
+    listed = datasets.Dataset([[0.5], [1.5]], [1.0, 2.0], "lists", "regression")  # array-likes become arrays
+    assert listed.x.shape == (2, 1) and listed.y.dtype == np.float64
 
 
 def test_load_dispatcher(real):

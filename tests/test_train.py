@@ -541,6 +541,29 @@ def test_bad_datasets_are_named(digits):
         Trainer("mlp:1-8-2", sine_data(), loss="gaussian-nll", update="kalman")
 
 
+def test_nan_in_a_split_is_named_before_training(digits):
+    train, validation, test = digits
+    bad_test = datasets.Dataset(_with_nan(test.x.astype(np.float32), 7), test.y, "bad", "classification", 10)
+    with pytest.raises(ValueError, match="test.x contains 1 NaN/Inf value"):
+        Trainer(MODEL, train, validation=validation, test=bad_test)
+    bad_y = sine_data()
+    bad_y.y[3, 0] = np.inf
+    with pytest.raises(ValueError, match="validation.y contains 1 NaN/Inf value"):
+        Trainer("mlp:1-8-1", sine_data(), validation=bad_y)
+
+
+def test_evaluating_a_dataset_checks_it_as_the_splits_are_checked(digits):
+    trainer = small_trainer(digits, epochs=1)
+    with pytest.raises(ValueError, match="data is a regression set but train is a classification"):
+        trainer.evaluate(sine_data())
+    regression = Trainer("mlp:1-8-1", sine_data(), epochs=1, ensemble=10, progress=False)
+    two_targets = datasets.Dataset(np.zeros((5, 1), np.float32), np.zeros((5, 2), np.float32), "two", "regression")
+    with pytest.raises(ValueError, match="data.y has 2 targets per example"):
+        regression.evaluate(two_targets)
+    with pytest.raises(ValueError, match="data.y has 2 targets per example"):
+        regression.plot_predictions(two_targets)
+
+
 def test_a_batch_larger_than_the_training_set_is_named(digits):
     train = digits[0]
     with pytest.warns(UserWarning, match=rf"batch_size = {len(train) + 1} exceeds the {len(train)} training"):

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._arrays import is_cupy
+
 __all__ = [
     "CHECKSUMS",
     "ChecksumError",
@@ -356,6 +358,18 @@ def _check_labels(labels, num_classes):
         raise ValueError(f"labels span [{labels.min()}, {labels.max()}], outside [0, {num_classes}) (num_classes)")
 
 
+def _host_array(values, name):
+    """A Dataset's x or y as a NumPy array of numbers (lists and other array-likes are converted)."""
+    if is_cupy(values):
+        raise TypeError(f"a Dataset's {name} is a host (NumPy) array; the Trainer moves it to the device: pass "
+                        f"{name}.get()")
+    values = np.asarray(values)
+    if values.dtype.kind not in "biuf" or values.ndim == 0:
+        raise ValueError(f"a Dataset's {name} holds one number or array of numbers per example; got shape "
+                         f"{values.shape}, dtype {values.dtype}")
+    return values
+
+
 @dataclass(repr=False, eq=False)
 class Dataset:
     """Examples `x` (N, ...) with targets `y` (N, ...): class labels (task "classification", `num_classes`
@@ -369,6 +383,7 @@ class Dataset:
     feature_names: tuple | None = None
 
     def __post_init__(self):
+        self.x, self.y = _host_array(self.x, "x"), _host_array(self.y, "y")
         if len(self.x) != len(self.y):
             raise ValueError(f"x has {len(self.x)} examples but y has {len(self.y)}; they must match")
         if self.task == "classification":

@@ -21,6 +21,7 @@ import numpy as np
 
 from . import losses, nn
 from ._arrays import device_namespace, to_host
+from ._inputs import require_finite
 from .datasets import Dataset, batches
 from .eki import EKI, Randomization
 from .ensemble import ensemble_mean, ensemble_spread
@@ -178,7 +179,7 @@ class Trainer:
                              f"{', '.join(LOSSES[self.task])}")
         if update == "kalman" and self.loss == "gaussian-nll":
             raise ValueError("the Gaussian NLL needs update='loss' (the Kalman update is a least-squares method)")
-        self._check_shapes()
+        self._check_splits()
         self.method, self.update = method, update
         self.ensemble_size = _positive_int(ensemble, "ensemble", 2)
         self.batch_size = _positive_int(batch_size, "batch_size", 1)
@@ -271,27 +272,35 @@ class Trainer:
 
     # ---- data ------------------------------------------------------------------------------------------------
 
-    def _check_shapes(self):
+    def _check_splits(self):
         for name, data in (("train", self.train_set), ("validation", self.validation_set),
                            ("test", self.test_set)):
-            if data is None:
-                continue
-            if data.task != self.task:
-                raise ValueError(f"{name} is a {data.task} set but train is a {self.task} set")
-            features = int(np.prod(data.x.shape[1:]))
-            if features != self.network.input_size:
-                raise ValueError(f"{name}.x has {features} features per example but the network "
-                                 f"{self.model_name!r} takes {self.network.input_size} "
-                                 f"(input shape {self.network.input_shape})")
-            expected = self._outputs_per_example()
-            if self.task == "classification":
-                if data.num_classes is not None and data.num_classes != self.network.output_size:
-                    raise ValueError(f"{name} has {data.num_classes} classes but the network outputs "
-                                     f"{self.network.output_size} logits")
-            elif self._targets_per_example(data) != expected:
-                raise ValueError(f"{name}.y has {self._targets_per_example(data)} targets per example; the "
-                                 f"network outputs {self.network.output_size}, which fits {expected} targets "
-                                 f"with loss {self.loss!r}")
+            if data is not None:
+                self._check_split(data, name)
+
+    def _check_split(self, data, name):
+        """Raise if `data` does not fit this Trainer's task and network, or holds NaN/Inf: before training, so
+        that a bad test set is not found after the first epoch."""
+        if data.task != self.task:
+            raise ValueError(f"{name} is a {data.task} set but train is a {self.task} set")
+        features = int(np.prod(data.x.shape[1:]))
+        if features != self.network.input_size:
+            raise ValueError(f"{name}.x has {features} features per example but the network "
+                             f"{self.model_name!r} takes {self.network.input_size} "
+                             f"(input shape {self.network.input_shape})")
+        expected = self._outputs_per_example()
+        if self.task == "classification":
+            if data.num_classes is not None and data.num_classes != self.network.output_size:
+                raise ValueError(f"{name} has {data.num_classes} classes but the network outputs "
+                                 f"{self.network.output_size} logits")
+        elif self._targets_per_example(data) != expected:
+            raise ValueError(f"{name}.y has {self._targets_per_example(data)} targets per example; the "
+                             f"network outputs {self.network.output_size}, which fits {expected} targets "
+                             f"with loss {self.loss!r}")
+        for part in ("x", "y"):
+            values = getattr(data, part)
+            if values.dtype.kind == "f":
+                require_finite(np, values, f"{name}.{part}")
 
     def _outputs_per_example(self):
         size = self.network.output_size
@@ -521,7 +530,7 @@ class Trainer:
         an epoch is trained), plus for "ensemble" the mean spread."""
         which = self._particles() if which is None else which
         if isinstance(data, Dataset):
-            _check_dataset(data, "data")
+            self._check_split(_check_dataset(data, "data"), "data")
             x = self.xp.asarray(data.x.reshape(len(data), -1).astype(self.dtype))
             y = self.xp.asarray(data.y)
         else:
@@ -709,7 +718,11 @@ class Trainer:
 
         if self.task != "regression":
             raise ValueError("plot_predictions is for regression tasks")
-        x, y = self._device_data(data) if isinstance(data, str) else (data.x, data.y)
+        if isinstance(data, str):
+            x, y = self._device_data(data)
+        else:
+            self._check_split(_check_dataset(data, "data"), "data")
+            x, y = data.x, data.y
         mean, spread = self.predict(x[:limit], which="ensemble")
         mean, spread = to_host(mean), to_host(spread)
         y = to_host(y[:limit]).reshape(len(mean), -1)[:, 0]
