@@ -86,11 +86,26 @@ def test_step_override_reaches_the_trainer_and_the_online_driver(tmp_path):
     decayed = experiments.run("quickstart", size="smoke", step=7.5, step_decay=0.5, out=None, progress=False)
     assert decayed["rows"][0]["step_decay"] == 0.5 and default["rows"][0]["step_decay"] == 1.0
     assert decayed["rows"][0]["history"][-1]["train_loss"] != stepped["rows"][0]["history"][-1]["train_loss"]
-    with pytest.raises(ValueError, match="step_decay applies to the epochs of the training experiments"):
+    with pytest.raises(ValueError, match="step_decay does not apply to sunspots-rnn, an online experiment .*: it "
+                                         "takes ensemble, passes, step"):
         experiments.run("sunspots-rnn", size="smoke", step_decay=0.5, out=None, progress=False)
+    for ignored in ({"epochs": 2}, {"train_size": 10}, {"checkpoints": tmp_path / "never"}):
+        with pytest.raises(ValueError, match=f"{next(iter(ignored))} does not apply to melbourne-rnn"):
+            experiments.run("melbourne-rnn", size="smoke", out=None, progress=False, **ignored)
+    assert not (tmp_path / "never").exists()
+    with pytest.raises(ValueError, match="passes does not apply to quickstart, a training experiment"):
+        experiments.run("quickstart", size="smoke", passes=2, out=None, progress=False)
     online = [experiments.run("sunspots-rnn", size="smoke", step=h, out=None, progress=False)["rows"][0]
               for h in (1.0, 0.25)]
     assert online[0]["final"] != online[1]["final"]
+    twice = experiments.run("sunspots-rnn", size="smoke", passes=2, out=None, progress=False)["rows"]
+    assert [row["passes"] for row in twice if "passes" in row][0] == 2
+
+
+def test_boston_takes_train_size():
+    rows = [experiments.run("boston", size="smoke", train_size=n, out=None, progress=False)["rows"][0]
+            for n in (60, None)]
+    assert rows[0]["history"][-1]["train_loss"] != rows[1]["history"][-1]["train_loss"]
 
 
 def test_centred_draws_reach_the_eki_r_runs_and_name_their_checkpoints(tmp_path):
@@ -103,7 +118,7 @@ def test_centred_draws_reach_the_eki_r_runs_and_name_their_checkpoints(tmp_path)
     with pytest.raises(ValueError, match="centred_draws applies to the EKI.R. methods .* runs eki, sgd"):
         experiments.run("mnist-dnn1", size="smoke", centred_draws=True, methods=["eki", "sgd"], out=None,
                         progress=False)
-    with pytest.raises(ValueError, match="centred_draws applies .* sunspots-rnn runs eki, ogd"):
+    with pytest.raises(ValueError, match="centred_draws does not apply to sunspots-rnn, an online experiment"):
         experiments.run("sunspots-rnn", size="smoke", centred_draws=True, out=None, progress=False)
 
 
@@ -157,7 +172,7 @@ def test_kalman_update_reaches_the_eki_runs_names_their_checkpoints_and_the_repo
         experiments.run("quickstart", size="smoke", update="newton", out=None, progress=False)
     with pytest.raises(ValueError, match="update applies to the EKI methods .* mnist-dnn1 runs sgd"):
         experiments.run("mnist-dnn1", size="smoke", update="kalman", methods=["sgd"], out=None, progress=False)
-    with pytest.raises(ValueError, match="an online experiment always makes the Kalman update"):
+    with pytest.raises(ValueError, match="update does not apply to sunspots-rnn, an online experiment"):
         experiments.run("sunspots-rnn", size="smoke", update="kalman", out=None, progress=False)
 
 

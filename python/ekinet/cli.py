@@ -100,7 +100,10 @@ def build_parser():
                             help="paper settings, a reduced CPU size, or smoke (auto: paper on cuda, else cpu)")
     experiment.add_argument("--ensemble", type=_positive_int)
     experiment.add_argument("--epochs", type=_positive_int)
-    experiment.add_argument("--train-size", type=_positive_int)
+    experiment.add_argument("--train-size", type=_positive_int, help="use the first N training examples "
+                            "(training experiments)")
+    experiment.add_argument("--passes", type=_positive_int,
+                            help="passes through the series (online experiments; the paper's: 3)")
     experiment.add_argument("--step", type=_positive_float,
                             help="EKI step h of the EKI methods (default: the experiment's setting, else the "
                                  "Trainer's or the online driver's)")
@@ -220,7 +223,7 @@ def _experiment(args):
         return
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     result = experiments.run(args.name, size="smoke" if args.smoke else args.size, ensemble=args.ensemble,
-                             epochs=args.epochs, train_size=args.train_size, step=args.step,
+                             epochs=args.epochs, train_size=args.train_size, passes=args.passes, step=args.step,
                              step_decay=args.step_decay, centred_draws=args.centred_draws,
                              input_span=args.input_span, hidden_span=args.hidden_span,
                              momentum_restart=args.momentum_restart,

@@ -71,6 +71,13 @@ class Experiment:
     smoke: Settings
     paper_numbers: dict = dataclasses.field(default_factory=dict)
     fixed_methods: tuple = None  # what it always runs; None: --methods chooses among all methods
+    online: bool = False  # an online driver (one update per observation) rather than epochs of a Trainer
+
+
+# The overrides of run() that each kind of experiment reads; any other is refused, not silently ignored.
+ONLINE_OPTIONS = ("ensemble", "passes", "step")
+TRAINING_OPTIONS = ("ensemble", "epochs", "train_size", "step", "step_decay", "centred_draws", "input_span",
+                    "hidden_span", "momentum_restart", "momentum_coefficient", "update", "noise", "checkpoints")
 
 
 def _save_figure(options, filename, draw):
@@ -301,7 +308,7 @@ def _boston(loss):
     def run(settings, options):
         boston = datasets.load_boston(data_dir=options.get("data_dir"))
         order = np.random.default_rng(0).permutation(len(boston))
-        test_index, train_index = order[:100], order[100:]
+        test_index, train_index = order[:100], order[100:][:settings.train_size]
         x_scaler, y_scaler = datasets.Standardizer(), datasets.Standardizer()
         x_train = x_scaler.fit_transform(boston.x[train_index])
         y_train = y_scaler.fit_transform(boston.y[train_index, None])
@@ -332,12 +339,6 @@ def _online(series_name, models, window=1):
     def run(settings, options):
         from . import online
 
-        if settings.step_decay is not None:
-            raise ValueError("step_decay applies to the epochs of the training experiments; an online experiment "
-                             "makes one update per observation (use step)")
-        if settings.update is not None or settings.noise is not None:
-            raise ValueError("update and noise choose the Trainer's update in the training experiments; an online "
-                             "experiment always makes the Kalman update, with the noise chosen per cell")
         series = datasets.load_series(series_name, data_dir=options.get("data_dir"))
         rows = []
         for model in models:
@@ -370,8 +371,8 @@ def _online(series_name, models, window=1):
 def _registry():
     experiments = {}
 
-    def add(name, description, run, paper, cpu, smoke, fixed_methods=None, **numbers):
-        experiments[name] = Experiment(name, description, run, paper, cpu, smoke, numbers, fixed_methods)
+    def add(name, description, run, paper, cpu, smoke, fixed_methods=None, online=False, **numbers):
+        experiments[name] = Experiment(name, description, run, paper, cpu, smoke, numbers, fixed_methods, online)
 
     smoke = Settings(ensemble=20, epochs=1, train_size=1000)
     # The quickstart's smoke size is the smallest that learns robustly (0.62-0.66 over seeds 0-2; 20 members
@@ -407,11 +408,12 @@ def _registry():
             "one update per observation", _online(series, ("lstm:1-32-1", "rnn:1-32-1")),
             Settings(ensemble=2000, epochs=1, passes=3),
             Settings(ensemble=200, epochs=1, passes=3), Settings(ensemble=20, epochs=1, passes=1),
-            fixed_methods=("eki", "ogd"), **{m: {"first": v[0], "final": v[1]} for m, v in numbers.items()})
+            fixed_methods=("eki", "ogd"), online=True,
+            **{m: {"first": v[0], "final": v[1]} for m, v in numbers.items()})
     add("lstm-batched-online", "LSTM(32) regression on the sunspots by batched online updates (windows of 10)",
         _online("sunspots", ("lstm:1-32-1",), window=10), Settings(ensemble=2000, epochs=1, passes=3),
         Settings(ensemble=200, epochs=1, passes=3), Settings(ensemble=20, epochs=1, passes=1),
-        fixed_methods=("eki", "ogd"))
+        fixed_methods=("eki", "ogd"), online=True)
     add("boston", "Boston housing regression (13-32-32-1, tanh), EKI(R) on the squared loss",
         _boston("squared"), Settings(ensemble=1000, epochs=100, batch_size=50),
         Settings(ensemble=200, epochs=60, batch_size=50), Settings(ensemble=20, epochs=2, batch_size=50),
@@ -432,12 +434,14 @@ def get(name):
     return EXPERIMENTS[name]
 
 
-def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, step=None, step_decay=None,
-        centred_draws=None, input_span=None, hidden_span=None, momentum_restart=None, momentum_coefficient=None,
+def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, passes=None, step=None,
+        step_decay=None, centred_draws=None, input_span=None, hidden_span=None, momentum_restart=None, momentum_coefficient=None,
         update=None, noise=None, out="results", progress=True, device="cpu", seed=0, data_dir=None, methods=None,
         checkpoints=None):
     """Run an experiment at size "paper", "cpu" (reduced, labelled as such), "smoke" or "auto" (paper on a GPU,
-    cpu otherwise), with optional overrides; writes out/NAME.json and returns the result dict.
+    cpu otherwise), with optional overrides; writes out/NAME.json and returns the result dict. A training
+    experiment takes the overrides in TRAINING_OPTIONS, an online one those in ONLINE_OPTIONS (passes: how often
+    the driver goes through the series); any other is an error.
 
     checkpoints: a directory where every EKI training run of the experiment writes its Trainer checkpoint after
     each epoch and resumes from it when it is there: an interrupted run continues where it stopped (and a run
@@ -450,12 +454,13 @@ def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, step=
         raise ValueError(f"size = {size!r} must be 'paper', 'cpu', 'smoke' or 'auto'")
     settings = getattr(experiment, size)
     overrides = {k: v for k, v in (("ensemble", ensemble), ("epochs", epochs), ("train_size", train_size),
-                                   ("step", step), ("step_decay", step_decay), ("centred_draws", centred_draws),
+                                   ("passes", passes), ("step", step), ("step_decay", step_decay), ("centred_draws", centred_draws),
                                    ("input_span", input_span), ("hidden_span", hidden_span),
                                    ("momentum_restart", momentum_restart),
                                    ("momentum_coefficient", momentum_coefficient), ("update", update),
                                    ("noise", noise))
                  if v is not None}
+    _check_options(experiment, [*overrides, *(["checkpoints"] if checkpoints else [])])
     settings = dataclasses.replace(settings, **overrides)
     if methods:
         _check_methods(experiment, methods)
@@ -496,6 +501,15 @@ def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, step=
         with open(os.path.join(out, f"{name}.json"), "w") as f:
             json.dump(result, f, indent=1, default=_json_default)
     return result
+
+
+def _check_options(experiment, given):
+    kind, accepted = ("an online experiment (one update per observation)", ONLINE_OPTIONS) if experiment.online \
+        else ("a training experiment", TRAINING_OPTIONS)
+    ignored = [option for option in given if option not in accepted]
+    if ignored:
+        raise ValueError(f"{', '.join(ignored)} do{'es' if len(ignored) == 1 else ''} not apply to "
+                         f"{experiment.name}, {kind}: it takes {', '.join(accepted)}")
 
 
 def _check_methods(experiment, methods):
