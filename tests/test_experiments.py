@@ -309,6 +309,12 @@ def test_cli_experiment_and_report(tmp_path, capsys):
       "--no-progress"], "input_span draws every update's members"),
     (["train", "--data", "mnist-small", "--method", "eki", "--input-span", "--hidden-span", "--no-progress"],
      "--input-span, --hidden-span shape the redraws of EKI(R): use --method eki-r or meki-r, not eki"),
+    (["train", "--method", "eki", "--randomization-scale", "0.1", "--randomize-every", "epoch", "--no-progress"],
+     "--randomization-scale, --randomize-every shape the redraws of EKI(R)"),
+    (["train", "--noise", "0.5", "--no-progress"], "--noise is the Kalman update's gamma: add --update kalman"),
+    (["train", "--resume", "--no-progress"], "--resume continues from --checkpoint FILE"),
+    (["train", "--data-dir", "/", "--no-progress"], "mnist-small is embedded in the package"),
+    (["experiment", "melbourne-rnn", "--epochs", "2", "--no-progress"], "epochs does not apply to melbourne-rnn"),
 ])
 def test_cli_errors_are_clear(arguments, message, capsys):
     assert cli.main(arguments) == 2
@@ -327,6 +333,18 @@ def test_cli_rejects_bad_values(arguments):
     with pytest.raises(SystemExit) as raised:
         cli.main(arguments)
     assert raised.value.code == 2
+
+
+def test_cli_refuses_missing_directories_before_training(tmp_path, capsys):
+    missing = tmp_path / "missing"
+    for option, name in (("--history", "h.csv"), ("--plot", "c.png")):
+        assert cli.main(["train", option, str(missing / name), "--no-progress"]) == 2
+        assert f"{option} {missing / name}: the directory {missing} does not exist" in capsys.readouterr().err
+    for command in (["train", "--data", "mnist"], ["experiment", "quickstart"]):
+        with pytest.raises(SystemExit) as raised:
+            cli.main(command + ["--data-dir", str(missing)])
+        assert raised.value.code == 2 and "not an existing directory" in capsys.readouterr().err
+    assert not missing.exists()
 
 
 def test_ensemble_scaling_finds_the_smallest_ensemble_near_the_best():

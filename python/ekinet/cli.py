@@ -28,6 +28,8 @@ _positive_float = _checked(float, lambda value: value > 0, "a positive number")
 _fraction = _checked(float, lambda value: 0 <= value < 1, "a fraction in [0, 1)")
 _open_fraction = _checked(float, lambda value: 0 < value < 1, "a number between 0 and 1")
 _nonnegative_float = _checked(float, lambda value: value >= 0, "a non-negative number")
+# A mistyped --data-dir must not become a new directory that the data sets are downloaded into.
+_directory = _checked(os.path.expanduser, os.path.isdir, "an existing directory (create it first)")
 
 
 def build_parser():
@@ -45,7 +47,8 @@ def build_parser():
                        help="network string form: mlp:784-100-10, dnn:2, cnn-mnist, rnn-mnist, mlp:13-32-1:tanh ...")
     train.add_argument("--data", default="mnist-small", choices=("mnist", "fashion-mnist", "mnist-small"),
                        help="the data set (Boston housing: `ekinet experiment boston`, which standardises it)")
-    train.add_argument("--data-dir", help="where the data files are (default $EKINET_DATA or ~/.cache/ekinet)")
+    train.add_argument("--data-dir", type=_directory,
+                       help="where the data files are (default $EKINET_DATA or ~/.cache/ekinet)")
     train.add_argument("--method", default="eki-r", choices=("eki", "meki", "eki-r", "meki-r"))
     train.add_argument("--update", default="loss", choices=("loss", "kalman"),
                        help="the general-loss scheme (the paper's) or the Kalman update")
@@ -57,11 +60,14 @@ def build_parser():
                        help="step h (the adaptive step's numerator for --update loss)")
     train.add_argument("--step-decay", type=_positive_float, default=1.0,
                        help="the step of epoch e is step * step_decay^e (default 1: constant)")
-    train.add_argument("--noise", type=_positive_float, default=1e-2, help="Kalman noise variance gamma")
-    train.add_argument("--randomization-scale", type=_nonnegative_float, default=0.3,
-                       help="EKI(R): gamma, in units of the Glorot prior")
-    train.add_argument("--randomization-decay", type=_positive_float, default=1.0)
-    train.add_argument("--randomize-every", choices=("epoch", "update"), default="update")
+    train.add_argument("--noise", type=_positive_float,
+                       help="with --update kalman: the noise variance gamma (default 0.01)")
+    train.add_argument("--randomization-scale", type=_nonnegative_float,
+                       help="eki-r, meki-r: gamma, in units of the Glorot prior (default 0.3)")
+    train.add_argument("--randomization-decay", type=_positive_float,
+                       help="eki-r, meki-r: gamma(n) = scale * decay^n (default 1)")
+    train.add_argument("--randomize-every", choices=("epoch", "update"),
+                       help="eki-r, meki-r: redraw after every update (default) or every epoch")
     train.add_argument("--centred-draws", action="store_true",
                        help="EKI(R): subtract the draws' sample mean, so that the redraw keeps the mean exactly")
     train.add_argument("--input-span", action="store_true",
@@ -86,7 +92,8 @@ def build_parser():
     train.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     train.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     train.add_argument("--checkpoint", help="checkpoint file, written after every epoch")
-    train.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
+    train.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists (needs "
+                       "--checkpoint)")
     train.add_argument("--history", help="write the per-epoch metrics to this .csv or .json file")
     train.add_argument("--plot", help="save learning curves to this image file (needs matplotlib)")
     train.add_argument("--seed", type=_seed, default=0)
@@ -134,7 +141,8 @@ def build_parser():
     experiment.add_argument("--checkpoints", metavar="DIR",
                             help="write each EKI run's checkpoint into DIR after every epoch and resume from it "
                                  "(an interrupted run continues where it stopped; the file keeps the ensemble)")
-    experiment.add_argument("--data-dir")
+    experiment.add_argument("--data-dir", type=_directory,
+                            help="where the data files are (default $EKINET_DATA or ~/.cache/ekinet)")
     experiment.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     experiment.add_argument("--seed", type=_seed, default=0)
     experiment.add_argument("--no-progress", action="store_true")
@@ -148,6 +156,10 @@ def _check_outputs(args):
     """--history and --plot are written after training: a path that cannot be written fails now instead."""
     if args.history and os.path.isdir(args.history):
         raise ValueError(f"--history {args.history} is a directory; pass a file (.csv or .json)")
+    for option, path in (("--history", args.history), ("--plot", args.plot)):
+        folder = os.path.dirname(os.path.abspath(path)) if path else None
+        if folder and not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+            raise ValueError(f"{option} {path}: the directory {folder} does not exist or is not writable")
     if args.plot:
         from matplotlib.figure import Figure
 
@@ -164,19 +176,28 @@ def _train(args):
     from . import datasets
     from .train import RandomizationSchedule, Trainer
 
+    redraws = {"scale": args.randomization_scale, "decay": args.randomization_decay, "when": args.randomize_every}
     drawn = [flag for flag, on in (("--centred-draws", args.centred_draws), ("--input-span", args.input_span),
                                    ("--hidden-span", args.hidden_span)) if on]
+    drawn += [f"--{flag}" for flag, value in (("randomization-scale", redraws["scale"]),
+                                              ("randomization-decay", redraws["decay"]),
+                                              ("randomize-every", redraws["when"])) if value is not None]
     if drawn and not args.method.endswith("-r"):
         raise ValueError(f"{', '.join(drawn)} shape the redraws of EKI(R): use --method eki-r or meki-r, not "
                          f"{args.method}")
+    if args.noise is not None and args.update != "kalman":
+        raise ValueError(f"--noise is the Kalman update's gamma: add --update kalman (the {args.update!r} update "
+                         "has no noise variance)")
+    if args.resume and not args.checkpoint:
+        raise ValueError("--resume continues from --checkpoint FILE: pass the checkpoint file too")
+    if args.data_dir and args.data == "mnist-small":
+        raise ValueError("--data-dir is where mnist and fashion-mnist are read; mnist-small is embedded in the "
+                         "package: leave --data-dir out")
     _check_outputs(args)
-    if args.data_dir:
-        datasets.data_dir(args.data_dir)  # fails early on a bad path
     flatten = not args.model.startswith("cnn")
-    train = datasets.load(args.data, split="train", flatten=flatten,
-                          **({} if args.data == "mnist-small" else {"data_dir": args.data_dir}))
-    test = datasets.load(args.data, split="test", flatten=flatten,
-                         **({} if args.data == "mnist-small" else {"data_dir": args.data_dir}))
+    where = {} if args.data == "mnist-small" else {"data_dir": args.data_dir}
+    train = datasets.load(args.data, split="train", flatten=flatten, **where)
+    test = datasets.load(args.data, split="test", flatten=flatten, **where)
     if args.train_size:
         if args.train_size > len(train):
             print(f"ekinet train: --train-size {args.train_size} exceeds the {len(train)} training examples of "
@@ -187,12 +208,13 @@ def _train(args):
         train, validation = train.split(args.validation, rng=args.seed)
     randomization = None
     if args.method.endswith("-r"):
-        randomization = RandomizationSchedule(scale=args.randomization_scale, decay=args.randomization_decay,
-                                              when=args.randomize_every, centred=args.centred_draws,
-                                              input_span=args.input_span, hidden_span=args.hidden_span)
+        randomization = RandomizationSchedule(**{k: v for k, v in redraws.items() if v is not None},
+                                              centred=args.centred_draws, input_span=args.input_span,
+                                              hidden_span=args.hidden_span)
     trainer = Trainer(args.model, train, validation=validation, test=test, method=args.method, update=args.update,
                       loss=args.loss, ensemble=args.ensemble, batch_size=args.batch_size, epochs=args.epochs,
-                      step=args.step, step_decay=args.step_decay, noise=args.noise, randomization=randomization,
+                      step=args.step, step_decay=args.step_decay, randomization=randomization,
+                      **({} if args.noise is None else {"noise": args.noise}),
                       momentum_restart=args.momentum_restart, momentum_coefficient=args.momentum_coefficient,
                       tikhonov=args.tikhonov, bias_std=args.bias_std, ensemble_eval=args.ensemble_eval,
                       patience=args.patience, checkpoint=args.checkpoint, resume=args.resume,
