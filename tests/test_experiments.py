@@ -56,6 +56,12 @@ def test_quickstart_smoke_learns(tmp_path):
 def test_report_without_results_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="run `ekinet experiment NAME` first"):
         experiments.report(tmp_path / "nothing")
+    (tmp_path / "boston.json").write_text('{"rows": [\n')
+    with pytest.raises(ValueError, match=r"boston.json is not a results file .*JSONDecodeError"):
+        experiments.report(tmp_path)
+    (tmp_path / "boston.json").write_text('{"rows": [{"method": "eki-r"}]}')
+    with pytest.raises(ValueError, match=r"boston.json is not a results file .*KeyError"):
+        experiments.report(tmp_path)
 
 
 def test_unknown_method_is_named():

@@ -141,7 +141,11 @@ def test_randomization_float64_and_other_networks():
                                randomization=ekinet.Randomization(scale=0.05, every=10), bias_std=0.1)
     assert plain.ensemble.dtype == np.float64
     assert np.all(np.isfinite(spread.predictions)) and not np.allclose(spread.predictions, plain.predictions)
-    assert spread.settings["randomization"] == {"scale": 0.05, "every": 10, "decay": 1.0}
+    assert spread.settings["randomization"] == {"scale": 0.05, "every": 10, "decay": 1.0, "centred": False}
+    centred = online_regression(y, "rnn:1-8-1", ensemble=20, rng=0, dtype="float64", progress=False,
+                                randomization=ekinet.Randomization(scale=0.05, every=10, centred=True), bias_std=0.1)
+    assert centred.settings["randomization"]["centred"] is True
+    assert not np.allclose(centred.predictions, spread.predictions)  # the redraws' sample mean was taken out
     stacked = nn.Sequential([nn.RNN(5, return_sequences=True), nn.LSTM(4), nn.Dense(3, "tanh"), nn.Dense(1)], (1, 1))
     r = online_regression(y, stacked, ensemble=10, window=3, progress=False)
     assert r.network is stacked and np.all(np.isfinite(r.predictions))

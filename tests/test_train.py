@@ -541,6 +541,13 @@ def test_bad_datasets_are_named(digits):
         Trainer("mlp:1-8-2", sine_data(), loss="gaussian-nll", update="kalman")
 
 
+def test_the_progress_bar_keeps_the_last_epochs_accuracy_beside_the_batch_loss(digits, capsys):
+    small_trainer(digits, epochs=2, ensemble=10, progress=True).fit()
+    shown = capsys.readouterr().err.split("\r")
+    second_epoch = [line for line in shown if "epoch=2" in line and "loss=" in line]
+    assert second_epoch and all("test_accuracy_mean=" in line for line in second_epoch)
+
+
 def test_nan_in_a_split_is_named_before_training(digits):
     train, validation, test = digits
     bad_test = datasets.Dataset(_with_nan(test.x.astype(np.float32), 7), test.y, "bad", "classification", 10)

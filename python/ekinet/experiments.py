@@ -435,9 +435,9 @@ def get(name):
 
 
 def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, passes=None, step=None,
-        step_decay=None, centred_draws=None, input_span=None, hidden_span=None, momentum_restart=None, momentum_coefficient=None,
-        update=None, noise=None, out="results", progress=True, device="cpu", seed=0, data_dir=None, methods=None,
-        checkpoints=None):
+        step_decay=None, centred_draws=None, input_span=None, hidden_span=None, momentum_restart=None,
+        momentum_coefficient=None, update=None, noise=None, out="results", progress=True, device="cpu", seed=0,
+        data_dir=None, methods=None, checkpoints=None):
     """Run an experiment at size "paper", "cpu" (reduced, labelled as such), "smoke" or "auto" (paper on a GPU,
     cpu otherwise), with optional overrides; writes out/NAME.json and returns the result dict. A training
     experiment takes the overrides in TRAINING_OPTIONS, an online one those in ONLINE_OPTIONS (passes: how often
@@ -454,9 +454,9 @@ def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, passe
         raise ValueError(f"size = {size!r} must be 'paper', 'cpu', 'smoke' or 'auto'")
     settings = getattr(experiment, size)
     overrides = {k: v for k, v in (("ensemble", ensemble), ("epochs", epochs), ("train_size", train_size),
-                                   ("passes", passes), ("step", step), ("step_decay", step_decay), ("centred_draws", centred_draws),
-                                   ("input_span", input_span), ("hidden_span", hidden_span),
-                                   ("momentum_restart", momentum_restart),
+                                   ("passes", passes), ("step", step), ("step_decay", step_decay),
+                                   ("centred_draws", centred_draws), ("input_span", input_span),
+                                   ("hidden_span", hidden_span), ("momentum_restart", momentum_restart),
                                    ("momentum_coefficient", momentum_coefficient), ("update", update),
                                    ("noise", noise))
                  if v is not None}
@@ -548,10 +548,14 @@ def report(out="results"):
         path = os.path.join(out, f"{name}.json")
         if not os.path.exists(path):
             continue
-        with open(path) as f:
-            result = json.load(f)
-        for row in result.get("rows", []):
-            lines.append(_report_line(name, result, row))
+        try:
+            with open(path) as f:
+                result = json.load(f)
+            lines.extend(_report_line(name, result, row) for row in result.get("rows", []))
+        except (ValueError, KeyError, TypeError, AttributeError) as error:  # JSONDecodeError is a ValueError
+            raise ValueError(f"{path} is not a results file that `ekinet experiment {name}` wrote "
+                             f"({type(error).__name__}: {error}); run the experiment again or move the file "
+                             "away") from error
     return "\n".join(lines) + "\n"
 
 

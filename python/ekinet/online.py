@@ -338,7 +338,7 @@ def online_regression(series, model="lstm:1-32-1", *, ensemble=100, passes=1, wi
                 updates += 1
                 if randomization is not None and randomization.every and updates % randomization.every == 0:
                     U = randomize(U, randomization.gamma(updates), prior_std=prior_std, rng=generator,
-                                  backend=backend)
+                                  centred=randomization.centred, backend=backend)
                 bar.update()
                 if progress and (updates % 100 == 0 or stop == targets.shape[0]):
                     error = float(xp.mean((predictions[p, :stop] - y[:stop]) ** 2))
@@ -351,6 +351,6 @@ def online_regression(series, model="lstm:1-32-1", *, ensemble=100, passes=1, wi
                 "device": device,
                 "randomization": None if randomization is None else {
                     "scale": float(randomization.scale), "every": int(randomization.every),
-                    "decay": float(randomization.decay)}}
+                    "decay": float(randomization.decay), "centred": bool(randomization.centred)}}
     return _result(to_host(predictions), to_host(deviations), targets, inputs, to_host(U), model, seconds, lo, hi,
                    times, name, "EKI", settings)

@@ -389,6 +389,7 @@ class Trainer:
         per_epoch = -(-N // self.batch_size)
         bar = tqdm(total=(self.epochs - self.epoch) * per_epoch, disable=not self.progress, unit="batch",
                    desc=f"{self.method} J={self.ensemble_size}")
+        last_epoch = {}  # the last epoch's mean-particle metrics, shown beside each batch's loss
         while self.epoch < self.epochs and not self.stopped_early:
             start = time.perf_counter()
             losses_seen, failed = [], 0
@@ -402,7 +403,7 @@ class Trainer:
                 mean_sum += self.optimizer.updated_mean
                 failed += self.optimizer.history[-1]["failed_members"]
                 bar.update(1)
-                bar.set_postfix(epoch=self.epoch + 1, loss=f"{losses_seen[-1]:.4g}")
+                bar.set_postfix(epoch=self.epoch + 1, loss=f"{losses_seen[-1]:.4g}", **last_epoch)
             self._average = (mean_sum / len(losses_seen)).astype(self.dtype)
             schedule = self.randomization
             if schedule is not None and schedule.when == "epoch" and (self.epoch + 1) % schedule.every == 0:
@@ -414,8 +415,8 @@ class Trainer:
                       "seconds": time.perf_counter() - start}
             record.update(self._epoch_metrics())
             self.history.append(record)
-            bar.set_postfix(epoch=self.epoch, **{k: f"{v:.4g}" for k, v in record.items()
-                                                 if k.endswith("_mean") and isinstance(v, float)})
+            last_epoch = {k: f"{v:.4g}" for k, v in record.items() if k.endswith("_mean") and isinstance(v, float)}
+            bar.set_postfix(epoch=self.epoch, **last_epoch)
             self._early_stopping(record)
             if self.checkpoint_path:
                 self.save(self.checkpoint_path)
