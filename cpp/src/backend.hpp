@@ -194,6 +194,10 @@ class Backend {
   virtual i64 count_nonfinite(i64 rows, i64 cols, const T* a, i64 lda) = 0;
   // Number of entries <= 0 (NaN counts too). Synchronises.
   virtual i64 count_nonpositive(i64 rows, i64 cols, const T* a, i64 lda) = 0;
+  // Number of pairs r > c of the n x n matrix A with |A[r, c] - A[c, r]| > tolerance sqrt(|A[r, r] A[c, c]|)
+  // (the bound an SPD matrix puts on |A[r, c]|, so the test is relative to the entries' own scale; NaN counts).
+  // Synchronises.
+  virtual i64 count_asymmetric(i64 n, const T* a, i64 lda, double tolerance) = 0;
   // (1/n) trace of the n x n matrix A. Synchronises.
   virtual double mean_diagonal(i64 n, const T* a, i64 lda) = 0;
   // sum over entries of (A - 1 mean^T)^2 (the spread numerator). Synchronises.

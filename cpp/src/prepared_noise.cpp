@@ -1,6 +1,7 @@
 #include "prepared_noise.hpp"
 
 #include <cmath>
+#include <limits>
 
 #include "ekinet/random.hpp"
 
@@ -38,13 +39,21 @@ PreparedNoise<T> prepare_noise(Backend<T>& backend, const ArgumentChecker& check
       check.finite(backend, noise.matrix, "noise_cov");
       prepared.matrix = noise.matrix.as<T>();
       prepared.matrix_stride = noise.matrix.row_stride;
+      // The factorisation reads one triangle, so a half-filled or asymmetric Gamma would be misread silently.
+      const double tolerance = std::sqrt(static_cast<double>(std::numeric_limits<T>::epsilon()));
+      const i64 asymmetric = backend.count_asymmetric(M, prepared.matrix, prepared.matrix_stride, tolerance);
+      if (asymmetric > 0) {
+        check.fail("noise_cov is not symmetric: " + std::to_string(asymmetric) +
+                   " pairs (i, j) differ by more than sqrt(eps) sqrt(Gamma_ii Gamma_jj); pass the full symmetric "
+                   "matrix (both triangles), e.g. (A + A^T) / 2 if the asymmetry is rounding");
+      }
       prepared.cholesky = backend.workspace().template take<T>(M * M);
       backend.axpby(M, M, T{1}, prepared.matrix, prepared.matrix_stride, T{0}, prepared.matrix,
                     prepared.matrix_stride, prepared.cholesky, M);
       const i64 info = backend.potrf_lower(M, prepared.cholesky, M);
       if (info != 0) {
         check.fail("noise_cov is not symmetric positive definite (Cholesky failed: the leading minor of order " +
-                   std::to_string(info) + " is not positive); pass an SPD covariance (only its lower triangle is read)");
+                   std::to_string(info) + " is not positive); pass an SPD covariance");
       }
       break;
     }

@@ -364,6 +364,11 @@ TEST_P(OnDevice, BadInputThrowsTypedErrorsNamingTheArgument) {
   indefinite[0] = -50;
   expect_message([&] { kalman_update(ctx, u, g, y, NoiseCovariance::full(harness.upload(indefinite, M, M)), {}, {}, out); },
                  "positive definite");
+  Matrix lower_only = random_spd(M, 3);  // a C++ caller who fills one triangle gets an error, not diag(Gamma)
+  for (std::int64_t i = 0; i < M; ++i)
+    for (std::int64_t j = i + 1; j < M; ++j) lower_only[i * M + j] = 0;
+  expect_message([&] { kalman_update(ctx, u, g, y, NoiseCovariance::full(harness.upload(lower_only, M, M)), {}, {}, out); },
+                 "noise_cov is not symmetric");
   Matrix nan_u = p.U;
   nan_u[5] = std::nan("");
   expect_message([&] { kalman_update(ctx, harness.upload(nan_u, J, P), g, y, isotropic, {}, {}, out); }, "U contains 1 NaN/Inf");

@@ -9,7 +9,7 @@ struct NoiseCovariance {
   enum class Kind { scalar, diagonal, full };
   Kind kind = Kind::scalar;
   double scalar = 1.0;       // Gamma = scalar * I
-  ConstMatrixView matrix{};  // diagonal: 1 x M variances; full: M x M symmetric positive definite
+  ConstMatrixView matrix{};  // diagonal: 1 x M variances; full: M x M symmetric (both triangles) positive definite
 
   static NoiseCovariance isotropic(double variance) { return {Kind::scalar, variance, {}}; }
   static NoiseCovariance diagonal(ConstMatrixView variances) { return {Kind::diagonal, 0.0, variances}; }

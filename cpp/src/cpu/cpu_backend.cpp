@@ -484,6 +484,16 @@ class CpuBackend final : public Backend<T> {
     return count;
   }
 
+  i64 count_asymmetric(i64 n, const T* a, i64 lda, double tolerance) override {
+    i64 count = 0;
+    for (i64 r = 0; r < n; ++r)
+      for (i64 c = 0; c < r; ++c) {
+        const double bound = tolerance * std::sqrt(std::abs(double(a[r * lda + r]) * double(a[c * lda + c])));
+        count += !(std::abs(double(a[r * lda + c]) - double(a[c * lda + r])) <= bound);
+      }
+    return count;
+  }
+
   double mean_diagonal(i64 n, const T* a, i64 lda) override {
     double sum = 0;
     for (i64 i = 0; i < n; ++i) sum += a[i * lda + i];

@@ -390,6 +390,18 @@ __global__ void count_kernel(i64 rows, i64 cols, const T* a, i64 lda, unsigned l
 }
 
 template <class T>
+__global__ void count_asymmetric_kernel(i64 n, const T* a, i64 lda, double tolerance, unsigned long long* counter) {
+  unsigned long long count = 0;
+  for (i64 i = first_index(); i < n * n; i += grid_stride()) {
+    const auto [r, c] = divide(i, n);
+    if (r <= c) continue;
+    const double bound = tolerance * sqrt(fabs(double(a[r * lda + r]) * double(a[c * lda + c])));
+    count += !(fabs(double(a[r * lda + c]) - double(a[c * lda + r])) <= bound);
+  }
+  if (count != 0) atomicAdd(counter, count);
+}
+
+template <class T>
 __global__ void divide_rows_clamped_kernel(i64 n, i64 nrhs, const T* w, T floor, T* b, i64 ldb) {
   for (i64 k = first_index(); k < n * nrhs; k += grid_stride()) {
     const auto [c, i] = divide(k, n);
@@ -912,6 +924,15 @@ class CudaBackend final : public Backend<T> {
 
   i64 count_nonpositive(i64 rows, i64 cols, const T* a, i64 lda) override {
     return count<NonPositive>(rows, cols, a, lda);
+  }
+
+  i64 count_asymmetric(i64 n, const T* a, i64 lda, double tolerance) override {
+    if (n == 0) return 0;
+    const DeviceGuard guard(state_.device());
+    auto* counter = workspace_.take<unsigned long long>(1);
+    zero(counter, sizeof *counter);
+    launch("count_asymmetric_kernel", n * n, count_asymmetric_kernel<T>, n, a, lda, tolerance, counter);
+    return static_cast<i64>(read_back(counter));
   }
 
   double mean_diagonal(i64 n, const T* a, i64 lda) override {
