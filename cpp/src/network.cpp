@@ -29,6 +29,15 @@ std::int64_t product(const Shape& shape) {
   return size;
 }
 
+std::int64_t sum(std::int64_t a, std::int64_t b) {
+  std::int64_t total = 0;
+  if (__builtin_add_overflow(a, b, &total)) {
+    throw InvalidArgument("network size " + std::to_string(a) + " + " + std::to_string(b) +
+                          " overflows a 64-bit count; use smaller layers");
+  }
+  return total;
+}
+
 const char* kind_name(Layer::Kind kind) {
   switch (kind) {
     case Layer::Kind::dense: return "Dense";
@@ -48,7 +57,7 @@ const char* kind_name(Layer::Kind kind) {
 
 // Spatial output size of a window of `kernel` moved by `stride` over `size` padded by `padding` on each side.
 std::int64_t window_count(std::int64_t size, std::int64_t kernel, std::int64_t stride, std::int64_t padding) {
-  return (size + 2 * padding - kernel) / stride + 1;
+  return (sum(size, product({2, padding})) - kernel) / stride + 1;
 }
 
 }  // namespace
@@ -149,7 +158,8 @@ Network::Network(std::vector<Layer> layers, std::vector<std::int64_t> input_shap
         if (layer.units < 1 || layer.kernel < 1 || layer.stride < 1 || layer.padding < 0) {
           reject(i, layer, in, "channels, kernel and stride must be positive and padding non-negative");
         }
-        if (in[1] + 2 * layer.padding < layer.kernel || in[2] + 2 * layer.padding < layer.kernel) {
+        const std::int64_t padded = product({2, layer.padding});
+        if (sum(in[1], padded) < layer.kernel || sum(in[2], padded) < layer.kernel) {
           reject(i, layer, in, "the kernel is larger than the padded image");
         }
         if (layer.activation == Activation::softmax) {
@@ -157,10 +167,10 @@ Network::Network(std::vector<Layer> layers, std::vector<std::int64_t> input_shap
         }
         const std::int64_t height = window_count(in[1], layer.kernel, layer.stride, layer.padding);
         const std::int64_t width = window_count(in[2], layer.kernel, layer.stride, layer.padding);
-        const std::int64_t receptive = in[0] * layer.kernel * layer.kernel;
-        add("weight", {layer.units, in[0], layer.kernel, layer.kernel}, receptive,
-            layer.units * layer.kernel * layer.kernel);
-        add("bias", {layer.units}, receptive, layer.units * layer.kernel * layer.kernel);
+        const std::int64_t receptive = product({in[0], layer.kernel, layer.kernel});
+        const std::int64_t fan_out = product({layer.units, layer.kernel, layer.kernel});
+        add("weight", {layer.units, in[0], layer.kernel, layer.kernel}, receptive, fan_out);
+        add("bias", {layer.units}, receptive, fan_out);
         out = {layer.units, height, width};
         break;
       }
@@ -180,13 +190,13 @@ Network::Network(std::vector<Layer> layers, std::vector<std::int64_t> input_shap
       case Layer::Kind::lstm: {
         if (in.size() != 2) reject(i, layer, in, "expected (steps, features)");
         if (layer.units < 1) reject(i, layer, in, "the hidden size must be positive");
-        const std::int64_t gates = layer.kind == Layer::Kind::lstm ? 4 : 1;
-        const std::int64_t hidden = layer.units, features = in[1];
-        add("weight_ih", {gates * hidden, features}, features, gates * hidden);
-        add("weight_hh", {gates * hidden, hidden}, hidden, gates * hidden);
-        add("bias_ih", {gates * hidden}, features, gates * hidden);
-        add("bias_hh", {gates * hidden}, hidden, gates * hidden);
-        state_size_ += hidden * (layer.kind == Layer::Kind::lstm ? 2 : 1);
+        const bool lstm = layer.kind == Layer::Kind::lstm;
+        const std::int64_t hidden = layer.units, features = in[1], rows = product({lstm ? 4 : 1, hidden});
+        add("weight_ih", {rows, features}, features, rows);
+        add("weight_hh", {rows, hidden}, hidden, rows);
+        add("bias_ih", {rows}, features, rows);
+        add("bias_hh", {rows}, hidden, rows);
+        state_size_ = sum(state_size_, product({lstm ? 2 : 1, hidden}));
         out = layer.return_sequences ? Shape{in[0], hidden} : Shape{hidden};
         break;
       }
@@ -194,8 +204,26 @@ Network::Network(std::vector<Layer> layers, std::vector<std::int64_t> input_shap
     if (layer.activation == Activation::softmax && i + 1 != layers_.size()) {
       reject(i, layer, in, "softmax is an output activation: only the last layer may use it");
     }
+    product(out);  // throws if the layer's output size overflows (forward() multiplies these shapes freely)
     shapes_.push_back(out);
   }
+}
+
+const std::vector<std::int64_t>& Network::shape(std::size_t i) const {
+  if (i >= shapes_.size()) {
+    throw InvalidArgument("shape(" + std::to_string(i) + "): the network has " + std::to_string(layers_.size()) +
+                          " layers, so i goes up to " + std::to_string(layers_.size()) + " (0 is the input)");
+  }
+  return shapes_[i];
+}
+
+std::int64_t Network::parameter_offset(std::size_t i) const {
+  if (i >= layers_.size()) {
+    throw InvalidArgument("parameter_offset(" + std::to_string(i) + "): the network has " +
+                          std::to_string(layers_.size()) + " layers (0 to " + std::to_string(layers_.size()) +
+                          " - 1)");
+  }
+  return layer_parameter_offset_[i];
 }
 
 std::int64_t Network::input_size() const { return product(shapes_.front()); }

@@ -125,7 +125,13 @@ TEST(NetworkApi, BadInputIsNamed) {
   EXPECT_THROW(Network({Layer::dense(3)}, {1, 4, 4}), InvalidArgument);  // dense on an image: Flatten first
   EXPECT_THROW(Network({Layer::dense(4)}, {-2, -3}), InvalidArgument);   // a positive product is not enough
   EXPECT_THROW(Network({Layer::dense(std::int64_t{1} << 40)}, {std::int64_t{1} << 40}), InvalidArgument);  // overflow
+  constexpr std::int64_t huge = std::int64_t{1} << 62;
+  EXPECT_THROW(Network({Layer::conv2d(2, 3, 1, huge)}, {1, 8, 8}), InvalidArgument);  // padding overflows
+  EXPECT_THROW(Network({Layer::lstm(huge)}, {5, 1}), InvalidArgument);                // 4 gates x hidden
   const Network net({Layer::dense(2)}, {3});
+  EXPECT_THROW(net.shape(2), InvalidArgument);  // one layer: shapes 0 (input) and 1
+  EXPECT_THROW(net.parameter_offset(1), InvalidArgument);
+  EXPECT_EQ(net.shape(1), std::vector<std::int64_t>{2});
   std::vector<double> u(2 * net.parameter_count(), 0.1), x(4 * 3, 1.0), g(2 * 4 * 2);
   auto context = make_cpu_context();
   auto message = [&](ConstMatrixView U, ConstMatrixView X) {

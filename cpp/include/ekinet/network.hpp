@@ -51,14 +51,14 @@ class Network {
   const std::vector<Layer>& layers() const { return layers_; }
   const std::vector<std::int64_t>& input_shape() const { return shapes_.front(); }
   const std::vector<std::int64_t>& output_shape() const { return shapes_.back(); }
-  // Per-example shape after layer i (shape(0) is the input).
-  const std::vector<std::int64_t>& shape(std::size_t i) const { return shapes_.at(i); }
+  // Per-example shape after layer i (shape(0) is the input; i up to the layer count). InvalidArgument past it.
+  const std::vector<std::int64_t>& shape(std::size_t i) const;
   std::int64_t input_size() const;
   std::int64_t output_size() const;
   std::int64_t parameter_count() const { return parameter_count_; }
   const std::vector<ParameterSlice>& parameters() const { return parameters_; }
-  // Offset of layer i's first parameter in a member's row.
-  std::int64_t parameter_offset(std::size_t i) const { return layer_parameter_offset_.at(i); }
+  // Offset of layer i's first parameter in a member's row. InvalidArgument past the last layer.
+  std::int64_t parameter_offset(std::size_t i) const;
   // Values of recurrent state per example and member: h (and c for LSTM) of every recurrent layer, in order.
   std::int64_t state_size() const { return state_size_; }
   // Workspace bytes forward() needs for J members and B examples (it allocates nothing else): exact for the

@@ -4,10 +4,14 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <limits>
+#include <mutex>
 #include <new>
 #include <string>
+#include <system_error>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "backend.hpp"
@@ -48,14 +52,38 @@ void parallel_ranges(i64 count, i64 work_per_item, Body body) {
     body(i64{0}, count, i64{0});
     return;
   }
-  std::vector<std::thread> workers;
+  // An exception escaping a thread would call std::terminate: each range keeps the first one, and it is
+  // rethrown here once every worker has joined. A thread that cannot start leaves its range to this thread.
+  std::exception_ptr error;
+  std::mutex error_mutex;
+  auto guarded = [&](i64 first, i64 last, i64 slot) {
+    try {
+      body(first, last, slot);
+    } catch (...) {
+      const std::lock_guard<std::mutex> lock(error_mutex);
+      if (!error) error = std::current_exception();
+    }
+  };
   const i64 chunk = (count + threads - 1) / threads;
-  for (i64 t = 1; t < threads; ++t) {
-    const i64 first = t * chunk, last = std::min(count, first + chunk);
-    if (first < last) workers.emplace_back(body, first, last, t);
+  auto range = [&](i64 t) { return std::pair<i64, i64>{t * chunk, std::min(count, (t + 1) * chunk)}; };
+  std::vector<std::thread> workers;
+  i64 started = 1;
+  for (; started < threads; ++started) {
+    const auto [first, last] = range(started);
+    if (first >= last) break;
+    try {
+      workers.emplace_back(guarded, first, last, started);
+    } catch (const std::system_error&) {
+      break;
+    }
   }
-  body(i64{0}, std::min(count, chunk), i64{0});
+  guarded(i64{0}, std::min(count, chunk), i64{0});
+  for (i64 t = started; t < threads; ++t) {
+    const auto [first, last] = range(t);
+    if (first < last) guarded(first, last, t);
+  }
   for (std::thread& worker : workers) worker.join();
+  if (error) std::rethrow_exception(error);
 }
 
 // sum_c (a[c] - mean[c])^2 in double, over eight independent partial sums so that the loop vectorises (one
@@ -175,7 +203,14 @@ class CpuBackend final : public Backend<T> {
     blas::syevd(T{}, "V", "L", &in, a, &ilda, w, &work_size, &lwork, &iwork_size, &liwork, &info, std::size_t{1},
                 std::size_t{1});
     if (info != 0) return info;
-    lwork = static_cast<int>(work_size);
+    // The query returns the size as a T, which a float rounds down past 2^24 (and not every LAPACK rounds it
+    // up first): take at least the documented minimum for eigenvectors, 1 + 6n + 2n^2, counted in doubles.
+    const double needed = std::max(std::ceil(static_cast<double>(work_size)), 1.0 + 6.0 * n + 2.0 * n * n);
+    if (needed > INT_MAX) {
+      throw InvalidArgument("the eigen-decomposition of an n = " + std::to_string(n) + " matrix needs " +
+                            std::to_string(needed) + " workspace entries, over LAPACK's 32-bit limit");
+    }
+    lwork = static_cast<int>(needed);
     liwork = iwork_size;
     T* work = workspace_.take<T>(lwork);
     int* iwork = workspace_.take<int>(liwork);
