@@ -8,7 +8,7 @@ struct BuildInfo {
   std::string version;
   bool cuda = false;
   std::string cuda_version;        // toolkit ekinet was compiled with
-  std::string cuda_architectures;  // e.g. "80;90"
+  std::string cuda_architectures;  // e.g. "80 90"
   std::string blas;                // BLAS/LAPACK library linked for the CPU
   std::string compiler;
 };

@@ -1,6 +1,8 @@
 // A Context owns everything one device needs across calls: BLAS/LAPACK (CPU) or the CUDA stream, the
 // cuBLAS and cuSOLVER handles (CUDA), and a workspace that grows to the high-water mark and is reused, so a
-// training loop allocates nothing after its first step. A Context is not thread safe: use one per thread.
+// training loop makes no workspace or device allocation after its first step (the CPU backend still takes small
+// host vectors per call, O(P) or one per thread, and starts its worker threads per pass). A Context is not
+// thread safe: use one per thread.
 #pragma once
 
 #include <cstddef>
