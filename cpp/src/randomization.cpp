@@ -72,6 +72,7 @@ void randomize_around(Context& ctx, ConstMatrixView mean, double scale, ConstMat
     check.array(U_out, "U_out");
     if (U_out.rows < 1) check.fail("U_out has no members (rows)");
     check.shape(mean, "mean", 1, U_out.cols, "one value per parameter, like a row of U_out");
+    check.separate(U_out, "U_out", mean, "mean", false);  // the draw reads the mean while it writes U_out
     detail::check_scale(check, scale);
     check.finite(backend, mean, "mean");
     detail::draw_around(backend, check, mean.as<T>(), scale, prior_std, seed, U_out);
@@ -87,6 +88,7 @@ void randomize_with(Context& ctx, ConstMatrixView U, double scale, ConstMatrixVi
     check.shape(xi, "xi", U.rows, U.cols, "one prior sample per member, like U");
     check.finite(backend, xi, "xi");
     const T* mean = detail::checked_mean(backend, check, U, scale, U_out);
+    check.separate(U_out, "U_out", xi, "xi", true);
     backend.axpby(U.rows, U.cols, static_cast<T>(scale), xi.as<T>(), xi.row_stride, T{0}, xi.as<T>(), xi.row_stride,
                   U_out.as<T>(), U_out.row_stride);
     backend.add_row_vector(U.rows, U.cols, U_out.as<T>(), U_out.row_stride, T{1}, mean, U_out.as<T>(),

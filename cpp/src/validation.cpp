@@ -1,6 +1,8 @@
 #include "validation.hpp"
 
 #include <cmath>
+#include <cstdint>
+#include <utility>
 
 #include "ekinet/errors.hpp"
 
@@ -31,6 +33,32 @@ void ArgumentChecker::array(const ConstMatrixView& view, const char* name) const
   if (view.data == nullptr && view.size() > 0) fail(std::string(name) + " is a null pointer");
 }
 
+namespace {
+
+// [first, last) byte addresses of a view, as integers (comparing pointers into different arrays is unspecified).
+std::pair<std::uintptr_t, std::uintptr_t> byte_range(const ConstMatrixView& view) {
+  const auto first = reinterpret_cast<std::uintptr_t>(view.data);
+  if (view.rows == 0 || view.cols == 0) return {first, first};
+  const auto elements = static_cast<std::uintptr_t>((view.rows - 1) * view.row_stride + view.cols);
+  return {first, first + elements * size_of(view.dtype)};
+}
+
+}  // namespace
+
+void ArgumentChecker::separate(const ConstMatrixView& out, const char* out_name, const ConstMatrixView& in,
+                               const char* in_name, bool in_place) const {
+  const auto [out_first, out_last] = byte_range(out);
+  const auto [in_first, in_last] = byte_range(in);
+  if (out_first >= in_last || in_first >= out_last) return;
+  const bool same = out.data == in.data && out.rows == in.rows && out.cols == in.cols &&
+                    (out.rows <= 1 || out.row_stride == in.row_stride);
+  if (in_place && same) return;
+  fail(std::string(out_name) + " shares memory with " + in_name +
+       (in_place ? " without being the same array (an offset or another row stride); pass " + std::string(in_name) +
+                       " itself to work in place, or separate memory"
+                 : "; pass separate memory for " + std::string(out_name)));
+}
+
 void ArgumentChecker::shape(const ConstMatrixView& view, const char* name, i64 rows, i64 cols,
                             const char* meaning) const {
   array(view, name);
@@ -50,9 +78,10 @@ void check_ensemble_update(const ArgumentChecker& check, const ConstMatrixView& 
   if (G.cols < 1) check.fail("G has no columns; the forward model must give at least one output");
   if (output == UpdateOutput::mean) {
     check.shape(U_out, "U_out", 1, U.cols, "one row for the mean of the updated ensemble");
-    if (U_out.data == U.data) check.fail("U_out must not be U when the output is the mean of the updated ensemble");
+    check.separate(U_out, "U_out (the updated mean)", U, "U", false);
   } else {
     check.shape(U_out, "U_out", J, U.cols, "the shape of U");
+    check.separate(U_out, "U_out", U, "U", true);
   }
   if (!(step > 0) || !std::isfinite(step)) {
     check.fail("step = " + std::to_string(step) + " must be a positive finite number");

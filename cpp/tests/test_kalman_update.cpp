@@ -364,6 +364,12 @@ TEST_P(OnDevice, BadInputThrowsTypedErrorsNamingTheArgument) {
   indefinite[0] = -50;
   expect_message([&] { kalman_update(ctx, u, g, y, NoiseCovariance::full(harness.upload(indefinite, M, M)), {}, {}, out); },
                  "positive definite");
+  const MatrixView rows = harness.upload(p.U, J + 1, P);  // U_out one row below U in the same buffer
+  MatrixView upper = rows, lower = rows;
+  upper.rows = lower.rows = J;
+  lower.data = static_cast<char*>(rows.data) + P * size_of(rows.dtype);
+  expect_message([&] { kalman_update(ctx, upper, g, y, isotropic, {}, {}, lower); },
+                 "U_out shares memory with U without being the same array");
   Matrix lower_only = random_spd(M, 3);  // a C++ caller who fills one triangle gets an error, not diag(Gamma)
   for (std::int64_t i = 0; i < M; ++i)
     for (std::int64_t j = i + 1; j < M; ++j) lower_only[i * M + j] = 0;

@@ -69,6 +69,10 @@ TEST_P(Randomization, AroundAGivenMeanDrawsWhatRandomizeDraws) {
   bad[2] = std::nan("");
   EXPECT_THROW(randomize_around(harness.context(), harness.upload(bad, 1, P), 0.3, prior_std, 4, around),
                InvalidArgument);
+  MatrixView last_row = around;  // a mean inside U_out would be read while the draw overwrites it
+  last_row.rows = 1;
+  last_row.data = static_cast<char*>(around.data) + (J - 1) * P * size_of(around.dtype);
+  EXPECT_THROW(randomize_around(harness.context(), last_row, 0.3, prior_std, 4, around), InvalidArgument);
 }
 
 // The backends' vectorised draws are the scalar generator's numbers (to an ulp or two of a double), including
