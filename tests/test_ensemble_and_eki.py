@@ -578,5 +578,44 @@ def test_bad_options(decay_problem):
     loss_opt = ekinet.EKI(U0, method="loss")
     with pytest.raises(ValueError, match=r"needs grad="):
         loss_opt.tell(decay(loss_opt.ask()))
-    with pytest.raises(ValueError, match=r"formulation = 'x'"):
-        ekinet.EKI(U0, formulation="x").tell(decay(U0), y)
+    for option in ("formulation", "on_failure", "backend"):  # named when the optimiser is made, not at tell()
+        with pytest.raises(ValueError, match=rf"{option} = 'x' is not one of"):
+            ekinet.EKI(U0, **{option: "x"})
+
+
+def test_a_tell_that_raises_changes_nothing(decay_problem):
+    U0, y = decay_problem
+    scheduler = ekinet.DataMisfitController()
+    opt = ekinet.EKI(U0, noise_cov=NOISE_STD**2, scheduler=scheduler, rng=3)
+    G = decay(opt.ask())
+    rng_state = opt._rng.bit_generator.state
+    with pytest.raises(TypeError, match="G has dtype float32"):  # raised by the update, after the step was chosen
+        opt.tell(G.astype(np.float32), y)
+    with pytest.raises(ValueError, match="no member has a finite misfit"):
+        opt.tell(np.full_like(G, np.nan), y)
+    assert scheduler.time == 0.0 and opt.iteration == 0 and opt.history == []
+    assert opt._rng.bit_generator.state == rng_state
+    opt.tell(G, y)  # then the same update as a fresh optimiser's
+    fresh = ekinet.EKI(U0, noise_cov=NOISE_STD**2, scheduler=ekinet.DataMisfitController(), rng=3)
+    np.testing.assert_array_equal(fresh.tell(decay(fresh.ask()), y), opt.ensemble)
+    loss_opt = ekinet.EKI(U0, method="loss", scheduler=ekinet.DataMisfitController())
+    with pytest.raises(ValueError, match="DataMisfitController chooses the step from the members' misfits"):
+        loss_opt.tell(G, grad=G - y)
+
+
+def test_a_failed_mean_particle_is_recorded_as_nan_and_the_run_goes_on(decay_problem):
+    U0, y = decay_problem
+
+    def fails_at_the_mean(U):
+        G = decay(U)
+        G[-1] = np.nan  # minimize evaluates the members and, in the last row, their mean
+        return G
+
+    result = ekinet.minimize(fails_at_the_mean, U0, y, noise_cov=NOISE_STD**2, iterations=3, progress=False)
+    assert len(result.history) == 3 and all(np.isnan(r["mean_particle_loss"]) for r in result.history)
+    opt = ekinet.EKI(U0, noise_cov=NOISE_STD**2)
+    opt.tell(decay(opt.ask()), y)  # no mean output: the first record has no mean_particle_loss
+    V = opt.ask()
+    opt.tell(decay(V), y, mean_output=decay(V.mean(axis=0, keepdims=True))[0])
+    arrays = opt.history_arrays()
+    assert np.isnan(arrays["mean_particle_loss"][0]) and np.isfinite(arrays["mean_particle_loss"][1])

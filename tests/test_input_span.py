@@ -140,6 +140,26 @@ def test_an_update_in_the_span_equals_the_full_update_of_its_members(method, cen
     np.testing.assert_allclose(opt.ensemble.std(axis=0).mean(), 0.3 * std.mean(), rtol=0.3)
 
 
+def test_looking_at_the_ensemble_between_updates_in_a_subspace_changes_nothing():
+    net, X = network_and_batch(batch=8, features=30)
+    y = np.random.default_rng(3).standard_normal(8 * 3)
+    std = net.prior_std("float64", bias_std=0.1)
+    span = InputSpan(net, std)
+    U0 = net.prior(12, rng=4, dtype="float64", bias_std=0.1)
+    runs = []
+    for look in (False, True):
+        opt = ekinet.EKI(U0, noise_cov=0.1, randomization=ekinet.Randomization(scale=0.3, prior_std=std), rng=5)
+        for _ in range(3):
+            sub = span.subspace(X, centre=opt.next_centre)
+            V = opt.ask(subspace=sub)
+            opt.tell(sub.forward(V).reshape(12, -1), y)
+            if look:  # a draw around the centre from a stream of its own, the same at every read
+                np.testing.assert_array_equal(opt.ensemble, opt.ensemble)
+                assert opt.mean.shape == (net.parameter_count,)
+        runs.append(opt.updated_mean)
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
 def test_bad_uses_are_named():
     net, X = network_and_batch()
     std = net.prior_std("float64")

@@ -8,10 +8,11 @@ import numpy as np
 
 from . import losses
 from ._arrays import namespace_of, to_host
-from ._inputs import ensemble, require_finite, seed_from
+from ._backend import BACKENDS
+from ._inputs import choice, ensemble, require_finite, seed_from
 from .ensemble import ensemble_mean, ensemble_spread, randomize, randomize_around
 from .schedulers import AdaptiveStep, ConstantStep, DataMisfitController
-from .updates import kalman_update, loss_update, nesterov_extrapolate
+from .updates import FAILURE_POLICIES, FORMULATIONS, kalman_update, loss_update, nesterov_extrapolate
 
 METHODS = ("kalman", "loss")
 
@@ -80,9 +81,9 @@ class EKI:
         self.momentum = _momentum(momentum)
         self.randomization = randomization
         self.perturb = bool(perturb)
-        self.formulation = formulation
-        self.on_failure = on_failure
-        self.backend = backend
+        self.formulation = choice(formulation, "formulation", FORMULATIONS)
+        self.on_failure = choice(on_failure, "on_failure", FAILURE_POLICIES)
+        self.backend = choice(backend, "backend", BACKENDS)
         self._rng = np.random.default_rng(seed_from(rng))
         self._U = U0.copy()
         self._V = self._U  # where the forward model is evaluated (differs from U under momentum)
@@ -99,17 +100,21 @@ class EKI:
     @property
     def ensemble(self):
         """The current ensemble U (J, P). After updates in subspaces only their centre is kept; the ensemble is
-        then drawn around it from the full prior when first asked for."""
-        self._draw_if_only_a_centre()
+        then a draw around it from the full prior, from a random stream of its own (the same draw at every read
+        until the next update), so that looking at it changes none of the updates that follow."""
+        if self._U is None:
+            return self._draw_around_centre(np.random.Generator(self._rng.bit_generator.jumped()))
         return self._U
+
+    def _draw_around_centre(self, rng):
+        spec = self.randomization
+        return randomize_around(self._centre, self._members, spec.gamma(self.iteration), prior_std=spec.prior_std,
+                                rng=rng, centred=spec.centred, backend=self.backend)
 
     def _draw_if_only_a_centre(self):
         if self._U is None:
-            spec = self.randomization
             self._drawn_from = self._rng.bit_generator.state
-            self._U = randomize_around(self._centre, self._members, spec.gamma(self.iteration),
-                                       prior_std=spec.prior_std, rng=self._rng, centred=spec.centred,
-                                       backend=self.backend)
+            self._U = self._draw_around_centre(self._rng)
             self._V = self._U if self._shift is None else self._U + self._shift
 
     @property
@@ -183,12 +188,33 @@ class EKI:
         if self.finished:
             raise RuntimeError("the DataMisfitController reached its terminal time; no further update is made")
         V = self.ask() if self._pending is None else self._pending[3]
+        # A tell that raises (bad input, too many failed members, overflow) changes nothing more: not the step
+        # schedule, not the random stream, not the history.
+        scheduler_state = dict(vars(self.scheduler)) if hasattr(self.scheduler, "__dict__") else None
+        rng_state = self._rng.bit_generator.state
+        try:
+            U_new, record = self._update(V, G, y, grad, loss_values, mean_output)
+        except Exception:
+            if scheduler_state is not None:
+                vars(self.scheduler).update(scheduler_state)
+            self._rng.bit_generator.state = rng_state
+            raise
+        self.history.append(record)
+        self._advance(U_new)
+        return self._centre if self._U is None else self._U
+
+    def _update(self, V, G, y, grad, loss_values, mean_output):
+        """(the update of the members V for _advance, its history record); changes only the scheduler, the RNG
+        and the best member."""
         xp = namespace_of(V)
         G = xp.asarray(G)
         # When every member is redrawn around the mean right after this update, only the mean is computed.
         output = "mean" if self._redraws_after_update() else "ensemble"
         if y is not None:
             misfits, grad_squared = self._least_squares(G, xp.asarray(y, dtype=G.dtype))
+        mean_loss = None
+        if mean_output is not None and y is not None:
+            mean_loss = self._mean_particle_loss(xp.asarray(mean_output, dtype=G.dtype), xp.asarray(y, dtype=G.dtype))
         if self.method == "kalman":
             if y is None:
                 raise ValueError("method='kalman' needs the data y: tell(G, y)")
@@ -210,17 +236,23 @@ class EKI:
                                          on_failure=self.on_failure, rng=self._rng, output=output,
                                          return_info=True)
         member_loss = to_host(misfits) if y is not None else (None if loss_values is None else to_host(loss_values))
-        self._record(V, G, member_loss, info)
+        record = self._record(V, member_loss, info)
         if self._pending is not None and member_loss is not None:
             subspace, centre, reduced_centre, _ = self._pending
             self._best = subspace.expand(self._best, centre, reduced_centre)
-        if mean_output is not None and y is not None:
-            mean_output = xp.asarray(mean_output, dtype=G.dtype).reshape(1, -1)
-            mean_loss, _ = losses.squared(xp.concatenate([mean_output, mean_output]), xp.asarray(y, dtype=G.dtype),
-                                          noise_cov=self.noise_cov, backend=self.backend)
-            self.history[-1]["mean_particle_loss"] = float(to_host(mean_loss)[0])
-        self._advance(U_new)
-        return self._centre if self._U is None else self._U
+        if mean_loss is not None:
+            record["mean_particle_loss"] = mean_loss
+        return U_new, record
+
+    def _mean_particle_loss(self, mean_output, y):
+        """The least-squares loss of the mean particle's outputs (M,); NaN when the model failed there."""
+        xp = namespace_of(mean_output)
+        mean_output = mean_output.reshape(1, -1)
+        if not bool(xp.all(xp.isfinite(mean_output))):
+            return float("nan")
+        loss, _ = losses.squared(xp.concatenate([mean_output, mean_output]), y, noise_cov=self.noise_cov,
+                                 backend=self.backend)
+        return float(to_host(loss)[0])
 
     def _least_squares(self, G, y):
         """Per-member misfits 1/2 |G_j - y|^2_Gamma and their gradients; NaN for failed members (rows with
@@ -330,7 +362,8 @@ class EKI:
             return 0.0
         return n / (n + 3) if self.momentum is True else self.momentum
 
-    def _record(self, V, G, member_loss, info):
+    def _record(self, V, member_loss, info):
+        """The history record of an update of the members V (and the best member, kept)."""
         record = {
             "iteration": self.iteration,
             "step": float(info["step"]),
@@ -344,11 +377,11 @@ class EKI:
             record.update(best_member=best, best_loss=float(member_loss[best]),
                           mean_member_loss=float(member_loss[finite].mean()) if finite.any() else float("nan"))
             self._best = V[best].copy()
-        self.history.append(record)
+        return record
 
     def history_arrays(self):
         """The history as a dict of NumPy arrays, one entry per recorded quantity."""
-        keys = [k for k in self.history[0] if k != "formulation"] if self.history else []
+        keys = list(dict.fromkeys(k for record in self.history for k in record if k != "formulation"))
         return {k: np.array([r.get(k, np.nan) for r in self.history]) for k in keys}
 
     def plot_history(self, ax=None, keys=("mean_member_loss", "best_loss", "mean_particle_loss")):

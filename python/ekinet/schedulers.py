@@ -54,8 +54,14 @@ class DataMisfitController:
         return self.time >= self.terminal_time * (1 - 1e-12)
 
     def next_step(self, misfits, n_outputs):
+        if misfits is None:
+            raise ValueError("DataMisfitController chooses the step from the members' misfits: pass the data y "
+                             "to tell() (or loss_values with method='loss')")
         misfits = np.asarray(misfits, dtype=np.float64)
         misfits = misfits[np.isfinite(misfits)]  # failed members take no part
+        if misfits.size == 0:
+            raise ValueError("no member has a finite misfit, so DataMisfitController has no step to choose; check "
+                             "the forward model's outputs")
         mean, variance = float(misfits.mean()), float(misfits.var())
         candidates = [n_outputs / (2 * mean) if mean > 0 else math.inf]
         if variance > 0:
