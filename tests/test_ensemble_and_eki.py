@@ -113,9 +113,20 @@ def test_randomize_bad_input(backend, rng):
         ekinet.randomize(U, -1.0, backend=backend)
     with pytest.raises(ValueError, match=r"prior_std has 2 values"):
         ekinet.randomize(U, 1.0, prior_std=[1.0, 2.0], backend=backend)
-    for std in (-1.0, [1.0, np.nan, 1.0]):
-        with pytest.raises(ValueError, match=r"prior_std holds 1 negative or NaN"):
+    for std in (-1.0, [1.0, np.nan, 1.0], [1.0, 1.0, np.inf]):
+        with pytest.raises(ValueError, match=r"prior_std holds 1 negative or non-finite"):
             ekinet.randomize(U, 1.0, prior_std=std, backend=backend)
+    with pytest.raises(ValueError, match=r"scale = inf must be a non-negative finite number"):
+        ekinet.randomize(U, np.inf, backend=backend)
+    with pytest.raises(ValueError, match=r"xi contains 1 NaN/Inf"):
+        ekinet.randomize(U, 1.0, xi=np.where(np.arange(15).reshape(5, 3) == 4, np.nan, 0.0), backend=backend)
+    for seed in (-1, 2**64):
+        with pytest.raises(ValueError, match=r"must be a seed in \[0, 2\*\*64\)"):
+            ekinet.randomize(U, 1.0, rng=seed, backend=backend)
+    fresh = [ekinet.randomize(U, 1.0, rng=None, backend=backend) for _ in range(2)]  # OS entropy: differs
+    assert not np.array_equal(*fresh)
+    with pytest.raises(ValueError, match=r"U has no columns"):
+        ekinet.randomize(np.zeros((5, 0)), 1.0, backend=backend)
     with pytest.raises(ValueError, match=r"xi has shape \(5, 2\)"):
         ekinet.randomize(U, 1.0, xi=np.zeros((5, 2)), backend=backend)
     with pytest.raises(TypeError, match=r"xi has dtype float32"):
@@ -170,8 +181,9 @@ def test_randomize_around_bad_input(backend):
     mean = np.zeros(3)
     with pytest.raises(ValueError, match=r"mean has shape \(1, 3\); one value per parameter"):
         ekinet.randomize_around(mean[None], 4, 1.0, backend=backend)
-    with pytest.raises(ValueError, match=r"members = 0 must be at least 1"):
-        ekinet.randomize_around(mean, 0, 1.0, backend=backend)
+    for members in (0, 2.7, True):
+        with pytest.raises(ValueError, match=rf"members = {members!r} must be a positive integer"):
+            ekinet.randomize_around(mean, members, 1.0, backend=backend)
     with pytest.raises(ValueError, match=r"scale = -1"):
         ekinet.randomize_around(mean, 4, -1.0, backend=backend)
     with pytest.raises(ValueError, match=r"prior_std has 2 values"):

@@ -851,6 +851,14 @@ def test_non_contiguous_and_fortran_inputs(rng):
     assert_update_close(ekinet.kalman_update(big[:, ::2], G, wide_y[::2], 0.4), expected, U, RTOL64, "strided")
     assert_update_close(ekinet.kalman_update(U[::-1], G[::-1], y, 0.4), expected[::-1], U[::-1], RTOL64, "reversed")
     assert_update_close(ekinet.kalman_update(U.tolist(), G, y, 0.4), expected, U, RTOL64, "list")
+    # rows that overlap (a sliding window) or repeat (a broadcast, row stride 0) are read as copies
+    windows = np.lib.stride_tricks.sliding_window_view(np.arange(J + P, dtype=np.float64), P)[:J]
+    assert_update_close(ekinet.kalman_update(windows, G, y, 0.4), ekinet.kalman_update(windows.copy(), G, y, 0.4),
+                        windows, RTOL64, "overlapping rows")
+    broadcast = np.broadcast_to(G[:1], G.shape)
+    for backend in ("native", "reference"):
+        np.testing.assert_allclose(ekinet.ensemble_mean(np.broadcast_to(U[:1], U.shape), backend=backend), U[0])
+        assert ekinet.kalman_update(U, broadcast, y, 0.4, backend=backend).shape == U.shape
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -148,6 +148,10 @@ def test_nesterov_extrapolate_checks_shapes(backend, rng):
         ekinet.nesterov_extrapolate(np.zeros((5, 7)), np.zeros((5, 6)), 0.5, backend=backend)
     with pytest.raises(TypeError, match=r"U_old has dtype float32"):
         ekinet.nesterov_extrapolate(np.zeros((5, 7)), np.zeros((5, 7), np.float32), 0.5, backend=backend)
+    with pytest.raises(ValueError, match=r"coefficient = nan must be a finite number"):
+        ekinet.nesterov_extrapolate(np.zeros((5, 7)), np.zeros((5, 7)), float("nan"), backend=backend)
+    U32 = np.zeros((5, 7), np.float32)  # a NumPy float64 coefficient keeps a float32 ensemble float32
+    assert ekinet.nesterov_extrapolate(U32, U32, np.float64(0.5), backend=backend).dtype == np.float32
 
 
 # --------------------------------------------------------------------------------------------------------------

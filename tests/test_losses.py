@@ -213,10 +213,12 @@ def test_invalid_input(backend, rng):
         losses.gaussian_nll(out, rng.standard_normal((B, 3)), backend=backend)
     with pytest.raises(ValueError, match=r"targets have|width"):
         losses.cross_entropy_logits(P, np.eye(C + 1)[[0, 1, 2]], backend=backend)
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 5\)"):
+    with pytest.raises(ValueError, match=r"labels span \[0, 5\], outside \[0, 5\)"):
         losses.cross_entropy(P, np.array([0, 5, 1]), backend=backend)
-    with pytest.raises(ValueError, match=r"labels must lie in"):
+    with pytest.raises(ValueError, match=r"labels span \[-1, 1\], outside"):
         losses.cross_entropy_logits(P, np.array([0, -1, 1]), backend=backend)
+    with pytest.raises(ValueError, match=r"outputs have shape \(0, 5\): no members or no outputs"):
+        losses.squared(np.zeros((0, 5)), np.zeros(5), backend=backend)
     with pytest.raises(ValueError, match=r"integer labels of shape \(2,\)"):
         losses.cross_entropy(P, np.array([0, 1]), backend=backend)
     with pytest.raises(ValueError, match=r"outputs have shape \(5,\)"):
@@ -267,3 +269,11 @@ def test_losses_drive_the_loss_scheme(rng):
         U, _ = ekinet.loss_update(U, forward(U).reshape(members, -1), grad.reshape(members, -1), step=0.5)
     assert history[-1] < 0.5 * history[0]
     assert np.all(np.isfinite(ekinet.ensemble_mean(U)))
+
+
+def test_one_hot_checks_its_labels():
+    np.testing.assert_array_equal(losses.one_hot(np.array([2, 0]), 3), [[0, 0, 1], [1, 0, 0]])
+    with pytest.raises(ValueError, match=r"labels span \[-1, 0\], outside \[0, 3\)"):
+        losses.one_hot(np.array([-1, 0]), 3)  # -1 would silently select the last class
+    with pytest.raises(ValueError, match=r"pass \(B,\) integers"):
+        losses.one_hot(np.array([0.0, 1.0]), 3)

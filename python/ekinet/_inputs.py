@@ -21,6 +21,8 @@ def ensemble(U, name="U"):
         raise ValueError(f"{name} has shape {tuple(U.shape)}; expected (J, P): one row of parameters per member")
     if U.shape[0] < 2:
         raise ValueError(f"{name} has {U.shape[0]} member(s) (rows); an ensemble needs at least 2")
+    if U.shape[1] < 1:
+        raise ValueError(f"{name} has no columns; each member needs at least one parameter")
     return xp, rows_contiguous(xp, U)
 
 
@@ -31,6 +33,8 @@ def member_matrix(a, name, xp, U, cols=None, meaning="one row per member of U"):
     if a.ndim != 2 or a.shape[0] != U.shape[0] or a.shape[1] != expected_cols:
         expected = f"({U.shape[0]}, {'M' if expected_cols is None else expected_cols})"
         raise ValueError(f"{name} has shape {tuple(a.shape)} but {expected} was expected ({meaning})")
+    if a.shape[1] < 1:
+        raise ValueError(f"{name} has no columns ({meaning}); pass at least one")
     return rows_contiguous(xp, a)
 
 
@@ -92,14 +96,15 @@ def require_finite(xp, a, name):
 
 
 def seed_from(rng):
-    """A 63-bit seed from None, an int, or a numpy Generator (which it advances)."""
+    """A seed in [0, 2^64) from an int or a numpy Generator (which it advances); None stays None (the callers
+    say what it means: no perturbation, or fresh entropy)."""
     if rng is None:
         return None
     if isinstance(rng, np.random.Generator):
         return int(rng.integers(0, 2**63 - 1))
     if isinstance(rng, numbers.Integral) and not isinstance(rng, bool):
-        if rng < 0:
-            raise ValueError(f"rng = {rng} must be a non-negative seed")
+        if not 0 <= rng < 2**64:
+            raise ValueError(f"rng = {rng} must be a seed in [0, 2**64)")
         return int(rng)
     raise TypeError(f"rng must be None, an int seed or a numpy.random.Generator, got {type(rng).__name__}")
 

@@ -40,9 +40,10 @@ def view(a):
 
 
 def rows_contiguous(xp, a):
-    """a itself when each row is contiguous, else a contiguous copy."""
+    """a itself when each row is contiguous and rows do not overlap, else a contiguous copy (a broadcast row,
+    stride 0, or a sliding window's overlapping rows are copies the native core can read)."""
     if a.ndim == 2 and a.shape[1] > 1 and a.strides[1] != a.dtype.itemsize:
         return xp.ascontiguousarray(a)
-    if a.ndim == 2 and a.shape[0] > 1 and a.strides[0] < 0:
+    if a.ndim == 2 and a.shape[0] > 1 and a.strides[0] < a.shape[1] * a.dtype.itemsize:
         return xp.ascontiguousarray(a)
     return a

@@ -1,5 +1,10 @@
 """Ensemble statistics and EKI(R) randomisation (eki-math sections 3 and 4)."""
 
+import math
+import numbers
+
+import numpy as np
+
 from . import _core, reference
 from ._arrays import floating, like_input, namespace_of, to_array
 from ._backend import resolve
@@ -31,9 +36,9 @@ def ensemble_spread(U, *, backend="auto"):
 def randomize(U, scale, *, prior_std=1.0, rng=0, xi=None, centred=False, backend="auto"):
     """EKI(R): u_j <- ubar + scale * xi_j.
 
-    xi_j = prior_std * z_j with z_j standard normal drawn from `rng` (int seed or numpy Generator), where
-    prior_std is one value or one per parameter (e.g. the Glorot scales of a network); or give the prior
-    samples xi (J, P) directly. centred=True subtracts the draws' sample mean, so that the new ensemble's mean
+    xi_j = prior_std * z_j with z_j standard normal drawn from `rng` (int seed, numpy Generator, or None for
+    fresh entropy), where prior_std is one value or one per parameter (e.g. the Glorot scales of a network);
+    or give the prior samples xi (J, P) directly. centred=True subtracts the draws' sample mean, so that the new ensemble's mean
     is ubar exactly (the anomalies are unchanged). Returns a new ensemble.
     """
     original = U
@@ -41,9 +46,11 @@ def randomize(U, scale, *, prior_std=1.0, rng=0, xi=None, centred=False, backend
     std = _prior_std(xp, scale, prior_std, U.dtype, U.shape[1])
     if xi is not None:
         xi = member_matrix(xi, "xi", xp, U, U.shape[1], "one prior sample per member, like U")
-    seed = seed_from(rng)
-    if resolve(backend, xp) == "reference":
+    seed = seed_from(np.random.default_rng() if rng is None else rng)  # None: fresh entropy, not reproducible
+    if resolve(backend, xp) == "reference":  # the checks the native core makes
         require_finite(xp, U, "U")
+        if xi is not None:
+            require_finite(xp, xi, "xi")
         out = reference.randomize(U, scale, prior_std=std.reshape(-1), seed=seed, xi=xi)
     else:
         out = xp.empty_like(U, order="C")
@@ -68,11 +75,11 @@ def randomize_around(mean, members, scale, *, prior_std=1.0, rng=0, centred=Fals
     if mean.ndim != 1:
         raise ValueError(f"mean has shape {tuple(mean.shape)}; one value per parameter, (P,), was expected")
     mean = xp.ascontiguousarray(mean)
+    if isinstance(members, bool) or not isinstance(members, numbers.Integral) or members < 1:
+        raise ValueError(f"members = {members!r} must be a positive integer (the rows to draw)")
     members = int(members)
-    if members < 1:
-        raise ValueError(f"members = {members} must be at least 1")
     std = _prior_std(xp, scale, prior_std, mean.dtype, mean.shape[0])
-    seed = seed_from(rng)
+    seed = seed_from(np.random.default_rng() if rng is None else rng)  # None: fresh entropy, not reproducible
     if resolve(backend, xp) == "reference":
         require_finite(xp, mean, "mean")
         out = reference.randomize_around(mean, members, scale, prior_std=std.reshape(-1), seed=seed)
@@ -93,12 +100,13 @@ def _centre_on(U, mean, backend):
 
 
 def _prior_std(xp, scale, prior_std, dtype, P):
-    if not scale >= 0:
-        raise ValueError(f"scale = {scale} must be non-negative")
+    if not (isinstance(scale, numbers.Real) and math.isfinite(scale) and scale >= 0):
+        raise ValueError(f"scale = {scale!r} must be a non-negative finite number")
     std = xp.asarray(to_array(prior_std, "prior_std"), dtype=dtype).reshape(1, -1)
     if std.shape[1] not in (1, P):
         raise ValueError(f"prior_std has {std.shape[1]} values; pass one, or one per parameter ({P})")
-    invalid = int(xp.count_nonzero(~(std >= 0)))  # negative or NaN
+    invalid = int(xp.count_nonzero(~((std >= 0) & xp.isfinite(std))))  # negative, NaN or Inf
     if invalid:
-        raise ValueError(f"prior_std holds {invalid} negative or NaN value(s); standard deviations are >= 0")
+        raise ValueError(f"prior_std holds {invalid} negative or non-finite value(s); standard deviations are "
+                         "finite and >= 0")
     return std

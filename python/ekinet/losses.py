@@ -47,6 +47,8 @@ def _evaluate(loss, outputs, targets, *, noise_cov=1.0, backend="auto"):
         raise ValueError(f"outputs have shape {tuple(Z.shape)}; expected (J, M) or (J, B, C)")
     shape = Z.shape
     J = shape[0]
+    if Z.size == 0:
+        raise ValueError(f"outputs have shape {tuple(shape)}: no members or no outputs to score")
     Z = xp.ascontiguousarray(Z.reshape(J, -1))
     y, width = _targets(loss, targets, xp, Z, shape)
     noise = noise_covariance(noise_cov, xp, Z.dtype, Z.shape[1]) if loss == "squared" else ("scalar", 1.0, None)
@@ -79,8 +81,6 @@ def _targets(loss, targets, xp, Z, shape):
     if labels:
         if y.ndim != 1 or width * y.shape[0] != M:
             raise ValueError(f"integer labels of shape {tuple(y.shape)} do not match outputs of shape {shape}")
-        if bool(xp.any((y < 0) | (y >= width))):
-            raise ValueError(f"labels must lie in [0, {width})")
         y = one_hot(y, width, Z.dtype)
     if y.dtype.kind not in "fiu":
         raise TypeError(f"targets have dtype {y.dtype.name}; pass real numbers")
@@ -96,6 +96,12 @@ def _targets(loss, targets, xp, Z, shape):
 
 
 def one_hot(labels, classes, dtype=np.float32):
-    """(B,) integer labels to (B, classes) one-hot targets."""
+    """(B,) integer labels in [0, classes) to (B, classes) one-hot targets."""
     xp = namespace_of(labels)
+    labels = xp.asarray(labels)
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise ValueError(f"labels have shape {tuple(labels.shape)}, dtype {labels.dtype}; pass (B,) integers")
+    if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        raise ValueError(f"labels span [{int(labels.min())}, {int(labels.max())}], outside [0, {classes}) "
+                         "(classes)")
     return xp.eye(classes, dtype=dtype)[labels]

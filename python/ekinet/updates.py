@@ -1,5 +1,8 @@
 """The two ensemble updates: the Kalman (EKI) update and the general-loss scheme (eki-math sections 1, 2)."""
 
+import math
+import numbers
+
 from . import _core, reference
 from ._arrays import like_input
 from ._backend import resolve
@@ -110,8 +113,11 @@ def nesterov_extrapolate(U_new, U_old, coefficient, *, backend="auto"):
     original = U_new
     xp, U_new = ensemble(U_new, "U_new")
     U_old = member_matrix(U_old, "U_old", xp, U_new, U_new.shape[1], "the shape of U_new")
+    if not (isinstance(coefficient, numbers.Real) and math.isfinite(coefficient)):
+        raise ValueError(f"coefficient = {coefficient!r} must be a finite number")
+    coefficient = float(coefficient)  # a NumPy float64 would promote a float32 ensemble on the reference path
     if resolve(backend, xp) == "reference":
         return like_input(reference.nesterov_extrapolate(U_new, U_old, coefficient), original)
     V = xp.empty_like(U_new, order="C")
-    _core.nesterov_extrapolate(context_for(xp), view(U_new), view(U_old), float(coefficient), view(V))
+    _core.nesterov_extrapolate(context_for(xp), view(U_new), view(U_old), coefficient, view(V))
     return like_input(V, original)
