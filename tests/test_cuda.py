@@ -300,6 +300,15 @@ class _DLPackOnly:
         return self._array.__dlpack_device__()
 
 
+def test_dlpack_torch_views_are_resolved_and_unreadable_dtypes_named(rng):
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    U = rng.standard_normal((5, 3))
+    negated = torch.from_numpy(U)._neg_view()  # a lazy negation: the exported buffer alone holds +U
+    np.testing.assert_allclose(np.asarray(ekinet.ensemble_mean(negated)), -U.mean(axis=0), rtol=1e-14)
+    with pytest.raises(TypeError, match="U could not be read through DLPack"):
+        ekinet.ensemble_mean(torch.zeros((3, 2), dtype=torch.bfloat16))
+
+
 def test_dlpack_producer_input(rng):
     """Any CPU object with __dlpack__ is taken without a copy and gives the NumPy result."""
     U, G, y = make_problem(6, 4, 5, rng)

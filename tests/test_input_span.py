@@ -169,6 +169,12 @@ def test_bad_uses_are_named():
         InputSpan(net, np.linspace(0.1, 1.0, net.parameter_count))
     with pytest.raises(ValueError, match="inputs are all zero"):
         InputSpan(net, std).subspace(np.zeros_like(X))
+    with pytest.raises(ValueError, match=rf"X has shape \({X.shape[0]}, {X.shape[1] - 1}\); the first layer takes"):
+        InputSpan(net, std).subspace(X[:, 1:])
+    with pytest.raises(TypeError, match="X has dtype float32 but prior_std .* is float64"):
+        InputSpan(net, std).subspace(X.astype(np.float32))
+    with pytest.raises(ValueError, match="X contains 1 NaN/Inf"):
+        InputSpan(net, std).subspace(np.where(np.arange(X.size).reshape(X.shape) == 3, np.nan, X))
     sub = InputSpan(net, std).subspace(X)
     U0 = net.prior(5, rng=0, dtype="float64")
     for options in ({}, {"randomization": ekinet.Randomization(every=2, prior_std=std)}):

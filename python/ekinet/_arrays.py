@@ -42,14 +42,20 @@ def to_array(x, name):
     if isinstance(x, np.ndarray) or is_cupy(x):
         return x
     if hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
+        if hasattr(x, "resolve_neg"):  # a PyTorch lazy negation or conjugation would export its unresolved data
+            x = x.resolve_conj().resolve_neg()
         device_type = int(x.__dlpack_device__()[0])
-        if device_type == _DLPACK_CPU:
-            return np.from_dlpack(x)
-        if device_type == _DLPACK_CUDA:
+        if device_type not in (_DLPACK_CPU, _DLPACK_CUDA):
+            raise ValueError(f"{name} lives on DLPack device type {device_type}; ekinet takes CPU or CUDA arrays")
+        try:
+            if device_type == _DLPACK_CPU:
+                return np.from_dlpack(x)
             import cupy
 
             return cupy.from_dlpack(x)
-        raise ValueError(f"{name} lives on DLPack device type {device_type}; ekinet takes CPU or CUDA arrays")
+        except (BufferError, RuntimeError, TypeError) as error:
+            raise TypeError(f"{name} could not be read through DLPack ({error}); pass float32 or float64 "
+                            "data") from error
     try:
         return np.asarray(x)
     except (TypeError, ValueError) as error:

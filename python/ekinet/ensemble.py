@@ -38,8 +38,8 @@ def randomize(U, scale, *, prior_std=1.0, rng=0, xi=None, centred=False, backend
 
     xi_j = prior_std * z_j with z_j standard normal drawn from `rng` (int seed, numpy Generator, or None for
     fresh entropy), where prior_std is one value or one per parameter (e.g. the Glorot scales of a network);
-    or give the prior samples xi (J, P) directly. centred=True subtracts the draws' sample mean, so that the new ensemble's mean
-    is ubar exactly (the anomalies are unchanged). Returns a new ensemble.
+    or give the prior samples xi (J, P) directly. centred=True subtracts the draws' sample mean, so that the
+    new ensemble's mean is ubar exactly (the anomalies are unchanged). Returns a new ensemble.
     """
     original = U
     xp, U = ensemble(U)

@@ -28,7 +28,8 @@ import dataclasses
 import numpy as np
 
 from . import nn
-from ._arrays import namespace_of, to_host
+from ._arrays import floating, namespace_of, to_array, to_host
+from ._inputs import require_finite
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,8 +82,18 @@ class InputSpan:
 
     def subspace(self, X, centre=None):
         """The Subspace of the batch X (B, d); with hidden=True around `centre` (P,), the point the members
-        are drawn around (EKI.next_centre), whose activations span the later layers' inputs."""
+        are drawn around (EKI.next_centre), whose activations span the later layers' inputs. X has prior_std's
+        dtype, the ensemble's."""
+        X = floating(to_array(X, "X"), "X")
         xp = namespace_of(X)
+        features = self._weights[0][2]
+        if X.ndim != 2 or X.shape[1] != features:
+            raise ValueError(f"X has shape {tuple(X.shape)}; the first layer takes (B, {features}): one flat example "
+                             "per row")
+        if X.dtype != self._prior_std.dtype:
+            raise TypeError(f"X has dtype {X.dtype} but prior_std (the ensemble's dtype) is {self._prior_std.dtype}; "
+                            f"pass X.astype({self._prior_std.dtype.name!r}): another dtype would change the members'")
+        require_finite(xp, X, "X")
         blocks = [self._block(0, _orthonormal_basis(xp, X))]
         if self.hidden:
             if centre is None:
