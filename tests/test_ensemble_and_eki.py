@@ -181,6 +181,8 @@ def test_randomize_around_bad_input(backend):
     mean = np.zeros(3)
     with pytest.raises(ValueError, match=r"mean has shape \(1, 3\); one value per parameter"):
         ekinet.randomize_around(mean[None], 4, 1.0, backend=backend)
+    np.testing.assert_array_equal(ekinet.randomize_around(mean + 1, 1, 0.5, centred=True, backend=backend),
+                                  [mean + 1])  # one member centred on the mean is the mean
     for members in (0, 2.7, True):
         with pytest.raises(ValueError, match=rf"members = {members!r} must be a positive integer"):
             ekinet.randomize_around(mean, members, 1.0, backend=backend)

@@ -66,7 +66,7 @@ def randomize(U, scale, *, prior_std=1.0, rng=0, xi=None, centred=False, backend
 
 def randomize_around(mean, members, scale, *, prior_std=1.0, rng=0, centred=False, backend="auto"):
     """EKI(R) around a given mean: `members` rows mean + scale * xi_j, with the draws of randomize()
-    (randomize(U, ...) equals randomize_around(U.mean(axis=0), len(U), ...)). For the mean that
+    (randomize(U, ...) equals randomize_around(U.mean(axis=0), len(U), ...) up to the rounding of the mean). For the mean that
     kalman_update(..., output="mean") or loss_update(..., output="mean") returns. centred=True subtracts the
     draws' sample mean, so that the rows' mean is `mean` exactly. Returns a new ensemble."""
     original = mean
@@ -95,6 +95,9 @@ def randomize_around(mean, members, scale, *, prior_std=1.0, rng=0, centred=Fals
 def _centre_on(U, mean, backend):
     """U shifted row-wise so that its member mean is `mean`: the redraw's sampling offset, scale * prior_std /
     sqrt(J) per parameter, would otherwise add a random walk to the mean the update computed."""
+    if U.shape[0] == 1:  # one member centred on the mean is the mean
+        U[...] = mean
+        return U
     U -= ensemble_mean(U, backend=backend) - mean
     return U
 
