@@ -92,6 +92,7 @@ class EKI:
         self._drawn_from = None  # the RNG state before _U was drawn around _centre, which repeats that draw
         self._members = U0.shape[0]
         self._pending = None  # (subspace, centre, reduced centre, members) of an ask(subspace=...)
+        self._shown = None  # the ensemble drawn for looking at, when only a centre is kept (see ensemble)
         self.iteration = 0
         self._momentum_start = 0  # the iteration of the last restart_momentum(); n counts updates since
         self.history = []
@@ -103,7 +104,9 @@ class EKI:
         then a draw around it from the full prior, from a random stream of its own (the same draw at every read
         until the next update), so that looking at it changes none of the updates that follow."""
         if self._U is None:
-            return self._draw_around_centre(np.random.Generator(self._rng.bit_generator.jumped()))
+            if self._shown is None:
+                self._shown = self._draw_around_centre(np.random.Generator(self._rng.bit_generator.jumped()))
+            return self._shown
         return self._U
 
     def _draw_around_centre(self, rng):
@@ -309,7 +312,7 @@ class EKI:
         self._centre, self._shift, self._best = (arrays.get(k) for k in ("centre", "shift", "best"))
         self._U = arrays.get("U")
         self._V = arrays.get("V", self._U)
-        self._drawn_from = None
+        self._drawn_from = self._shown = None
         if drawn_from is not None:
             self._rng.bit_generator.state = drawn_from
             self._draw_if_only_a_centre()
@@ -335,6 +338,7 @@ class EKI:
     def _advance(self, U_new):
         """U_new: the updated ensemble, or its mean (P,) when the randomisation redraws every member now."""
         self.iteration += 1
+        self._shown = None
         coefficient = self._nesterov_coefficient()
         if self._pending is None and U_new.ndim == 2:
             self._centre = self._shift = self._drawn_from = None
