@@ -730,8 +730,11 @@ def test_native_layer_checks_its_arguments(cpu_context, problem):
         _native_call(cpu_context, U, G, y, np.empty((5, 3)))
     with pytest.raises(ValueError, match=r"U_out has shape \(5, 4\) but \(1, 4\) was expected \(one row for the mean"):
         _native_call(cpu_context, U, G, y, out, output="mean")
-    with pytest.raises(ValueError, match=r"U_out must not be U"):
+    with pytest.raises(ValueError, match=r"U_out \(the updated mean\) shares memory with U"):
         _native_call(cpu_context, U, G, y, U[:1], output="mean")
+    with pytest.raises(ValueError, match=r"U_out shares memory with U without being the same array"):
+        rows = np.vstack([U, U[-1:]])  # U_out one row below U in one buffer
+        _native_call(cpu_context, rows[:-1], G, y, rows[1:])
     with pytest.raises(ValueError, match=r"output = 'x'"):
         _native_call(cpu_context, U, G, y, out, output="x")
     with pytest.raises(ValueError, match=r"perturbation has shape"):
