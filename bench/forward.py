@@ -19,7 +19,7 @@ import os
 import time
 
 import numpy as np
-from timing import best_of, environment, header, save_results, timed
+from timing import best_of, environment, header, save_results, timed, timed_side_by_side
 
 from ekinet import _core, nn
 from ekinet._native import context_for, view
@@ -136,20 +136,59 @@ def member_weights(network, U):
             for name, (offset, shape) in network.parameters.items()}
 
 
+def prepare_gpu_comparison():
+    """PyTorch computes in IEEE float32 as the native core does (its default lets cuDNN convolve in TF32, which
+    would compare precisions, not implementations), with cuDNN's autotuner on for the fixed shapes (the
+    warm-up absorbs its search); then the GPU is kept busy half a second so that no timing starts at idle clocks."""
+    import cupy as cp
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True
+    a = cp.ones((4096, 4096), dtype=cp.float32)
+    start = time.perf_counter()
+    while time.perf_counter() - start < 0.5:
+        a @ a
+        cp.cuda.Stream.null.synchronize()
+
+
+def max_relative_difference(native, other):
+    """max |native - other| / max |native| over every member's outputs (both on the GPU)."""
+    import cupy as cp
+
+    native, other = cp.asarray(native).reshape(native.shape[0], -1), cp.asarray(other)
+    other = other.reshape(native.shape[0], -1)
+    if other.shape != native.shape:
+        return f"shapes differ: {native.shape} and {other.shape}"
+    return float(cp.abs(native - other.astype(native.dtype)).max() / cp.abs(native).max())
+
+
+def record_side_by_side(row, times):
+    """native_s and torch_vmap_s (the best runs, as every other time here) and each side's median and spread."""
+    row["native_s"], row["torch_vmap_s"] = times["native"]["best"], times["torch_vmap"]["best"]
+    row["speedup_over_vmap"] = row["torch_vmap_s"] / row["native_s"]
+    row["speedup_over_vmap_median"] = times["torch_vmap"]["median"] / times["native"]["median"]
+    row["spread"] = times
+
+
+_TORCH_MODULES = {}  # (network name, J) -> the members' torch modules: built once, not for every B
+
+
 def bench_cuda(name, network, J, B, dtype, budget):
     import cupy as cp
     import torch
     from torch.func import functional_call, stack_module_state
 
-    U, X = inputs(cp, network, J, B, dtype)
+    U, X = inputs(cp, network, J, B, dtype)  # U depends on J only
     sync = cp.cuda.Stream.null.synchronize
     row = {"network": name, "J": J, "B": B, "P": network.parameter_count, "dtype": dtype}
-    row["native_s"] = timed(lambda: network.forward(U, X), sync)
-    row["native_member_examples_per_s"] = J * B / row["native_s"]
-    time_layered(row, lambda: network.forward(U, X), sync)
 
-    host_U = U.get()
-    modules = [network.to_torch(host_U[j]).cuda() for j in range(J)]
+    if (name, J) not in _TORCH_MODULES:
+        _TORCH_MODULES.clear()  # one network's modules at a time on the GPU
+        host_U = U.get()
+        _TORCH_MODULES[name, J] = [network.to_torch(host_U[j]).cuda() for j in range(J)]
+    modules = _TORCH_MODULES[name, J]
     params, buffers = stack_module_state(modules)
     base = copy.deepcopy(modules[0]).to("meta")  # .to() moves in place: the loop below needs modules[0]
     tX = torch.from_dlpack(X)
@@ -165,15 +204,28 @@ def bench_cuda(name, network, J, B, dtype, budget):
     else:
         vmapped = torch.vmap(one, in_dims=(0, 0, None))
         run_vmap = lambda: vmapped(params, buffers, tX)  # noqa: E731
-    with torch.no_grad():
+    with torch.inference_mode():
         try:  # vmap has no batching rule for some modules: say so in the row
-            row["torch_vmap_s"] = timed(run_vmap, torch.cuda.synchronize)
-            row["speedup_over_vmap"] = row["torch_vmap_s"] / row["native_s"]
+            row["vmap_max_relative_difference"] = max_relative_difference(network.forward(U, X), run_vmap())
+            times = timed_side_by_side({"native": lambda: network.forward(U, X), "torch_vmap": run_vmap}, sync_all)
+            record_side_by_side(row, times)
         except (RuntimeError, NotImplementedError) as error:
             row["torch_vmap_error"] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+            row["native_s"] = timed(lambda: network.forward(U, X), sync)
         row["torch_loop_s"] = timed(lambda: [m(tX) for m in modules], torch.cuda.synchronize, min_total=0)
+    row["native_member_examples_per_s"] = J * B / row["native_s"]
     row["speedup_over_loop"] = row["torch_loop_s"] / row["native_s"]
+    time_layered(row, lambda: network.forward(U, X), sync)
     return row
+
+
+def sync_all():
+    """Wait for CuPy's and PyTorch's work on the GPU alike."""
+    import cupy as cp
+    import torch
+
+    cp.cuda.Stream.null.synchronize()
+    torch.cuda.synchronize()
 
 
 def time_layered(row, run, sync):
@@ -232,9 +284,13 @@ def bench_online_step(device, J, dtype):
 
     vmapped = torch.vmap(step, in_dims=(0, None, 0, 0))
     h, c = tstate[:, :32], tstate[:, 32:]
-    with torch.no_grad():
-        row["torch_vmap_s"] = timed(lambda: vmapped(weights, tX, h, c), torch.cuda.synchronize)
-    row["speedup_over_vmap"] = row["torch_vmap_s"] / row["native_s"]
+    with torch.inference_mode():
+        native_out = network.forward(U, X, state=state, return_state=True)[0]
+        row["vmap_max_relative_difference"] = max_relative_difference(native_out, vmapped(weights, tX, h, c)[0])
+        times = timed_side_by_side({"native": lambda: network.forward(U, X, state=state, return_state=True),
+                                    "torch_vmap": lambda: vmapped(weights, tX, h, c)}, sync_all)
+    record_side_by_side(row, times)
+    row["native_member_examples_per_s"] = J / row["native_s"]
     return row
 
 
@@ -265,6 +321,16 @@ def markdown(results):
     lines += [""] + [f"{r['network']}, J = {r['J']}: the core's call alone (its arguments prepared once) "
                      f"{1e3 * r['core_call_s']:.3g} ms of the {1e3 * r['native_s']:.3g} ms"
                      for r in results["rows"] if "core_call_s" in r]
+    paired = [r for r in results["rows"] if "spread" in r]
+    if paired:
+        lines += ["", f"Native and torch vmap timed in turn, three rounds (PyTorch in IEEE float32: TF32 "
+                  f"{'on' if env.get('torch_tf32_cudnn') or env.get('torch_tf32_matmul') else 'off'}, cuDNN "
+                  f"autotuner {'on' if env.get('cudnn_benchmark') else 'off'}); medians and 10th-90th "
+                  "percentiles in ms, and how far vmap's outputs are from native's:", ""] + [
+            f"- {r['network']}, J = {r['J']}, B = {r['B']}: native {_spread_text(r['spread']['native'])}, vmap "
+            f"{_spread_text(r['spread']['torch_vmap'])}; speed-up {r['speedup_over_vmap_median']:.2f} from the "
+            f"medians; max relative difference {_difference_text(r.get('vmap_max_relative_difference'))}"
+            for r in paired]
     differs = [r for r in results["rows"] if abs(r.get("whole_over_layered", 1) - 1) > 0.05]
     if differs:
         lines += ["", "Native with every network layer by layer (Context.whole_networks off), where that differs "
@@ -280,6 +346,14 @@ def markdown(results):
     return "\n".join(lines) + "\n"
 
 
+def _spread_text(times):
+    return f"{1e3 * times['median']:.3g} ({1e3 * times['p10']:.3g}-{1e3 * times['p90']:.3g})"
+
+
+def _difference_text(value):
+    return f"{value:.1e}" if isinstance(value, float) else str(value)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -290,7 +364,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     run = bench_cpu if args.device == "cpu" else bench_cuda
-    grid = [(100, 64)] if args.quick else [(J, B) for J in GRID_J for B in GRID_B]
+    # The targets' sizes first (J = 2000, the online step), so that a run stopped at a time limit has them.
+    grid = [(100, 64)] if args.quick else [(J, B) for J in sorted(GRID_J, reverse=True) for B in GRID_B]
+    if args.device == "cuda":
+        prepare_gpu_comparison()
     results = {"environment": environment(args.device), "rows": []}
     stem = f"forward-{args.device}{'-quick' if args.quick else ''}-{args.dtype}"
 
@@ -299,12 +376,12 @@ def main(argv=None):
         print(json.dumps(row), flush=True)
         save_results(results, args.out, stem, markdown, echo=False)
 
+    for J in (100,) if args.quick else (2000, 100):
+        record(bench_online_step(args.device, J, args.dtype))
     for name, make in NETWORKS.items():
         network = make()
         for J, B in grid:
             record(run(name, network, J, B, args.dtype, args.budget))
-    for J in (100,) if args.quick else (100, 2000):
-        record(bench_online_step(args.device, J, args.dtype))
     save_results(results, args.out, stem, markdown)
 
 

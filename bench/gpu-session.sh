@@ -8,7 +8,7 @@
 #   device call (carry [".whl", ".gtest", ".data"], timeout_s 600): bash bench/gpu-session.sh all
 #   (or name the stages: `build test experiments` once the benchmarks are committed; at once after a call
 #   that stopped at its deadline, `experiments` alone resumes them from their checkpoints), then give the
-#   machine back. Stages run in the order named (`all`: build test forward train_step update
+#   machine back. Stages run in the order named (`all`: build forward test train_step update
 #   randomize experiments) under one deadline (EKINET_GPU_SECONDS, 560 by default): each stage gets its own
 #   limit or what is left before the deadline, whichever is less, so the call ends inside its limit.
 #
@@ -27,6 +27,7 @@ prepare() {
     -d .whl scipy-openblas32
   rm -rf .gtest && cp -r /usr/src/googletest .gtest
   mkdir -p .data && cp -r ../shared/data/mnist .data/
+  git describe --always --dirty >.data/commit  # the copy on the device has no .git: the results name the commit
   du -sh .whl .gtest .data
 }
 
@@ -61,6 +62,7 @@ setup_environment() {
   [ -d /tmp/site/scipy_openblas32 ] ||
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || return 1
   export PYTHONPATH=$ROOT/python:/tmp/site EKINET_DATA=$ROOT/.data PYTHONUNBUFFERED=1
+  [ -f .data/commit ] && EKINET_GIT_COMMIT=$(cat .data/commit) && export EKINET_GIT_COMMIT
   python3 -c "import scipy_openblas32, numpy, cupy, torch; print(numpy.__version__, cupy.__version__, torch.__version__)"
 }
 
@@ -135,7 +137,8 @@ export EKINET_BENCH_MIN_SECONDS=${EKINET_BENCH_MIN_SECONDS:-0.2}
 mkdir -p "$WORK/logs" "$WORK/results"
 nvidia-smi >"$WORK/logs/nvidia-smi.log" 2>&1
 stage environment 60 setup_environment || exit 1
-[ "${1:-}" = all ] && set -- build test forward train_step update randomize experiments
+# The forward benchmark before the tests: its rows hold the issue's GPU targets, and the tests' time varies.
+[ "${1:-}" = all ] && set -- build forward test train_step update randomize experiments
 for name in "$@"; do
   case $name in
     build) stage build 240 build || break ;;  # nothing after it can run without the build

@@ -4,6 +4,7 @@ import datetime
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 
@@ -17,20 +18,46 @@ import ekinet
 MIN_SECONDS = float(os.environ.get("EKINET_BENCH_MIN_SECONDS", "1"))
 
 
-def timed(function, synchronize=lambda: None, repeats=3, min_total=None):
-    """Best wall time of at least `repeats` runs (more, until min_total seconds, MIN_SECONDS by default, are
-    spent) after a warm-up."""
+def samples(function, synchronize=lambda: None, repeats=3, min_total=None):
+    """Wall times of at least `repeats` runs (more, until min_total seconds, MIN_SECONDS by default, are spent)
+    after a warm-up, each ended by synchronize() (a GPU runs asynchronously)."""
     min_total = MIN_SECONDS if min_total is None else min_total
     function()
     synchronize()
-    best, total, runs = float("inf"), 0.0, 0
-    while runs < repeats or total < min_total:
+    times = []
+    while len(times) < repeats or sum(times) < min_total:
         start = time.perf_counter()
         function()
         synchronize()
-        elapsed = time.perf_counter() - start
-        best, total, runs = min(best, elapsed), total + elapsed, runs + 1
-    return best
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def timed(function, synchronize=lambda: None, repeats=3, min_total=None):
+    """Best wall time of samples(...)."""
+    return min(samples(function, synchronize, repeats, min_total))
+
+
+def timed_side_by_side(functions, synchronize, rounds=3):
+    """{name: {"best", "median", "p10", "p90"}} of each function in `functions` ({name: function}), timed in
+    turn for `rounds` rounds, so that clock changes and background load fall on every side alike."""
+    times = {name: [] for name in functions}
+    for _ in range(rounds):
+        for name, function in functions.items():
+            times[name] += samples(function, synchronize, min_total=MIN_SECONDS / rounds)
+    return {name: {"best": min(t), "median": float(np.median(t)), "p10": float(np.percentile(t, 10)),
+                   "p90": float(np.percentile(t, 90)), "runs": len(t)} for name, t in times.items()}
+
+
+def git_commit():
+    """The commit measured: EKINET_GIT_COMMIT (set where the tree was copied without .git), else git's own."""
+    if os.environ.get("EKINET_GIT_COMMIT"):
+        return os.environ["EKINET_GIT_COMMIT"]
+    try:
+        return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__)), check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def environment(device):
@@ -45,16 +72,23 @@ def environment(device):
         "cores": os.cpu_count(),
         "device": device,
         "min_seconds": MIN_SECONDS,
+        "commit": git_commit(),
+        "kernel": platform.release(),
     }
     if device == "cuda":
         import cupy as cp
 
         info["gpu"] = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
         info["cupy"] = cp.__version__
+        info["cuda_driver"] = cp.cuda.runtime.driverGetVersion()
         try:
             import torch
 
-            info["torch"] = torch.__version__
+            info.update(torch=torch.__version__, torch_cuda=torch.version.cuda,
+                        cudnn=torch.backends.cudnn.version(),
+                        torch_tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+                        torch_tf32_cudnn=torch.backends.cudnn.allow_tf32,
+                        cudnn_benchmark=torch.backends.cudnn.benchmark)
         except ImportError:
             pass
     return info

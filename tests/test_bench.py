@@ -48,9 +48,8 @@ def test_forward_benchmark(monkeypatch, tmp_path):
     forward.main(["--out", str(tmp_path)])
     data, table = results(tmp_path, "forward-cpu-float32")
     rows = data["rows"]
-    assert [(r["network"], r["J"]) for r in rows] == [
-        (name, J) for name in ("mlp", "cnn", "lstm") for J in (3, 7)] + [("online LSTM(32) step", 100),
-                                                                         ("online LSTM(32) step", 2000)]
+    assert [(r["network"], r["J"]) for r in rows] == [("online LSTM(32) step", 2000), ("online LSTM(32) step", 100)] + [
+        (name, J) for name in ("mlp", "cnn", "lstm") for J in (7, 3)]  # the targets' sizes first
     assert len(table) == len(rows)
     for row in rows:
         assert row["native_s"] > 0 and row["reference_s"] > 0
@@ -76,7 +75,15 @@ def test_forward_markdown_reports_the_layered_path_where_it_differs(monkeypatch)
     mlp = dict(cnn, network="mlp 784-100-10", layered_s=0.0501, whole_over_layered=1.002)
     text = forward.markdown({"environment": environment, "rows": [cnn, mlp]})
     assert "- cnn-mnist, J = 2000, B = 256: 250 ms layer by layer, 50 ms whole (5.0x)" in text
-    assert "- mlp" not in text
+    assert "- mlp" not in text and "timed in turn" not in text
+    spread = {"native": {"best": 0.05, "median": 0.052, "p10": 0.0505, "p90": 0.06, "runs": 30},
+              "torch_vmap": {"best": 0.125, "median": 0.13, "p10": 0.126, "p90": 0.14, "runs": 12}}
+    paired = dict(cnn, spread=spread, speedup_over_vmap_median=2.5, vmap_max_relative_difference=3e-7)
+    environment.update(torch_tf32_cudnn=False, torch_tf32_matmul=False, cudnn_benchmark=True)
+    text = forward.markdown({"environment": environment, "rows": [paired]})
+    assert "TF32 off, cuDNN autotuner on" in text
+    assert ("- cnn-mnist, J = 2000, B = 256: native 52 (50.5-60), vmap 130 (126-140); speed-up 2.50 from the "
+            "medians; max relative difference 3.0e-07") in text
 
 
 def test_python_overhead_benchmark(monkeypatch, tmp_path):
