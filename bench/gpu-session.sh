@@ -5,6 +5,7 @@
 #   here, once:   bash bench/gpu-session.sh prepare
 #                 (scipy-openblas32 for the device's Python 3.12 into .whl/, GoogleTest's source into .gtest/,
 #                  MNIST into .data/: all ignored by git; carry them)
+#   here, before every device call: bash bench/gpu-session.sh stamp (the commit the results will name)
 #   device call (carry [".whl", ".gtest", ".data"], timeout_s 600): bash bench/gpu-session.sh all
 #   (or name the stages: `build test experiments` once the benchmarks are committed; at once after a call
 #   that stopped at its deadline, `experiments` alone resumes them from their checkpoints), then give the
@@ -27,8 +28,13 @@ prepare() {
     -d .whl scipy-openblas32
   rm -rf .gtest && cp -r /usr/src/googletest .gtest
   mkdir -p .data && cp -r ../shared/data/mnist .data/
-  git describe --always --dirty >.data/commit  # the copy on the device has no .git: the results name the commit
+  stamp
   du -sh .whl .gtest .data
+}
+
+# The copy on the device has no .git: the commit its results name travels in .data/commit.
+stamp() {
+  mkdir -p .data && git describe --always --dirty >.data/commit && cat .data/commit
 }
 
 # stage NAME SECONDS FUNCTION: run the function in a fresh copy of this script under a time limit (SECONDS or
@@ -124,6 +130,9 @@ experiments() {
 case ${1:-} in
   prepare)
     prepare
+    exit ;;
+  stamp)
+    stamp
     exit ;;
   --run)
     setup_environment >/dev/null

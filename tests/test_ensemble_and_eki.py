@@ -118,6 +118,9 @@ def test_randomize_bad_input(backend, rng):
             ekinet.randomize(U, 1.0, prior_std=std, backend=backend)
     with pytest.raises(ValueError, match=r"scale = inf must be a non-negative finite number"):
         ekinet.randomize(U, np.inf, backend=backend)
+    with pytest.raises(ValueError, match=r"scale = '0.3' must be a non-negative finite number"):
+        ekinet.randomize(U, "0.3", backend=backend)
+    assert ekinet.randomize(U, np.array(0.3), backend=backend).shape == U.shape  # a 0-d array is a number
     with pytest.raises(ValueError, match=r"xi contains 1 NaN/Inf"):
         ekinet.randomize(U, 1.0, xi=np.where(np.arange(15).reshape(5, 3) == 4, np.nan, 0.0), backend=backend)
     for seed in (-1, 2**64):

@@ -178,6 +178,8 @@ def test_kalman_update_reaches_the_eki_runs_names_their_checkpoints_and_the_repo
         experiments.run("quickstart", size="smoke", update="newton", out=None, progress=False)
     with pytest.raises(ValueError, match="update applies to the EKI methods .* mnist-dnn1 runs sgd"):
         experiments.run("mnist-dnn1", size="smoke", update="kalman", methods=["sgd"], out=None, progress=False)
+    with pytest.raises(ValueError, match="boston always runs with update='loss'; leave update='kalman' out"):
+        experiments.run("boston", size="smoke", update="kalman", out=None, progress=False)
     with pytest.raises(ValueError, match="update does not apply to sunspots-rnn, an online experiment"):
         experiments.run("sunspots-rnn", size="smoke", update="kalman", out=None, progress=False)
 

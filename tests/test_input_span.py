@@ -158,6 +158,8 @@ def test_looking_at_the_ensemble_between_updates_in_a_subspace_changes_nothing()
                 assert opt.mean.shape == (net.parameter_count,)
         runs.append(opt.updated_mean)
     np.testing.assert_array_equal(runs[0], runs[1])
+    shown = opt.ensemble  # a full update after subspace ones evaluates the members that were shown
+    np.testing.assert_array_equal(opt.ask(), shown)
 
 
 def test_bad_uses_are_named():

@@ -54,8 +54,7 @@ def to_array(x, name):
 
             return cupy.from_dlpack(x)
         except (BufferError, RuntimeError, TypeError) as error:
-            raise TypeError(f"{name} could not be read through DLPack ({error}); pass float32 or float64 "
-                            "data") from error
+            raise TypeError(f"{name} could not be read through DLPack: {error}") from error
     try:
         return np.asarray(x)
     except (TypeError, ValueError) as error:

@@ -114,11 +114,11 @@ class EKI:
         return randomize_around(self._centre, self._members, spec.gamma(self.iteration), prior_std=spec.prior_std,
                                 rng=rng, centred=spec.centred, backend=self.backend)
 
-    def _draw_if_only_a_centre(self):
-        if self._U is None:
-            self._drawn_from = self._rng.bit_generator.state
-            self._U = self._draw_around_centre(self._rng)
-            self._V = self._U if self._shift is None else self._U + self._shift
+    def _draw_members(self):
+        """The members around the centre, from the training stream (after a full update, and on restore)."""
+        self._drawn_from = self._rng.bit_generator.state
+        self._U = self._draw_around_centre(self._rng)
+        self._V = self._U if self._shift is None else self._U + self._shift
 
     @property
     def mean(self):
@@ -161,7 +161,9 @@ class EKI:
         """
         self._pending = None
         if subspace is None:
-            self._draw_if_only_a_centre()
+            if self._U is None:  # only a centre, after updates in subspaces: the members are the ensemble shown
+                self._U = self.ensemble
+                self._V = self._U if self._shift is None else self._U + self._shift
             return self._V
         spec = self.randomization
         if not self._redraws_after_update() or (spec.every != 1):
@@ -192,15 +194,15 @@ class EKI:
             raise RuntimeError("the DataMisfitController reached its terminal time; no further update is made")
         V = self.ask() if self._pending is None else self._pending[3]
         # A tell that raises (bad input, too many failed members, overflow) changes nothing more: not the step
-        # schedule, not the random stream, not the history.
+        # schedule, not the random stream, not the best member, not the history.
         scheduler_state = dict(vars(self.scheduler)) if hasattr(self.scheduler, "__dict__") else None
-        rng_state = self._rng.bit_generator.state
+        rng_state, best = self._rng.bit_generator.state, self._best
         try:
             U_new, record = self._update(V, G, y, grad, loss_values, mean_output)
         except Exception:
             if scheduler_state is not None:
                 vars(self.scheduler).update(scheduler_state)
-            self._rng.bit_generator.state = rng_state
+            self._rng.bit_generator.state, self._best = rng_state, best
             raise
         self.history.append(record)
         self._advance(U_new)
@@ -315,7 +317,7 @@ class EKI:
         self._drawn_from = self._shown = None
         if drawn_from is not None:
             self._rng.bit_generator.state = drawn_from
-            self._draw_if_only_a_centre()
+            self._draw_members()
             if self._rng.bit_generator.state != info["rng"]:
                 raise ValueError("redrawing the members did not end at the saved RNG state: the state before the "
                                  "draw and the state after it do not belong together; the state is damaged")
@@ -356,8 +358,8 @@ class EKI:
         # after the redraw, and the shared one lets the update compute only the mean.
         self._centre, self._U, self._V, self._drawn_from = U_new, None, None, None
         self._shift = coefficient * (U_new - previous_mean) if coefficient else None
-        if subspace is None:  # draw now; in a subspace the next ask() draws
-            self._draw_if_only_a_centre()
+        if subspace is None:  # draw now; after an update in a subspace only the centre is kept (see ensemble)
+            self._draw_members()
 
     def _nesterov_coefficient(self):
         """c_n of the update just made, n counting from the last restart_momentum(); 0 without momentum."""

@@ -103,7 +103,11 @@ def _centre_on(U, mean, backend):
 
 
 def _prior_std(xp, scale, prior_std, dtype, P):
-    if not (isinstance(scale, numbers.Real) and math.isfinite(scale) and scale >= 0):
+    try:  # a Python or NumPy number, or a 0-d array
+        finite = not isinstance(scale, str) and math.isfinite(float(scale)) and float(scale) >= 0
+    except (TypeError, ValueError):
+        finite = False
+    if not finite:
         raise ValueError(f"scale = {scale!r} must be a non-negative finite number")
     std = xp.asarray(to_array(prior_std, "prior_std"), dtype=dtype).reshape(1, -1)
     if std.shape[1] not in (1, P):

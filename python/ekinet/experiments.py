@@ -169,6 +169,9 @@ def _train_eki(model, data, method, settings, options, **kw):
         named["momentum"] = settings.momentum_coefficient
         kw = {"momentum_coefficient": settings.momentum_coefficient, **kw}
     for option in ("update", "noise"):  # the Kalman update and its gamma, when asked for
+        if getattr(settings, option) is not None and option in kw and kw[option] != getattr(settings, option):
+            raise ValueError(f"{options['name']} always runs with {option}={kw[option]!r}; leave "
+                             f"{option}={getattr(settings, option)!r} out")
         if getattr(settings, option) is not None:
             named[option] = getattr(settings, option)
             kw = {option: getattr(settings, option), **kw}

@@ -67,6 +67,7 @@ void parallel_ranges(i64 count, i64 work_per_item, Body body) {
   const i64 chunk = (count + threads - 1) / threads;
   auto range = [&](i64 t) { return std::pair<i64, i64>{t * chunk, std::min(count, (t + 1) * chunk)}; };
   std::vector<std::thread> workers;
+  workers.reserve(static_cast<std::size_t>(threads - 1));  // no reallocation once a thread runs
   i64 started = 1;
   for (; started < threads; ++started) {
     const auto [first, last] = range(started);
