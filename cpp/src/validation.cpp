@@ -43,13 +43,30 @@ std::pair<std::uintptr_t, std::uintptr_t> byte_range(const ConstMatrixView& view
   return {first, first + elements * size_of(view.dtype)};
 }
 
+// Whether two views share an element. Exact for views of one dtype and row stride (column blocks of one buffer
+// interleave without touching: rows r of a and s of b meet iff d - cols_a < (r - s) ld < d + cols_b, d the
+// offset of b from a in elements); otherwise whether their address ranges meet.
+bool overlap(const ConstMatrixView& a, const ConstMatrixView& b) {
+  const auto [a_first, a_last] = byte_range(a);
+  const auto [b_first, b_last] = byte_range(b);
+  if (a_first >= b_last || b_first >= a_last) return false;
+  const auto size = static_cast<std::intptr_t>(size_of(a.dtype));
+  const std::intptr_t bytes = static_cast<std::intptr_t>(b_first) - static_cast<std::intptr_t>(a_first);
+  if (a.dtype != b.dtype || a.row_stride != b.row_stride || a.rows < 2 || b.rows < 2 || bytes % size != 0) {
+    return true;
+  }
+  const i64 d = bytes / size, ld = a.row_stride;
+  for (i64 k = -(b.rows - 1); k <= a.rows - 1; ++k) {
+    if (d - a.cols < k * ld && k * ld < d + b.cols) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 void ArgumentChecker::separate(const ConstMatrixView& out, const char* out_name, const ConstMatrixView& in,
                                const char* in_name, bool in_place) const {
-  const auto [out_first, out_last] = byte_range(out);
-  const auto [in_first, in_last] = byte_range(in);
-  if (out_first >= in_last || in_first >= out_last) return;
+  if (!overlap(out, in)) return;
   const bool same = out.data == in.data && out.rows == in.rows && out.cols == in.cols &&
                     (out.rows <= 1 || out.row_stride == in.row_stride);
   if (in_place && same) return;

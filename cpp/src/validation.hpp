@@ -21,8 +21,8 @@ class ArgumentChecker {
   void shape(const ConstMatrixView& view, const char* name, i64 rows, i64 cols, const char* meaning) const;
   [[noreturn]] void fail(const std::string& message) const;
   // Fails when `out` shares memory with `in`, unless `in_place` allows it and both are the same view: a
-  // partial overlap (an offset or another row stride) would be read after it was written. The test compares
-  // address ranges, so views that interleave without touching (column blocks of one buffer) are refused too.
+  // partial overlap (an offset or another row stride) would be read after it was written. Views that interleave
+  // without touching (column blocks of one buffer) are separate.
   void separate(const ConstMatrixView& out, const char* out_name, const ConstMatrixView& in, const char* in_name,
                 bool in_place) const;
 

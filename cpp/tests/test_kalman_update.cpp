@@ -370,6 +370,20 @@ TEST_P(OnDevice, BadInputThrowsTypedErrorsNamingTheArgument) {
   lower.data = static_cast<char*>(rows.data) + P * size_of(rows.dtype);
   expect_message([&] { kalman_update(ctx, upper, g, y, isotropic, {}, {}, lower); },
                  "U_out shares memory with U without being the same array");
+  // Column blocks of one J x 2P buffer interleave without touching: U on the left, U_out on the right.
+  Matrix wide(static_cast<std::size_t>(J * 2 * P), 0.0);
+  for (std::int64_t j = 0; j < J; ++j)
+    for (std::int64_t c = 0; c < P; ++c) wide[j * 2 * P + c] = p.U[j * P + c];
+  const MatrixView both = harness.upload(wide, J, 2 * P);
+  MatrixView left = both, right = both;
+  left.cols = right.cols = P;
+  right.data = static_cast<char*>(both.data) + P * size_of(both.dtype);
+  kalman_update(ctx, left, g, y, isotropic, Perturbation::seeded(3), {}, right);
+  kalman_update(ctx, u, g, y, isotropic, Perturbation::seeded(3), {}, out);
+  const Matrix expected = harness.download(out), both_after = harness.download(both);
+  for (std::int64_t j = 0; j < J; ++j)
+    for (std::int64_t c = 0; c < P; ++c)
+      EXPECT_NEAR(both_after[j * 2 * P + P + c], expected[j * P + c], 1e-12) << j << ", " << c;
   Matrix lower_only = random_spd(M, 3);  // a C++ caller who fills one triangle gets an error, not diag(Gamma)
   for (std::int64_t i = 0; i < M; ++i)
     for (std::int64_t j = i + 1; j < M; ++j) lower_only[i * M + j] = 0;
