@@ -46,6 +46,7 @@ def test_sgd_learns_mnist_small(mnist_small, device):
     net = nn.from_string("mlp:784-32-10")
     logits = net.forward(out["u"][None], test.x[:50])[0]
     with torch.no_grad():
+        assert next(out["module"].parameters()).device.type == device  # the trained module stays where it ran
         expected = out["module"].cpu()(torch.as_tensor(test.x[:50])).numpy()
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
 
@@ -94,3 +95,9 @@ def test_online_gradient_descent_starts_from_the_prior_and_runs_windows():
     np.testing.assert_allclose(r.predictions[0, :4], first, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="truncation = 0"):
         online_gradient_descent(y, net, truncation=0, progress=False)
+
+
+def test_online_gradient_descent_that_diverges_says_so():
+    message = r"diverged: the loss at update \d+ of pass 1 is (nan|inf).*lr \(got"
+    with pytest.raises(FloatingPointError, match=message):
+        online_gradient_descent(_sine(n=120), "rnn:1-4-1", lr=1e6, rng=0, progress=False)

@@ -397,6 +397,24 @@ def test_download_network_failure_names_urls(tmp_path, monkeypatch):
     assert os.listdir(root / "melbourne_temp") == []
 
 
+def test_malformed_mirror_url_leaves_no_file_or_descriptor(tmp_path, monkeypatch):
+    monkeypatch.setitem(datasets.MIRRORS, "boston_housing", ["not-a-url/"])
+    root = tmp_path / "cache"
+    descriptors = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        with pytest.raises(datasets.DownloadError, match="not-a-url/housing.csv"):
+            datasets.load_boston(data_dir=root)
+    assert len(os.listdir("/proc/self/fd")) == descriptors
+    assert os.listdir(root / "boston_housing") == []
+
+
+def test_a_directory_where_the_file_belongs_is_named(tmp_path):
+    (tmp_path / "boston_housing" / "housing.csv").mkdir(parents=True)
+    with pytest.raises(IsADirectoryError, match="housing.csv should be the file boston_housing/housing.csv"):
+        datasets.load_boston(data_dir=tmp_path)
+    assert os.listdir(tmp_path / "boston_housing") == ["housing.csv"]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Malformed CSV files
 
@@ -514,6 +532,19 @@ def test_dataset_errors():
         datasets.Dataset(np.array(["a", "b"]), np.zeros(2), "s", "regression")
     listed = datasets.Dataset([[0.5], [1.5]], [1.0, 2.0], "lists", "regression")  # array-likes become arrays
     assert listed.x.shape == (2, 1) and listed.y.dtype == np.float64
+    with pytest.raises(ValueError, match="a Dataset's x contains 1 NaN/Inf"):
+        datasets.Dataset([[np.nan], [1.0]], [1.0, 2.0], "nan", "regression")
+    with pytest.raises(ValueError, match="a Dataset's y contains 2 NaN/Inf"):
+        datasets.Dataset([[0.0], [1.0]], [np.inf, -np.inf], "inf", "regression")
+
+
+def test_time_series_converts_and_checks_its_arrays():
+    series = datasets.TimeSeries([1, 2.5], list(np.array(["2000-01-01", "2000-01-02"], "datetime64[D]")), "toy", "m")
+    assert series.values.dtype == np.float64 and series.times.dtype.kind == "M" and len(series) == 2
+    with pytest.raises(ValueError, match="times must be datetime64 values; got dtype int64"):
+        datasets.TimeSeries([1.0, 2.0], np.array([0, 1]), "toy", "m")
+    with pytest.raises(ValueError, match="values contains 1 NaN/Inf"):
+        datasets.TimeSeries([1.0, np.nan], np.array(["2000-01-01", "2000-01-02"], "datetime64[D]"), "toy", "m")
 
 
 def test_load_dispatcher(real):

@@ -533,6 +533,19 @@ def test_redraw_depends_on_the_seed(backend, rng):
 
 
 @pytest.mark.parametrize("backend", ["native", "reference"])
+def test_unperturbed_update_takes_its_redraws_from_the_rng(backend, rng):
+    U, G, y = make_problem(8, 5, 4, rng)
+    plain = ekinet.kalman_update(U, G, y, 0.5, backend=backend)
+    np.testing.assert_allclose(ekinet.kalman_update(U, G, y, 0.5, backend=backend, rng=3, perturb=False), plain,
+                               rtol=1e-12, atol=1e-12)
+    G = _with_failures(G)
+    c = ekinet.kalman_update(U, G, y, 0.5, backend=backend, rng=1, perturb=False)
+    d = ekinet.kalman_update(U, G, y, 0.5, backend=backend, rng=2, perturb=False)
+    assert np.max(np.abs(c[[2, 5]] - d[[2, 5]])) > 1e-6
+    np.testing.assert_array_equal(np.delete(c, [2, 5], axis=0), np.delete(d, [2, 5], axis=0))
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"])
 def test_failed_members_raise_when_asked(backend, rng):
     U, G, y = make_problem(6, 3, 4, rng)
     G[3, 2] = np.nan

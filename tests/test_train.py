@@ -550,7 +550,8 @@ def test_the_progress_bar_keeps_the_last_epochs_accuracy_beside_the_batch_loss(d
 
 def test_nan_in_a_split_is_named_before_training(digits):
     train, validation, test = digits
-    bad_test = datasets.Dataset(_with_nan(test.x.astype(np.float32), 7), test.y, "bad", "classification", 10)
+    bad_test = datasets.Dataset(test.x.astype(np.float32), test.y, "bad", "classification", 10)
+    bad_test.x[0, 7] = np.nan  # changed after the Dataset checked it
     with pytest.raises(ValueError, match="test.x contains 1 NaN/Inf value"):
         Trainer(MODEL, train, validation=validation, test=bad_test)
     bad_y = sine_data()

@@ -2,8 +2,8 @@
 
 Each baseline builds its network from the same ekinet description (a string form or an nn.Sequential) with
 Sequential.to_torch(u), u one draw of the ensemble's Glorot prior (net.prior(1, rng=seed)[0], the first member
-of the ensemble EKI would start from with that seed), so architecture and initialisation match and only the
-training differs. PyTorch is optional: it is imported when a baseline runs (`pip install torch`).
+of the ensemble EKI would start from with that seed; online EKI's default ensemble spreads around such a draw
+instead), so architecture and initialisation match and only the training differs. PyTorch is optional: it is imported when a baseline runs (`pip install torch`).
 
 >>> from ekinet import baselines, datasets
 >>> train, test = datasets.load_mnist_small("train"), datasets.load_mnist_small("test")
@@ -155,7 +155,7 @@ def sgd_train(model, train, test, *, epochs=10, batch_size=100, lr=0.1, momentum
             bar.update()
             bar.set_postfix(loss=f"{record['train_loss']:.4g}", test=f"{record[f'test_{metric}']:.4f}")
     return {"metric": metric, f"test_{metric}": history[-1][f"test_{metric}"], "history": history,
-            "u": _flat_parameters(net, module.cpu()), "module": module, "seconds": time.perf_counter() - started}
+            "u": _flat_parameters(net, module), "module": module, "seconds": time.perf_counter() - started}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -244,6 +244,9 @@ def online_gradient_descent(series, model="lstm:1-32-1", *, passes=1, window=1, 
                 out = torch.cat(parts, dim=1)[:, -(stop - start):]
                 predictions[p, start:stop] = out.detach().numpy().reshape(-1)
                 loss = torch.nn.functional.mse_loss(out, y[:, start:stop])
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"online gradient descent diverged: the loss at update {k + 1} of "
+                                             f"pass {p + 1} is {float(loss.detach())}; use a smaller lr (got {lr})")
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

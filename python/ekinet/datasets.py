@@ -201,6 +201,9 @@ def fetch(name, file, data_dir=None, download=True):
                 "the original."
             )
         return path
+    if path.exists():
+        raise IsADirectoryError(f"{path} should be the file {name}/{file} but is a directory or another "
+                                "non-file; move it away")
     urls = _urls(name, file)
     if not download:
         raise FileNotFoundError(
@@ -231,8 +234,12 @@ def _download(urls, path, expected):
             mismatches += 1
             failures.append(f"{url}: sha256 {got}, expected {expected} (download deleted)")
             continue
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        try:
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
         _digests[_stat_key(path)] = got
         return
     listing = "\n  ".join(failures)
@@ -248,10 +255,10 @@ def _download(urls, path, expected):
 
 
 def _download_to_temp(url, path):
+    request = urllib.request.Request(url, headers={"User-Agent": "ekinet-datasets"})  # a bad URL raises here
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
         digest = hashlib.sha256()
-        request = urllib.request.Request(url, headers={"User-Agent": "ekinet-datasets"})
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT) as response:
             while chunk := response.read(1 << 20):
                 digest.update(chunk)
@@ -367,7 +374,7 @@ def _host_array(values, name):
     if values.dtype.kind not in "biuf" or values.ndim == 0:
         raise ValueError(f"a Dataset's {name} holds one number or array of numbers per example; got shape "
                          f"{values.shape}, dtype {values.dtype}")
-    return values
+    return _numeric(values, f"a Dataset's {name}")
 
 
 @dataclass(repr=False, eq=False)
@@ -460,6 +467,10 @@ class TimeSeries:
     unit: str
 
     def __post_init__(self):
+        self.values = _numeric(self.values, "values").astype(np.float64, copy=False)
+        self.times = np.asarray(self.times)
+        if self.times.dtype.kind != "M":
+            raise ValueError(f"times must be datetime64 values; got dtype {self.times.dtype}")
         if self.values.shape != self.times.shape or self.values.ndim != 1:
             raise ValueError(
                 f"values {self.values.shape} and times {self.times.shape} must be 1-D arrays of the same length"

@@ -138,11 +138,11 @@ def _prepare_series(series, scale, window):
     if isinstance(series, datasets.TimeSeries):
         times, name = series.times, series.name
         series = series.values
-    try:
-        values = np.asarray(series, dtype=np.float64)
-    except (TypeError, ValueError) as error:
-        raise TypeError(f"series must be a 1-D array of numbers or a datasets.TimeSeries, got "
-                        f"{type(series).__name__}") from error
+    values = np.asarray(series)
+    if values.dtype.kind not in "biuf":  # strings would be parsed and complex numbers cut to their real part
+        raise TypeError(f"series must be a 1-D array of real numbers or a datasets.TimeSeries, got "
+                        f"{type(series).__name__} of dtype {values.dtype}")
+    values = values.astype(np.float64)
     if values.ndim != 1:
         raise ValueError(f"series has shape {values.shape}; expected a 1-D series of values (one variable)")
     bad = np.flatnonzero(~np.isfinite(values))
@@ -333,7 +333,7 @@ def online_regression(series, model="lstm:1-32-1", *, ensemble=100, passes=1, wi
                 # kalman_update redraws failed members: restart their memory too (a select, not a masked write)
                 state = xp.where(finite[:, None], state, 0)
                 predictions[p, start:stop], deviations[p, start:stop] = _moments(xp, G, finite)
-                U = kalman_update(U, G, y[start:stop], noise, rng=generator if perturb else None, step=step,
+                U = kalman_update(U, G, y[start:stop], noise, rng=generator, perturb=perturb, step=step,
                                   backend=backend)
                 updates += 1
                 if randomization is not None and randomization.every and updates % randomization.every == 0:

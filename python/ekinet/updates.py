@@ -15,7 +15,7 @@ FAILURE_POLICIES = ("redraw", "raise")
 OUTPUTS = ("ensemble", "mean")
 
 
-def kalman_update(U, G, y, noise_cov, *, perturbation=None, rng=None, step=1.0, formulation="auto",
+def kalman_update(U, G, y, noise_cov, *, perturbation=None, rng=None, perturb=True, step=1.0, formulation="auto",
                   backend="auto", on_failure="redraw", output="ensemble", return_info=False):
     """One EKI update: u_j <- u_j + C^uw (C^ww + Gamma/h)^{-1} (y + eta_j - G(u_j)), covariances with 1/J.
 
@@ -26,7 +26,9 @@ def kalman_update(U, G, y, noise_cov, *, perturbation=None, rng=None, step=1.0, 
     y : (M,) data.
     noise_cov : scalar gamma (Gamma = gamma I), (M,) variances, or an (M, M) SPD matrix.
     perturbation : optional (J, M) eta added to y (reproducible perturbed observations).
-    rng : None (no perturbation), an int seed or numpy Generator: eta_j ~ N(0, Gamma / step).
+    rng : None (no perturbation), an int seed or numpy Generator: eta_j ~ N(0, Gamma / step), and the draws that
+        replace failed members.
+    perturb : False: no eta even with an rng, which then only seeds the redraw of failed members.
     step : h > 0; h = 1 is the classical EKI.
     formulation : "auto" (cheaper by a flop model), "ensemble" (J x J system) or "observation" (M x M).
     backend : "auto" (native CPU for NumPy, native CUDA for CuPy when built), "native" or "reference".
@@ -51,6 +53,8 @@ def kalman_update(U, G, y, noise_cov, *, perturbation=None, rng=None, step=1.0, 
     eta = None if perturbation is None else member_matrix(perturbation, "perturbation", xp, U, M)
     seed = seed_from(rng)
     redraw_seed = 0 if seed is None else seed
+    if not perturb:
+        seed = None
 
     if resolve(backend, xp) == "reference":
         for array, name in ((U, "U"), (y, "y")) + (() if eta is None else ((eta, "perturbation"),)):
