@@ -64,7 +64,7 @@ def test_cli_demo_recovers_the_oscillator_parameters():
     assert estimates["omega"][0] == 2.0 and estimates["zeta"][0] == 0.15  # the truth column
     assert estimates["omega"][1] == pytest.approx(2.0, rel=0.1)
     assert estimates["zeta"][1] == pytest.approx(0.15, rel=0.1)
-    misfit = re.search(r"misfit: ([\d.eE+-]+) -> ([\d.eE+-]+)", result.stdout)
+    misfit = re.search(r"misfit: ([\d.eE+-]+) at the start -> ([\d.eE+-]+) before the last", result.stdout)
     assert misfit and float(misfit.group(2)) < 0.1 * float(misfit.group(1))
     assert "it/s" not in result.stderr  # --no-progress hides the bar
 

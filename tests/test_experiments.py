@@ -171,7 +171,8 @@ def test_kalman_update_reaches_the_eki_runs_names_their_checkpoints_and_the_repo
     assert kalman["accuracy_mean"] > 0.3  # it learns: 10 classes, chance is 0.1
     assert [f.name for f in tmp_path.glob("*.npz")] == [
         "quickstart-eki-r-mlp_784-100-10-J40-noise=0.01-update=kalman.npz"]
-    assert "| quickstart | smoke | eki-r (kalman) | mlp:784-100-10 | 40 |" in experiments.report(tmp_path)
+    assert "| quickstart | smoke: update=kalman, noise=0.01 | eki-r (kalman) | mlp:784-100-10 | 40 |" in \
+        experiments.report(tmp_path)
     with pytest.raises(ValueError, match="noise = 0.01 is the Kalman update's gamma: pass update='kalman'"):
         experiments.run("quickstart", size="smoke", noise=0.01, out=None, progress=False)
     with pytest.raises(ValueError, match="update = 'newton' must be 'loss' .* or 'kalman'"):
@@ -323,6 +324,18 @@ def test_cli_experiment_and_report(tmp_path, capsys):
     (["train", "--resume", "--no-progress"], "--resume continues from --checkpoint FILE"),
     (["train", "--data-dir", "/", "--no-progress"], "mnist-small is embedded in the package"),
     (["experiment", "melbourne-rnn", "--epochs", "2", "--no-progress"], "epochs does not apply to melbourne-rnn"),
+    (["experiment", "--ensemble", "5", "--seed", "3"], "--ensemble, --seed need an experiment name"),
+    (["experiment", "quickstart", "--data-dir", "/"], "data_dir does not apply to quickstart: it trains on the "
+                                                      "digits embedded in the package"),
+    (["experiment", "mnist-dnn2", "--methods", "sgd", "--step", "3"],
+     "step applies to the EKI methods (eki, meki, eki-r, meki-r), and mnist-dnn2 runs sgd"),
+    (["experiment", "mnist-dnn2", "--methods", "momentum-sgd", "--checkpoints", "/tmp"],
+     "checkpoints applies to the EKI methods"),
+    (["experiment", "mnist-dnn2", "--methods", "sgd,eki,sgd"], "methods name sgd more than once"),
+    (["experiment", "cnn-mnist", "--momentum-coefficient", "0.5"],
+     "momentum_coefficient applies to the momentum methods (meki, meki-r), and cnn-mnist runs eki-r, sgd, "
+     "momentum-sgd"),
+    (["experiment", "mnist-dnn3", "--momentum-restart", "epoch"], "momentum_restart applies to the momentum"),
 ])
 def test_cli_errors_are_clear(arguments, message, capsys):
     assert cli.main(arguments) == 2
@@ -336,7 +349,8 @@ def test_cli_errors_are_clear(arguments, message, capsys):
                                        ["experiment", "quickstart", "--update", "newton"],
                                        ["train", "--step-decay", "-0.5"], ["train", "--data", "cifar"],
                                        ["train", "--data", "boston"], ["train", "--validation", "-0.5"],
-                                       ["train", "--validation", "1"]])
+                                       ["train", "--validation", "1"],
+                                       ["experiment", "quickstart", "--smoke", "--size", "paper"]])
 def test_cli_rejects_bad_values(arguments):
     with pytest.raises(SystemExit) as raised:
         cli.main(arguments)
@@ -374,3 +388,48 @@ def test_ensemble_scaling_smoke_reports_the_minimum_ensemble(tmp_path):
     for entry in result["minimum_ensemble"]:
         assert entry["minimum_ensemble"] in (4, 5, 10, 20) and 0 <= entry["best_accuracy"] <= 1
     assert (tmp_path / "ensemble-scaling-mnist.png").is_file()
+
+
+def _results(*rows):
+    return {"size": "cpu", "rows": [{"method": method, "model": "mlp:784-10"} for method in rows]}
+
+
+def test_results_are_written_atomically_and_rows_a_run_drops_are_kept(tmp_path, capsys):
+    path = str(tmp_path / "mnist-dnn1.json")
+    experiments._write_results(path, _results("eki", "sgd"))
+    experiments._write_results(path, _results("eki", "sgd"))  # replaces every row: nothing to keep
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist-dnn1.json"] and not capsys.readouterr().err
+    with pytest.raises(TypeError, match="object is not JSON serialisable"):
+        experiments._write_results(path, {"rows": [], "bad": object()})
+    assert json.loads((tmp_path / "mnist-dnn1.json").read_text()) == _results("eki", "sgd")
+    experiments._write_results(path, _results("sgd"))
+    kept = [p for p in tmp_path.iterdir() if p.name != "mnist-dnn1.json"]
+    assert len(kept) == 1 and json.loads(kept[0].read_text()) == _results("eki", "sgd")
+    assert f"it is kept as {kept[0]}" in capsys.readouterr().err
+    assert json.loads((tmp_path / "mnist-dnn1.json").read_text()) == _results("sgd")
+    assert "mnist-dnn1 | cpu | sgd |" in experiments.report(tmp_path)
+
+
+def test_the_report_names_the_settings_a_run_changed():
+    result = {"size": "cpu", "settings": {**experiments.dataclasses.asdict(experiments.get("mnist-dnn4").cpu),
+                                          "train_size": 20000}, "paper": {},
+              "rows": [{"method": "sgd", "model": "mlp:784-500-300-100-10", "test_accuracy": 0.9}]}
+    assert "| mnist-dnn4 | cpu: train_size=20000 | sgd |" in experiments._report_line("mnist-dnn4", result,
+                                                                                       result["rows"][0])
+    result["settings"]["train_size"] = None
+    assert "| mnist-dnn4 | cpu | sgd |" in experiments._report_line("mnist-dnn4", result, result["rows"][0])
+
+
+def test_a_diverged_learning_rate_never_wins_the_sweep(monkeypatch):
+    from ekinet import baselines
+
+    first = experiments.LEARNING_RATES["sgd"][0]
+
+    def fake_sgd_train(model, train, test, *, lr, **options):
+        accuracy = float("nan") if lr == first else lr / 10
+        return {"metric": "accuracy", "history": [{"validation_accuracy": accuracy}], "test_accuracy": accuracy}
+
+    monkeypatch.setattr(baselines, "sgd_train", fake_sgd_train)
+    settings = experiments.get("mnist-dnn1").smoke
+    row = experiments._train_gradient("mlp:784-10", (None, None, None), "sgd", settings, {"progress": False})
+    assert row["lr"] == max(experiments.LEARNING_RATES["sgd"]) != first

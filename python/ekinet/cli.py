@@ -102,8 +102,9 @@ def build_parser():
     experiment = commands.add_parser("experiment", help="run a registered experiment of the paper")
     experiment.add_argument("name", nargs="?", help="experiment name (--list shows them)")
     experiment.add_argument("--list", action="store_true", help="list the experiments")
-    experiment.add_argument("--smoke", action="store_true", help="the fast smoke size")
-    experiment.add_argument("--size", choices=("auto", "paper", "cpu", "smoke"), default="auto",
+    sizes = experiment.add_mutually_exclusive_group()
+    sizes.add_argument("--smoke", action="store_true", help="the fast smoke size (--size smoke)")
+    sizes.add_argument("--size", choices=("auto", "paper", "cpu", "smoke"), default="auto",
                             help="paper settings, a reduced CPU size, or smoke (auto: paper on cuda, else cpu)")
     experiment.add_argument("--ensemble", type=_positive_int)
     experiment.add_argument("--epochs", type=_positive_int)
@@ -240,6 +241,12 @@ def _experiment(args):
     from . import experiments
 
     if args.list or not args.name:
+        defaults = vars(build_parser().parse_args(["experiment"]))
+        given = [f"--{key.replace('_', '-')}" for key, value in vars(args).items()
+                 if key not in ("name", "list") and value != defaults[key]]
+        if given:
+            raise ValueError(f"{', '.join(given)} need{'s' if len(given) == 1 else ''} an experiment name; "
+                             "`ekinet experiment --list` shows them")
         for name, experiment in experiments.EXPERIMENTS.items():
             print(f"{name:28s} {experiment.description}")
         return

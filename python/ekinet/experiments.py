@@ -14,6 +14,8 @@ import json
 import os
 import platform
 import re
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -70,8 +72,10 @@ class Experiment:
     cpu: Settings
     smoke: Settings
     paper_numbers: dict = dataclasses.field(default_factory=dict)
-    fixed_methods: tuple = None  # what it always runs; None: --methods chooses among all methods
+    methods: tuple = ()  # what it runs when no methods are given
+    fixed: bool = False  # it always runs `methods`; otherwise methods= chooses among all methods
     online: bool = False  # an online driver (one update per observation) rather than epochs of a Trainer
+    reads_data_dir: bool = True  # False: it trains on the data embedded in the package
 
 
 # The overrides of run() that each kind of experiment reads; any other is refused, not silently ignored.
@@ -220,19 +224,20 @@ def _train_gradient(model, data, method, settings, options):
         metric = result["metric"]
         by_rate[str(lr)] = result["history"][-1][f"validation_{metric}"]
         sign = 1 if metric == "accuracy" else -1  # accuracy: higher is better; RMSE: lower
-        if best is None or sign * by_rate[str(lr)] > sign * by_rate[str(best["lr"])]:
+        # a diverged rate (NaN) never wins, not even as the first
+        if best is None or not np.isfinite(by_rate[str(best["lr"])]) or \
+                sign * by_rate[str(lr)] > sign * by_rate[str(best["lr"])]:
             best = {"lr": lr, **{k: v for k, v in result.items() if k not in ("u", "module", "seconds")}}
     return {"method": method, "model": model, "seconds": time.perf_counter() - start,
             f"validation_{metric}_by_lr": by_rate, **best}
 
 
-def _classification(model, dataset, methods, **trainer_options):
+def _classification(model, dataset, **trainer_options):
     def run(settings, options):
         data = _classification_data(dataset, settings, data_dir=options.get("data_dir"),
                                     flatten=not model.startswith("cnn"))
-        chosen = options.get("methods") or methods
         rows = []
-        for method in chosen:
+        for method in options["methods"]:
             if method in GRADIENT_METHODS:
                 rows.append(_train_gradient(model, data, method, settings, options))
             else:
@@ -374,57 +379,60 @@ def _online(series_name, models, window=1):
 def _registry():
     experiments = {}
 
-    def add(name, description, run, paper, cpu, smoke, fixed_methods=None, online=False, **numbers):
-        experiments[name] = Experiment(name, description, run, paper, cpu, smoke, numbers, fixed_methods, online)
+    def add(name, description, run, paper, cpu, smoke, methods, fixed=False, online=False, reads_data_dir=True,
+            **numbers):
+        experiments[name] = Experiment(name, description, run, paper, cpu, smoke, numbers, methods, fixed, online,
+                                       reads_data_dir)
 
     smoke = Settings(ensemble=20, epochs=1, train_size=1000)
     # The quickstart's smoke size is the smallest that learns robustly (0.62-0.66 over seeds 0-2; 20 members
     # over 1000 digits gave 0.19-0.25), because a test checks that it learns.
     add("quickstart", "EKI(R) on the embedded MNIST digits (784-100-10): the README's first command",
-        _classification("mlp:784-100-10", "mnist-small", ("eki-r",)),
+        _classification("mlp:784-100-10", "mnist-small"),
         Settings(ensemble=200, epochs=3), Settings(ensemble=200, epochs=3),
-        Settings(ensemble=40, epochs=2, train_size=2000))
+        Settings(ensemble=40, epochs=2, train_size=2000), ("eki-r",), reads_data_dir=False)
     for k, model in enumerate(("mlp:784-10", "mlp:784-100-10", "mlp:784-300-100-10",
                                "mlp:784-500-300-100-10"), start=1):
         numbers = {m: v[k - 1] for m, v in PAPER_DNN.items() if v[k - 1] is not None}
         methods = GRADIENT_METHODS + tuple(m for m in EKI_METHODS if PAPER_DNN[m][k - 1] is not None)
         add(f"mnist-dnn{k}", f"MNIST, DNN {k} ({model}), the paper's table: {', '.join(methods)}",
-            _classification(model, "mnist", methods), Settings(ensemble=2000, epochs=10),
-            Settings(ensemble=200, epochs=2), smoke, **numbers)
+            _classification(model, "mnist"), Settings(ensemble=2000, epochs=10),
+            Settings(ensemble=200, epochs=2), smoke, methods, **numbers)
     add("cnn-mnist", "CNN-MNIST (Conv16-MaxPool4/2-Conv16-Conv12-MaxPool2-FC10), EKI(R) against SGD",
-        _classification("cnn-mnist", "mnist", ("eki-r",) + GRADIENT_METHODS), Settings(ensemble=2000, epochs=10),
+        _classification("cnn-mnist", "mnist"), Settings(ensemble=2000, epochs=10),
         Settings(ensemble=100, epochs=1, train_size=10000), Settings(ensemble=10, epochs=1, train_size=300),
-        **{"sgd": 0.9878, "momentum-sgd": 0.9880, "eki-r": 0.9912})
+        ("eki-r",) + GRADIENT_METHODS, **{"sgd": 0.9878, "momentum-sgd": 0.9880, "eki-r": 0.9912})
     add("rnn-mnist", "Two-layer RNN(128) reading MNIST rows as a 28-step sequence",
-        _classification("rnn-mnist", "mnist", ("eki-r",)), Settings(ensemble=2000, epochs=10),
-        Settings(ensemble=100, epochs=1, train_size=10000), Settings(ensemble=10, epochs=1, train_size=300))
+        _classification("rnn-mnist", "mnist"), Settings(ensemble=2000, epochs=10),
+        Settings(ensemble=100, epochs=1, train_size=10000), Settings(ensemble=10, epochs=1, train_size=300),
+        ("eki-r",))
     for dataset, label in (("mnist", "MNIST"), ("fashion-mnist", "Fashion-MNIST")):
         add(f"ensemble-scaling-{dataset}", f"{label}: accuracy against ensemble size for 784-h-10 networks",
             _ensemble_scaling(dataset), Settings(ensemble=2000, epochs=50, widths=(16, 32, 64, 128)),
             Settings(ensemble=800, epochs=20, train_size=10000, widths=(4, 8, 16)),
-            Settings(ensemble=20, epochs=1, train_size=500, widths=(4, 8)), fixed_methods=("eki-r",))
+            Settings(ensemble=20, epochs=1, train_size=500, widths=(4, 8)), ("eki-r",), fixed=True)
     add("fashion-heaviside", "Fashion-MNIST 784-100-10 with Heaviside (non-differentiable) against ReLU, EKI(R)",
         _heaviside, Settings(ensemble=2000, epochs=10), Settings(ensemble=200, epochs=2), smoke,
-        fixed_methods=("eki-r",), heaviside=0.85, relu=0.87)
+        ("eki-r",), fixed=True, heaviside=0.85, relu=0.87)
     for series, numbers in PAPER_ONLINE.items():
         add(f"{series}-rnn", f"Online recurrent regression (LSTM(32) and Elman RNN(32)) on the {series} series, "
             "one update per observation", _online(series, ("lstm:1-32-1", "rnn:1-32-1")),
             Settings(ensemble=2000, epochs=1, passes=3),
             Settings(ensemble=200, epochs=1, passes=3), Settings(ensemble=20, epochs=1, passes=1),
-            fixed_methods=("eki", "ogd"), online=True,
+            ("eki", "ogd"), fixed=True, online=True,
             **{m: {"first": v[0], "final": v[1]} for m, v in numbers.items()})
     add("lstm-batched-online", "LSTM(32) regression on the sunspots by batched online updates (windows of 10)",
         _online("sunspots", ("lstm:1-32-1",), window=10), Settings(ensemble=2000, epochs=1, passes=3),
         Settings(ensemble=200, epochs=1, passes=3), Settings(ensemble=20, epochs=1, passes=1),
-        fixed_methods=("eki", "ogd"), online=True)
+        ("eki", "ogd"), fixed=True, online=True)
     add("boston", "Boston housing regression (13-32-32-1, tanh), EKI(R) on the squared loss",
         _boston("squared"), Settings(ensemble=1000, epochs=100, batch_size=50),
         Settings(ensemble=200, epochs=60, batch_size=50), Settings(ensemble=20, epochs=2, batch_size=50),
-        fixed_methods=("eki-r",))
+        ("eki-r",), fixed=True)
     add("gaussian-nll", "Boston housing with a Gaussian-NLL network (outputs mean and std, confidence band)",
         _boston("gaussian-nll"), Settings(ensemble=1000, epochs=100, batch_size=50),
         Settings(ensemble=200, epochs=60, batch_size=50), Settings(ensemble=20, epochs=2, batch_size=50),
-        fixed_methods=("eki-r",))
+        ("eki-r",), fixed=True)
     return experiments
 
 
@@ -463,11 +471,17 @@ def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, passe
                                    ("momentum_coefficient", momentum_coefficient), ("update", update),
                                    ("noise", noise))
                  if v is not None}
-    _check_options(experiment, [*overrides, *(["checkpoints"] if checkpoints else [])])
+    _check_options(experiment, [*overrides, *(["checkpoints"] if checkpoints else []),
+                                *(["data_dir"] if data_dir is not None else [])])
     settings = dataclasses.replace(settings, **overrides)
     if methods:
         _check_methods(experiment, methods)
-    runs = methods or experiment.fixed_methods or EKI_METHODS
+    runs = tuple(methods or experiment.methods)
+    if not experiment.online and not any(m in EKI_METHODS for m in runs):
+        for option in ("ensemble", "step", "step_decay", "checkpoints"):
+            if option in overrides or (option == "checkpoints" and checkpoints):
+                raise ValueError(f"{option} applies to the EKI methods ({', '.join(EKI_METHODS)}), and {name} "
+                                 f"runs {', '.join(runs)}: leave it out")
     if settings.centred_draws and not any(m.endswith("-r") for m in runs):
         raise ValueError(f"centred_draws applies to the EKI(R) methods (eki-r, meki-r), and {name} runs "
                          f"{', '.join(runs)}: leave it out")
@@ -492,7 +506,7 @@ def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, passe
             if os.path.exists(directory) and not os.path.isdir(directory):
                 raise ValueError(f"{what} = {directory!r} is a file; pass a directory (it is created if missing)")
             os.makedirs(directory, exist_ok=True)
-    options = {"progress": progress, "device": device, "seed": seed, "data_dir": data_dir, "methods": methods,
+    options = {"progress": progress, "device": device, "seed": seed, "data_dir": data_dir, "methods": runs,
                "out": out, "name": name, "checkpoints": checkpoints}
     start = time.perf_counter()
     result = experiment.run(settings, options)
@@ -501,25 +515,56 @@ def run(name, *, size="auto", ensemble=None, epochs=None, train_size=None, passe
                   paper=experiment.paper_numbers, seconds=time.perf_counter() - start,
                   environment=_environment(device))
     if out:
-        with open(os.path.join(out, f"{name}.json"), "w") as f:
-            json.dump(result, f, indent=1, default=_json_default)
+        _write_results(os.path.join(out, f"{name}.json"), result)
     return result
+
+
+def _write_results(path, result):
+    """Write the results file atomically. An earlier file with rows that this run does not replace (other
+    methods or models) is kept beside it, with a note on stderr, rather than lost."""
+    text = json.dumps(result, indent=1, default=_json_default)
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                earlier = {(row.get("method"), row.get("model")) for row in json.load(f).get("rows", [])}
+        except (ValueError, AttributeError):  # a damaged file is kept too
+            earlier = {None}
+        dropped = earlier - {(row.get("method"), row.get("model")) for row in result.get("rows", [])}
+        if dropped:
+            kept = f"{path.removesuffix('.json')}-{time.strftime('%Y%m%dT%H%M%S')}.json"
+            os.replace(path, kept)
+            print(f"ekinet: {path} held rows this run does not replace; it is kept as {kept}", file=sys.stderr)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=f".{os.path.basename(path)}.",
+                               suffix=".part")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def _check_options(experiment, given):
     kind, accepted = ("an online experiment (one update per observation)", ONLINE_OPTIONS) if experiment.online \
         else ("a training experiment", TRAINING_OPTIONS)
-    ignored = [option for option in given if option not in accepted]
+    if "data_dir" in given and not experiment.reads_data_dir:
+        raise ValueError(f"data_dir does not apply to {experiment.name}: it trains on the digits embedded in the "
+                         "package; leave it out")
+    ignored = [option for option in given if option not in accepted and option != "data_dir"]
     if ignored:
         raise ValueError(f"{', '.join(ignored)} do{'es' if len(ignored) == 1 else ''} not apply to "
                          f"{experiment.name}, {kind}: it takes {', '.join(accepted)}")
 
 
 def _check_methods(experiment, methods):
-    if experiment.fixed_methods is not None:
-        if set(methods) != set(experiment.fixed_methods):
-            choosers = ", ".join(e.name for e in EXPERIMENTS.values() if e.fixed_methods is None)
-            raise ValueError(f"{experiment.name} always runs {', '.join(experiment.fixed_methods)}, so --methods "
+    repeated = sorted({m for m in methods if list(methods).count(m) > 1})
+    if repeated:
+        raise ValueError(f"methods name {', '.join(repeated)} more than once; name each method once")
+    if experiment.fixed:
+        if set(methods) != set(experiment.methods):
+            choosers = ", ".join(e.name for e in EXPERIMENTS.values() if not e.fixed)
+            raise ValueError(f"{experiment.name} always runs {', '.join(experiment.methods)}, so --methods "
                              f"{','.join(methods)} cannot apply; methods are chosen in {choosers}")
         return
     unknown = [m for m in methods if m not in EKI_METHODS + GRADIENT_METHODS]
@@ -591,8 +636,17 @@ def _report_line(name, result, row):
     if name == "fashion-heaviside":
         activation = row.get("model", "").rsplit(":", 1)[-1]
         paper = f"{result['paper'].get(activation, float('nan')):.2f}"
-    return (f"| {name} | {result['size']} | {label} | {row.get('model', '')} | "
+    return (f"| {name} | {_size_label(name, result)} | {label} | {row.get('model', '')} | "
             f"{_ensemble_size(row)} | {ours} | {paper or '-'} |")
+
+
+def _size_label(name, result):
+    """The size preset a run used, followed by every setting it changed (a smaller train_size also shrinks the
+    test set, so a number beside the paper's must say so)."""
+    size, settings = result["size"], result.get("settings") or {}
+    preset = json.loads(json.dumps(dataclasses.asdict(getattr(get(name), size))))
+    changed = [f"{key}={value}" for key, value in settings.items() if key in preset and preset[key] != value]
+    return f"{size}: {', '.join(changed)}" if changed else size
 
 
 def _ensemble_size(row):
