@@ -320,6 +320,8 @@ def test_data_misfit_controller_steps_and_stops(decay_problem):
     with pytest.raises(RuntimeError, match=r"terminal time"):
         opt.tell(decay(opt.ask()), y)
     np.testing.assert_array_equal(opt.ensemble, ensemble)
+    with pytest.raises(RuntimeError, match=r"reached its terminal time 1.0: no step is left"):
+        controller.next_step(phi, M)
 
 
 def _coefficient(momentum, n):

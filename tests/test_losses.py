@@ -156,8 +156,25 @@ def test_integer_labels_equal_one_hot_targets(fn, backend, rng):
     np.testing.assert_allclose(v_flat, v_onehot, rtol=1e-14, atol=0)
     assert g_flat.shape == (J, B * C)
     np.testing.assert_allclose(g_flat, g_onehot.reshape(J, -1), rtol=1e-14, atol=0)
+    # integer one-hot rows are targets, not labels
+    v_int, g_int = fn(Z, onehot.astype(np.int64), backend=backend)
+    np.testing.assert_allclose(v_int, v_onehot, rtol=1e-14, atol=0)
+    np.testing.assert_allclose(g_int, g_onehot, rtol=1e-14, atol=0)
     # the one_hot helper
     np.testing.assert_array_equal(losses.one_hot(labels, C, dtype=np.float64), onehot)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gaussian_nll_of_a_tiny_sigma_stays_finite(backend):
+    Z = np.array([[[0.0, 1e-16]], [[0.0, 1e-25]], [[2e-25, 1e-25]]], dtype=np.float32)  # (J, B = 1, [mu, sigma])
+    values, grad = losses.gaussian_nll(Z, np.zeros((1, 1), np.float32), backend=backend)
+    assert np.all(np.isfinite(values)) and np.all(np.isfinite(grad))
+    np.testing.assert_allclose(values[:2], 0.5 * np.log(2 * np.pi) + np.log([1e-16, 1e-25]), rtol=1e-5)
+    np.testing.assert_allclose(grad[0, 0], [0.0, 1e16], rtol=1e-5)  # d/dsigma = (1 - w^2) / sigma, w = 0
+    np.testing.assert_allclose(grad[2, 0], [2e25, -3e25], rtol=1e-5)  # w = -2
+    values, grad = losses.gaussian_nll(np.array([[[3e-150, 1e-150]]]), np.zeros((1, 1)), backend=backend)
+    np.testing.assert_allclose(values, 0.5 * np.log(2 * np.pi) + np.log(1e-150) + 4.5, rtol=1e-12)
+    np.testing.assert_allclose(grad[0, 0], [3e150, -8e150], rtol=1e-12)  # w = -3: sigma^3 underflows in float64
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -3,7 +3,8 @@
 Each baseline builds its network from the same ekinet description (a string form or an nn.Sequential) with
 Sequential.to_torch(u), u one draw of the ensemble's Glorot prior (net.prior(1, rng=seed)[0], the first member
 of the ensemble EKI would start from with that seed; online EKI's default ensemble spreads around such a draw
-instead), so architecture and initialisation match and only the training differs. PyTorch is optional: it is imported when a baseline runs (`pip install torch`).
+instead), so architecture and initialisation match and only the training differs. PyTorch is optional: it is
+imported when a baseline runs (`pip install torch`).
 
 >>> from ekinet import baselines, datasets
 >>> train, test = datasets.load_mnist_small("train"), datasets.load_mnist_small("test")

@@ -2,7 +2,8 @@
 
 Each function takes outputs of shape (J, B, C) (members, examples, outputs per example) or (J, M) and returns
 (values, grad): values[j] is member j's loss summed over the batch, grad has the shape of the outputs and is
-what ekinet.loss_update / EKI.tell(grad=...) take.
+what ekinet.loss_update / EKI.tell(grad=...) take. Flat (J, M) outputs take their examples from the targets'
+shape: (B,) labels or (B, C) rows; 1-D real targets make the M outputs one example (one softmax over all M).
 """
 
 import numpy as np
@@ -22,7 +23,9 @@ def squared(outputs, targets, *, noise_cov=1.0, backend="auto"):
 
 
 def cross_entropy(probabilities, targets, *, backend="auto"):
-    """-<y, log z> on probabilities z (softmax outputs); gradient -y / z. targets: one-hot (B, C) or labels (B,)."""
+    """-<y, log z> on probabilities z (softmax outputs); gradient -y / z. targets: one-hot (B, C) or labels (B,).
+
+    The gradient overflows where a float32 probability is subnormal; cross_entropy_logits has no such limit."""
     return _evaluate("cross_entropy", probabilities, targets, backend=backend)
 
 
@@ -69,7 +72,7 @@ def _targets(loss, targets, xp, Z, shape):
     """Flat targets of Z's dtype and the number of outputs per example (width)."""
     y = given = same_namespace(to_array(targets, "targets"), "targets", xp)
     M = Z.shape[1]
-    labels = loss in ("cross_entropy", "cross_entropy_logits") and y.dtype.kind in "iu"
+    labels = loss in ("cross_entropy", "cross_entropy_logits") and y.dtype.kind in "iu" and y.ndim == 1
     if len(shape) == 3:
         width = shape[2]
     elif labels and y.ndim == 1 and y.shape[0] > 0:

@@ -37,8 +37,9 @@ class AdaptiveStep:
 class DataMisfitController:
     """Iglesias & Yang (2021): h = min(max(M / (2 mean Phi), sqrt(M / (2 var Phi))), T - t).
 
-    Phi_j = 1/2 |Gamma^{-1/2} (G_j - y)|^2 per member; the pseudo-time t stops at terminal_time, after which
-    `finished` is True and the optimiser makes no further update.
+    Phi_j = 1/2 |Gamma^{-1/2} (G_j - y)|^2 per member, var the population variance (1/J, over the members with
+    a finite misfit); the pseudo-time t stops at terminal_time, after which `finished` is True and the optimiser
+    makes no further update.
     """
 
     adaptive = False
@@ -54,6 +55,9 @@ class DataMisfitController:
         return self.time >= self.terminal_time * (1 - 1e-12)
 
     def next_step(self, misfits, n_outputs):
+        if self.finished:
+            raise RuntimeError(f"DataMisfitController has reached its terminal time {self.terminal_time}: no step "
+                               "is left; check `finished` before asking, or make a new controller")
         if misfits is None:
             raise ValueError("DataMisfitController chooses the step from the members' misfits: pass the data y "
                              "to tell() (or loss_values with method='loss')")

@@ -743,12 +743,13 @@ class CpuBackend final : public Backend<T> {
     constexpr double kTwoPi = 6.283185307179586;
     double value = 0;
     for (i64 i = 0; i < k; ++i) {
-      const double mu = z[i], sigma = z[k + i], d = static_cast<double>(y[i]) - mu;
+      const double mu = z[i], sigma = z[k + i];
+      const double w = (static_cast<double>(y[i]) - mu) / sigma;  // sigma^2, sigma^3 would underflow for tiny sigma
       invalid += !(sigma > 0);
-      value += 0.5 * std::log(kTwoPi * sigma * sigma) + d * d / (2 * sigma * sigma);
+      value += 0.5 * std::log(kTwoPi) + std::log(sigma) + 0.5 * w * w;
       if (g != nullptr) {
-        g[i] = static_cast<T>(-d / (sigma * sigma));
-        g[k + i] = static_cast<T>(1 / sigma - d * d / (sigma * sigma * sigma));
+        g[i] = static_cast<T>(-w / sigma);
+        g[k + i] = static_cast<T>((1 - w * w) / sigma);
       }
     }
     return value;

@@ -731,13 +731,14 @@ struct GaussianNllLoss {  // unit: one example, z = [mu_1..mu_k, sigma_1..sigma_
     const T* target = y + e * k;
     double value = 0;
     for (i64 i = 0; i < k; ++i) {
-      const double mu = out[i], sigma = out[k + i], d = static_cast<double>(target[i]) - mu;
+      const double mu = out[i], sigma = out[k + i];
+      const double w = (static_cast<double>(target[i]) - mu) / sigma;  // sigma^2, sigma^3 would underflow
       invalid += !(sigma > 0);
-      value += 0.5 * log(kTwoPi * sigma * sigma) + d * d / (2 * sigma * sigma);
+      value += 0.5 * log(kTwoPi) + log(sigma) + 0.5 * w * w;
       if (grad != nullptr) {
         T* g = grad + r * ldg + e * width;
-        g[i] = static_cast<T>(-d / (sigma * sigma));
-        g[k + i] = static_cast<T>(1 / sigma - d * d / (sigma * sigma * sigma));
+        g[i] = static_cast<T>(-w / sigma);
+        g[k + i] = static_cast<T>((1 - w * w) / sigma);
       }
     }
     return value;

@@ -64,7 +64,7 @@ def _gaussian_nll(xp, Z, y):
     mu, sigma = Z[..., :k], Z[..., k:]
     if not bool(xp.all(sigma > 0)):
         raise ValueError("gaussian_nll: standard deviations <= 0; the sigma outputs must be positive")
-    d = y[None] - mu
-    values = xp.sum(0.5 * xp.log(2 * np.pi * sigma**2) + d**2 / (2 * sigma**2), axis=(1, 2))
-    grad = xp.concatenate([-d / sigma**2, 1 / sigma - d**2 / sigma**3], axis=2)
+    w = (y[None] - mu) / sigma  # in units of sigma: sigma**2 and sigma**3 would underflow for tiny sigma
+    values = xp.sum(0.5 * np.log(2 * np.pi) + xp.log(sigma) + 0.5 * w**2, axis=(1, 2))
+    grad = xp.concatenate([-w / sigma, (1 - w**2) / sigma], axis=2)
     return values, grad.reshape(Z.shape[0], -1)
