@@ -541,7 +541,14 @@ def test_dataset_errors():
 def test_time_series_converts_and_checks_its_arrays():
     series = datasets.TimeSeries([1, 2.5], list(np.array(["2000-01-01", "2000-01-02"], "datetime64[D]")), "toy", "m")
     assert series.values.dtype == np.float64 and series.times.dtype.kind == "M" and len(series) == 2
-    with pytest.raises(ValueError, match="times must be datetime64 values; got dtype int64"):
+    import datetime
+
+    dated = datasets.TimeSeries([1.0, 2.0], [datetime.date(2000, 1, 1), datetime.date(2000, 1, 2)], "toy", "m")
+    assert dated.times.dtype.kind == "M" and dated.times[1] - dated.times[0] == np.timedelta64(1, "D")
+    assert datasets.TimeSeries([1.0], ["2000-01-01"], "toy", "m").times.dtype.kind == "M"
+    with pytest.raises(ValueError, match="times must be datetimes .*: Error parsing datetime string"):
+        datasets.TimeSeries([1.0], ["yesterday"], "toy", "m")
+    with pytest.raises(ValueError, match=r"times must be datetimes \(datetime64, .*\); got dtype int64"):
         datasets.TimeSeries([1.0, 2.0], np.array([0, 1]), "toy", "m")
     with pytest.raises(ValueError, match="values contains 1 NaN/Inf"):
         datasets.TimeSeries([1.0, np.nan], np.array(["2000-01-01", "2000-01-02"], "datetime64[D]"), "toy", "m")

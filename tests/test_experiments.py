@@ -408,6 +408,11 @@ def test_results_are_written_atomically_and_rows_a_run_drops_are_kept(tmp_path, 
     assert f"it is kept as {kept[0]}" in capsys.readouterr().err
     assert json.loads((tmp_path / "mnist-dnn1.json").read_text()) == _results("sgd")
     assert "mnist-dnn1 | cpu | sgd |" in experiments.report(tmp_path)
+    assert (tmp_path / "mnist-dnn1.json").stat().st_mode & 0o777 == 0o644
+    (tmp_path / "mnist-dnn1.json").write_text('{"rows": [')  # a damaged earlier file is kept, and written over
+    experiments._write_results(path, _results("eki"))
+    experiments._write_results(path, _results("sgd"))  # two earlier files kept in one second get separate names
+    assert len(list(tmp_path.iterdir())) == 4
 
 
 def test_the_report_names_the_settings_a_run_changed():
@@ -433,3 +438,21 @@ def test_a_diverged_learning_rate_never_wins_the_sweep(monkeypatch):
     settings = experiments.get("mnist-dnn1").smoke
     row = experiments._train_gradient("mlp:784-10", (None, None, None), "sgd", settings, {"progress": False})
     assert row["lr"] == max(experiments.LEARNING_RATES["sgd"]) != first
+
+
+def test_a_diverging_online_baseline_is_a_skipped_row_not_a_lost_experiment(monkeypatch):
+    from ekinet import baselines, online
+
+    class Fitted:
+        def to_dict(self):
+            return {"first": 1.0, "final": 0.5}
+
+    def diverge(*args, **kwargs):
+        raise FloatingPointError("online gradient descent diverged: the loss at update 3 of pass 1 is nan")
+
+    monkeypatch.setattr(online, "online_regression", lambda *args, **kwargs: Fitted())
+    monkeypatch.setattr(baselines, "online_gradient_descent", diverge)
+    run = experiments._online("sunspots", ("rnn:1-4-1",))
+    rows = run(experiments.get("sunspots-rnn").smoke, {"progress": False, "seed": 0, "name": "x", "out": None})["rows"]
+    assert rows[0] == {"first": 1.0, "final": 0.5, "method": "eki", "model": "rnn:1-4-1", "window": 1}
+    assert rows[1]["method"] == "ogd" and "diverged" in rows[1]["skipped"]

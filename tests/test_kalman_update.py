@@ -543,6 +543,8 @@ def test_unperturbed_update_takes_its_redraws_from_the_rng(backend, rng):
     d = ekinet.kalman_update(U, G, y, 0.5, backend=backend, rng=2, perturb=False)
     assert np.max(np.abs(c[[2, 5]] - d[[2, 5]])) > 1e-6
     np.testing.assert_array_equal(np.delete(c, [2, 5], axis=0), np.delete(d, [2, 5], axis=0))
+    with pytest.raises(ValueError, match="perturb=False means no eta, but a perturbation was given"):
+        ekinet.kalman_update(U, G, y, 0.5, backend=backend, perturbation=np.zeros((8, 4)), perturb=False)
 
 
 @pytest.mark.parametrize("backend", ["native", "reference"])

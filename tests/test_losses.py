@@ -168,6 +168,7 @@ def test_integer_labels_equal_one_hot_targets(fn, backend, rng):
 def test_gaussian_nll_of_a_tiny_sigma_stays_finite(backend):
     Z = np.array([[[0.0, 1e-16]], [[0.0, 1e-25]], [[2e-25, 1e-25]]], dtype=np.float32)  # (J, B = 1, [mu, sigma])
     values, grad = losses.gaussian_nll(Z, np.zeros((1, 1), np.float32), backend=backend)
+    assert values.dtype == grad.dtype == np.float32
     assert np.all(np.isfinite(values)) and np.all(np.isfinite(grad))
     np.testing.assert_allclose(values[:2], 0.5 * np.log(2 * np.pi) + np.log([1e-16, 1e-25]), rtol=1e-5)
     np.testing.assert_allclose(grad[0, 0], [0.0, 1e16], rtol=1e-5)  # d/dsigma = (1 - w^2) / sigma, w = 0
@@ -208,6 +209,9 @@ def test_squared_full_noise_equals_whitened_identity(backend, rng):
 def test_invalid_input(backend, rng):
     P = _softmax(rng.standard_normal((J, B, C)))
     Y = np.eye(C)[[1, 2, 3]]
+    for flat in (P, P.reshape(J, -1)[:, :B]):  # a (B, 1) column of labels is refused, not read as one-hot rows
+        with pytest.raises(ValueError, match=r"integer labels of shape \(3, 1\)"):
+            losses.cross_entropy_logits(flat, np.array([[1], [2], [3]]), backend=backend)
     bad = P.copy()
     bad[0, 0, 1] = 0.0
     with pytest.raises(ValueError, match=r"probabilities (are )?<= 0 where the target is non-zero"):

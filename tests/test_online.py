@@ -191,6 +191,7 @@ def test_plot(sine_result):
     ({"series": "abc"}, TypeError, "1-D array of real numbers"),
     ({"series": [str(v) for v in range(20)]}, TypeError, "of dtype <U2"),
     ({"series": np.arange(20) * (1 + 1j)}, TypeError, "of dtype complex128"),
+    ({"series": [1.0, [2.0, 3.0]] * 10}, TypeError, "got list (setting an array element with a sequence"),
     ({"series": [0.0, 1e300, -1e300, 2.0] * 3, "scale": False}, ValueError, "beyond the range of float32"),
     ({"model": "lstm:2-8-1"}, ValueError, "one feature per step"),
     ({"model": "lstm:1-8-2"}, ValueError, "end the network with Dense(1)"),

@@ -201,7 +201,8 @@ def online_gradient_descent(series, model="lstm:1-32-1", *, passes=1, window=1, 
     parameters from the detached state stored at their start, records the prediction of the window's points
     (before they are used), and takes a gradient step of size lr on their mean squared error.
 
-    Returns an OnlineResult (spread zero; ensemble the trained parameters as one row).
+    Returns an OnlineResult (spread zero; ensemble the trained parameters as one row). Raises FloatingPointError
+    when the loss stops being finite (lr too large).
     """
     from tqdm.auto import tqdm
 

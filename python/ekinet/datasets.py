@@ -468,9 +468,16 @@ class TimeSeries:
 
     def __post_init__(self):
         self.values = _numeric(self.values, "values").astype(np.float64, copy=False)
-        self.times = np.asarray(self.times)
-        if self.times.dtype.kind != "M":
-            raise ValueError(f"times must be datetime64 values; got dtype {self.times.dtype}")
+        times = np.asarray(self.times)
+        if times.dtype.kind in "OUS":  # datetime objects or ISO strings
+            try:
+                times = times.astype("datetime64")
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"times must be datetimes (datetime64, datetime or ISO strings): {error}") from error
+        if times.dtype.kind != "M":
+            raise ValueError(f"times must be datetimes (datetime64, datetime or ISO strings); got dtype "
+                             f"{times.dtype}")
+        self.times = times
         if self.values.shape != self.times.shape or self.values.ndim != 1:
             raise ValueError(
                 f"values {self.values.shape} and times {self.times.shape} must be 1-D arrays of the same length"

@@ -225,7 +225,7 @@ class EKI:
                 raise ValueError("method='kalman' needs the data y: tell(G, y)")
             step = self.scheduler.next_step(to_host(misfits), G.shape[1])
             U_new, info = kalman_update(
-                V, G, y, self.noise_cov, rng=self._rng if self.perturb else None, step=step,
+                V, G, y, self.noise_cov, rng=self._rng, perturb=self.perturb, step=step,
                 formulation=self.formulation, backend=self.backend, on_failure=self.on_failure, output=output,
                 return_info=True)
         else:

@@ -364,7 +364,7 @@ def _online(series_name, models, window=1):
                                                         rng=options.get("seed", 0),
                                                         progress=options.get("progress", True))
                 rows.append({**ogd.to_dict(), "method": "ogd", "model": model, "window": window})
-            except ImportError as error:
+            except (ImportError, FloatingPointError) as error:  # no PyTorch, or the baseline diverged
                 rows.append({"method": "ogd", "model": model, "skipped": str(error)})
             if model == models[0]:
                 _save_figure(options, f"{options['name']}.png", lambda ax: (
@@ -526,12 +526,12 @@ def _write_results(path, result):
     if os.path.exists(path):
         try:
             with open(path) as f:
-                earlier = {(row.get("method"), row.get("model")) for row in json.load(f).get("rows", [])}
-        except (ValueError, AttributeError):  # a damaged file is kept too
+                earlier = {(row.get("method"), row.get("model")) for row in json.load(f).get("rows") or []}
+        except Exception:  # a damaged or unreadable file is kept too: the new results must still be written
             earlier = {None}
         dropped = earlier - {(row.get("method"), row.get("model")) for row in result.get("rows", [])}
         if dropped:
-            kept = f"{path.removesuffix('.json')}-{time.strftime('%Y%m%dT%H%M%S')}.json"
+            kept = _unused_name(f"{path.removesuffix('.json')}-{time.strftime('%Y%m%dT%H%M%S')}", ".json")
             os.replace(path, kept)
             print(f"ekinet: {path} held rows this run does not replace; it is kept as {kept}", file=sys.stderr)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=f".{os.path.basename(path)}.",
@@ -539,10 +539,18 @@ def _write_results(path, result):
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would leave the results unreadable to the group
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def _unused_name(stem, suffix):
+    name, n = stem + suffix, 1
+    while os.path.exists(name):
+        name, n = f"{stem}-{n}{suffix}", n + 1
+    return name
 
 
 def _check_options(experiment, given):

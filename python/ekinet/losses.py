@@ -72,7 +72,9 @@ def _targets(loss, targets, xp, Z, shape):
     """Flat targets of Z's dtype and the number of outputs per example (width)."""
     y = given = same_namespace(to_array(targets, "targets"), "targets", xp)
     M = Z.shape[1]
-    labels = loss in ("cross_entropy", "cross_entropy_logits") and y.dtype.kind in "iu" and y.ndim == 1
+    # integer (B,) labels; a (B, 1) column is read as labels too (and refused below), wider rows are one-hot
+    labels = loss in ("cross_entropy", "cross_entropy_logits") and y.dtype.kind in "iu" and \
+        (y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1))
     if len(shape) == 3:
         width = shape[2]
     elif labels and y.ndim == 1 and y.shape[0] > 0:

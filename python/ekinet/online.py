@@ -138,7 +138,11 @@ def _prepare_series(series, scale, window):
     if isinstance(series, datasets.TimeSeries):
         times, name = series.times, series.name
         series = series.values
-    values = np.asarray(series)
+    try:
+        values = np.asarray(series)
+    except (TypeError, ValueError) as error:  # ragged lists, device arrays
+        raise TypeError(f"series must be a 1-D array of real numbers or a datasets.TimeSeries, got "
+                        f"{type(series).__name__} ({error})") from error
     if values.dtype.kind not in "biuf":  # strings would be parsed and complex numbers cut to their real part
         raise TypeError(f"series must be a 1-D array of real numbers or a datasets.TimeSeries, got "
                         f"{type(series).__name__} of dtype {values.dtype}")

@@ -37,9 +37,9 @@ class AdaptiveStep:
 class DataMisfitController:
     """Iglesias & Yang (2021): h = min(max(M / (2 mean Phi), sqrt(M / (2 var Phi))), T - t).
 
-    Phi_j = 1/2 |Gamma^{-1/2} (G_j - y)|^2 per member, var the population variance (1/J, over the members with
-    a finite misfit); the pseudo-time t stops at terminal_time, after which `finished` is True and the optimiser
-    makes no further update.
+    Phi_j = 1/2 |Gamma^{-1/2} (G_j - y)|^2 per member, var the population variance over the members with a finite
+    misfit (divided by their number, not one less); the pseudo-time t stops at terminal_time, after which
+    `finished` is True and the optimiser makes no further update.
     """
 
     adaptive = False

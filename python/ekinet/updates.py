@@ -50,6 +50,8 @@ def kalman_update(U, G, y, noise_cov, *, perturbation=None, rng=None, perturb=Tr
     choice(output, "output", OUTPUTS)
     if perturbation is not None and rng is not None:
         raise ValueError("pass either perturbation (the eta to use) or rng (to draw eta), not both")
+    if perturbation is not None and not perturb:
+        raise ValueError("perturb=False means no eta, but a perturbation was given: pass one or the other")
     eta = None if perturbation is None else member_matrix(perturbation, "perturbation", xp, U, M)
     seed = seed_from(rng)
     redraw_seed = 0 if seed is None else seed

@@ -4,7 +4,7 @@ Outputs z are J x M (each member's outputs on the batch, examples one after anot
 the functions return (values per member, gradient J x M).
 """
 
-import numpy as np
+import math
 
 from ._common import Noise, namespace
 
@@ -65,6 +65,6 @@ def _gaussian_nll(xp, Z, y):
     if not bool(xp.all(sigma > 0)):
         raise ValueError("gaussian_nll: standard deviations <= 0; the sigma outputs must be positive")
     w = (y[None] - mu) / sigma  # in units of sigma: sigma**2 and sigma**3 would underflow for tiny sigma
-    values = xp.sum(0.5 * np.log(2 * np.pi) + xp.log(sigma) + 0.5 * w**2, axis=(1, 2))
+    values = xp.sum(0.5 * math.log(2 * math.pi) + xp.log(sigma) + 0.5 * w**2, axis=(1, 2))
     grad = xp.concatenate([-w / sigma, (1 - w**2) / sigma], axis=2)
     return values, grad.reshape(Z.shape[0], -1)
