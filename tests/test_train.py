@@ -155,7 +155,7 @@ def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(digits, tmp_path,
     path = tmp_path / "run.npz"
     first = small_trainer(digits, method="meki-r", epochs=1, checkpoint=path, **options)
     first.fit()
-    assert path.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".checkpoint-")]
+    assert path.exists() and not [p for p in os.listdir(tmp_path) if p.endswith(".part")]
     assert stat.S_IMODE(path.stat().st_mode) == 0o644  # an ordinary file, not the temporary file's 0600
     resumed = small_trainer(digits, method="meki-r", epochs=3, checkpoint=path, resume=True, **options)
     assert resumed.epoch == 1

@@ -15,12 +15,12 @@ import os
 import platform
 import re
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 from . import datasets, nn
+from ._files import atomic_write
 from .train import RandomizationSchedule, Trainer
 
 EKI_METHODS = ("eki", "meki", "eki-r", "meki-r")
@@ -534,16 +534,8 @@ def _write_results(path, result):
             kept = _unused_name(f"{path.removesuffix('.json')}-{time.strftime('%Y%m%dT%H%M%S')}", ".json")
             os.replace(path, kept)
             print(f"ekinet: {path} held rows this run does not replace; it is kept as {kept}", file=sys.stderr)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=f".{os.path.basename(path)}.",
-                               suffix=".part")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would leave the results unreadable to the group
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        f.write(text)
 
 
 def _unused_name(stem, suffix):

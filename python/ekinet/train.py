@@ -12,7 +12,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
 import zipfile
@@ -21,6 +20,7 @@ import numpy as np
 
 from . import losses, nn
 from ._arrays import device_namespace, to_host
+from ._files import atomic_write
 from ._inputs import require_finite
 from .datasets import Dataset, batches
 from .eki import EKI, Randomization
@@ -593,17 +593,9 @@ class Trainer:
         for name, array in (("best_epoch_average", self._best_average), ("average", self._average)):
             if array is not None:
                 arrays[name] = to_host(array)
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=directory, prefix=".checkpoint-", suffix=".npz")
-        try:
-            with os.fdopen(handle, "wb") as f:
-                np.savez(f, state=np.frombuffer(json.dumps(state).encode(), dtype=np.uint8), **arrays)
-            os.chmod(temporary, 0o644)  # mkstemp's 0600 would leave the checkpoint unreadable to the group
-            os.replace(temporary, path)
-        except BaseException:
-            os.unlink(temporary)
-            raise
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with atomic_write(path, "wb") as f:
+            np.savez(f, state=np.frombuffer(json.dumps(state).encode(), dtype=np.uint8), **arrays)
 
     def load(self, path):
         """Restore a checkpoint written by save() by a Trainer with the same configuration."""
