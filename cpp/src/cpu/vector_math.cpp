@@ -90,6 +90,22 @@ struct Vector {
   typedef T type __attribute__((vector_size(kBytes)));
 };
 
+// Unaligned loads and stores of one vector, each a single instruction (a memcpy of several vectors at once went
+// through the stack, and the wider loads that followed stalled on store forwarding).
+template <class T, std::size_t kBytes>
+struct UnalignedVector {
+  typedef T type __attribute__((vector_size(kBytes), aligned(alignof(T)), may_alias));
+};
+// (By reference: a vector passed or returned by value draws ABI warnings for the clones without AVX.)
+template <class T, std::size_t kBytes>
+__attribute__((always_inline)) inline void load_vector(const T* p, typename Vector<T, kBytes>::type& v) {
+  v = *reinterpret_cast<const typename UnalignedVector<T, kBytes>::type*>(p);
+}
+template <class T, std::size_t kBytes>
+__attribute__((always_inline)) inline void store_vector(T* p, const typename Vector<T, kBytes>::type& v) {
+  *reinterpret_cast<typename UnalignedVector<T, kBytes>::type*>(p) = v;
+}
+
 // sums[r] = the sum of the lanes of acc[r], r < 4. For float, a transposing reduction by shuffles (eight
 // vector operations instead of 28 lane extractions and adds).
 template <class T>
@@ -312,29 +328,42 @@ __attribute__((always_inline)) inline void standard_normal_row_impl(std::uint64_
 }
 
 // kPixels output pixels of one block of L channels: a broadcast input value times a vector of L weights per
-// pixel and patch entry, kPixels independent accumulators to hide the FMA latency.
-template <class T, int kPixels>
+// pixel and patch entry, kPixels independent accumulators to hide the FMA latency. The L lanes are held as
+// 64 / kBytes vectors of the ISA's native width kBytes: GCC lowers a 64-byte vector on AVX2 or SSE2 through
+// the stack and the integer registers, an order of magnitude slower.
+template <class T, int kPixels, int kBytes>
 __attribute__((always_inline)) inline void convolve_pixels(const T* in, const std::int64_t (&base)[kPixels],
                                                            const std::int64_t* offsets, std::int64_t q, const T* wt,
-                                                           typename Vector<T, 64>::type (&acc)[kPixels]) {
-  using V = typename Vector<T, 64>::type;
-  V bias;
-  std::memcpy(&bias, wt, sizeof bias);
-  for (int p = 0; p < kPixels; ++p) acc[p] = bias;
-  for (std::int64_t e = 0; e < q; ++e) {
-    V w;
-    std::memcpy(&w, wt + (e + 1) * kConvolutionLanes<T>, sizeof w);
-    const T* x = in + offsets[e];
-    for (int p = 0; p < kPixels; ++p) acc[p] += w * x[base[p]];
+                                                           T* out) {
+  using V = typename Vector<T, kBytes>::type;
+  constexpr int kParts = 64 / kBytes;
+  constexpr std::int64_t kWidth = kBytes / sizeof(T);
+  V acc[kPixels][kParts];
+  for (int part = 0; part < kParts; ++part) {
+    V bias;
+    load_vector<T, kBytes>(wt + part * kWidth, bias);
+    for (int p = 0; p < kPixels; ++p) acc[p][part] = bias;
   }
+  for (std::int64_t e = 0; e < q; ++e) {
+    const T* weights = wt + (e + 1) * kConvolutionLanes<T>;
+    V w[kParts];
+    for (int part = 0; part < kParts; ++part) load_vector<T, kBytes>(weights + part * kWidth, w[part]);
+    const T* x = in + offsets[e];
+    for (int p = 0; p < kPixels; ++p) {
+      const T v = x[base[p]];
+      for (int part = 0; part < kParts; ++part) acc[p][part] += w[part] * v;
+    }
+  }
+  for (int p = 0; p < kPixels; ++p)
+    for (int part = 0; part < kParts; ++part)
+      store_vector<T, kBytes>(out + (p * kParts + part) * kWidth, acc[p][part]);
 }
 
-template <class T, int kPixels>
+template <class T, int kPixels, int kBytes>
 __attribute__((always_inline)) inline void convolve_image_impl(const T* in, const std::int64_t* base,
                                                                std::int64_t pixels, const std::int64_t* offsets,
                                                                std::int64_t q, const T* wt, std::int64_t blocks,
                                                                T* out) {
-  using V = typename Vector<T, 64>::type;
   constexpr std::int64_t kLanes = kConvolutionLanes<T>;
   for (std::int64_t block = 0; block < blocks; ++block) {
     const T* block_weights = wt + block * (q + 1) * kLanes;
@@ -343,12 +372,13 @@ __attribute__((always_inline)) inline void convolve_image_impl(const T* in, cons
       const std::int64_t valid = std::min<std::int64_t>(kPixels, pixels - first);
       std::int64_t block_base[kPixels];  // a short last block repeats its last pixel
       for (int p = 0; p < kPixels; ++p) block_base[p] = base[first + std::min<std::int64_t>(p, valid - 1)];
-      V acc[kPixels];
-      convolve_pixels<T, kPixels>(in, block_base, offsets, q, block_weights, acc);
-      if (valid == kPixels)  // a constant size: vector stores, not a call to memcpy
-        std::memcpy(block_out + first * kLanes, acc, sizeof acc);
-      else
-        std::memcpy(block_out + first * kLanes, acc, static_cast<std::size_t>(valid) * sizeof(V));
+      if (valid == kPixels) {  // written in place: constant-size vector stores
+        convolve_pixels<T, kPixels, kBytes>(in, block_base, offsets, q, block_weights, block_out + first * kLanes);
+      } else {
+        T tail[kPixels * kLanes];
+        convolve_pixels<T, kPixels, kBytes>(in, block_base, offsets, q, block_weights, tail);
+        std::copy(tail, tail + valid * kLanes, block_out + first * kLanes);
+      }
     }
   }
 }
@@ -360,8 +390,8 @@ inline T nan_max(T best, T v) {
 
 // Separable: first each input row's maxima along the windows' columns, written in place (a window starts at or
 // after its output column), then each output's maxima down its window's rows. Each output is a chain of kernel
-// dependent maxima, not kernel^2, and consecutive outputs are independent.
-template <class T>
+// dependent maxima, not kernel^2, and consecutive outputs are independent. Vectors of kBytes, the native width.
+template <class T, std::size_t kBytes>
 __attribute__((always_inline)) inline void maxpool_vectors_impl(T* plane, std::int64_t width, std::int64_t kernel,
                                                                 std::int64_t stride, std::int64_t out_h,
                                                                 std::int64_t out_w, T* out) {
@@ -370,14 +400,16 @@ __attribute__((always_inline)) inline void maxpool_vectors_impl(T* plane, std::i
   for (std::int64_t y = 0; y < rows; ++y)
     for (std::int64_t ox = 0; ox < out_w; ++ox) {
       const T* window = plane + (y * width + ox * stride) * kLanes;
-      T best[kLanes];
-      std::copy(window, window + kLanes, best);
-      for (std::int64_t kx = 1; kx < kernel; ++kx) {
-        // the loop vectoriser, not SLP, which leaves this select scalar (GCC 12)
-#pragma omp simd
-        for (std::int64_t l = 0; l < kLanes; ++l) best[l] = nan_max(best[l], window[kx * kLanes + l]);
+      T* target = plane + (y * width + ox) * kLanes;  // no later read of this window or another reads it
+      for (std::int64_t part = 0; part < kLanes; part += kBytes / sizeof(T)) {
+        typename Vector<T, kBytes>::type best, next;
+        load_vector<T, kBytes>(window + part, best);
+        for (std::int64_t kx = 1; kx < kernel; ++kx) {
+          load_vector<T, kBytes>(window + kx * kLanes + part, next);
+          best = ((next > best) | (next != next)) ? next : best;  // NaN propagates, as nan_max
+        }
+        store_vector<T, kBytes>(target + part, best);
       }
-      std::copy(best, best + kLanes, plane + (y * width + ox) * kLanes);
     }
   const std::int64_t n = out_w * kLanes;
   for (std::int64_t oy = 0; oy < out_h; ++oy) {
@@ -425,25 +457,28 @@ __attribute__((always_inline)) inline void transpose_block(V (&rows)[n]) {
   if constexpr (h > 1) transpose_block<V, n, h / 2>(rows);
 }
 
-// Whole blocks of kLanes pixels by in-register transposes where shuffles of 64-byte vectors are single
-// instructions (AVX-512); the rest, and every pixel elsewhere, element by element.
-template <class T>
+// Blocks of n pixels x n channels (n = the lanes of a native kBytes vector) by in-register transposes, each
+// butterfly stage one shuffle instruction; the pixels past the last whole block element by element.
+template <class T, std::size_t kBytes>
 __attribute__((always_inline)) inline void unblock_channels_impl(const T* in, std::int64_t pixels,
                                                                  std::int64_t channels, T* out,
-                                                                 std::int64_t out_channel_stride,
-                                                                 bool transpose_in_registers) {
-  using V = typename Vector<T, 64>::type;
-  constexpr int kLanes = static_cast<int>(kConvolutionLanes<T>);
-  const std::int64_t transposed = transpose_in_registers ? pixels / kLanes * kLanes : 0;
+                                                                 std::int64_t out_channel_stride) {
+  using V = typename Vector<T, kBytes>::type;
+  constexpr int kLanes = static_cast<int>(kConvolutionLanes<T>), n = static_cast<int>(kBytes / sizeof(T));
+  const std::int64_t transposed = pixels / n * n;
   for (std::int64_t first = 0; first < channels; first += kLanes) {
     const std::int64_t lanes = std::min<std::int64_t>(kLanes, channels - first);
     const T* block = in + first * pixels;
     T* target = out + first * out_channel_stride;
-    for (std::int64_t p0 = 0; p0 < transposed; p0 += kLanes) {
-      V rows[kLanes];
-      std::memcpy(rows, block + p0 * kLanes, sizeof rows);
-      transpose_block<V, kLanes>(rows);
-      for (std::int64_t l = 0; l < lanes; ++l) std::memcpy(target + l * out_channel_stride + p0, &rows[l], sizeof(V));
+    for (std::int64_t part = 0; part < lanes; part += n) {
+      const std::int64_t part_lanes = std::min<std::int64_t>(n, lanes - part);
+      for (std::int64_t p0 = 0; p0 < transposed; p0 += n) {
+        V rows[n];
+        for (int p = 0; p < n; ++p) load_vector<T, kBytes>(block + (p0 + p) * kLanes + part, rows[p]);
+        transpose_block<V, n>(rows);
+        for (std::int64_t l = 0; l < part_lanes; ++l)
+          store_vector<T, kBytes>(target + (part + l) * out_channel_stride + p0, rows[l]);
+      }
     }
     for (std::int64_t l = 0; l < lanes; ++l)
       for (std::int64_t p = transposed; p < pixels; ++p) target[l * out_channel_stride + p] = block[p * kLanes + l];
@@ -487,17 +522,52 @@ __attribute__((always_inline)) inline void maxpool_plane_impl(const T* in, std::
 #define EKINET_VECTOR_CLONES
 #endif
 
-// Whether the x86-64-v4 clones run: their 32 registers hold a convolution's 8 accumulators (8 keep both FMA
-// units busy; AVX2's 16 registers, 2 per 64-byte vector, take 4 without spills), and a shuffle of two 64-byte
-// vectors is one instruction there.
+// The ISA level of the clone that runs (4: x86-64-v4, AVX-512, 32 registers; 3: x86-64-v3, AVX2 + FMA, 16;
+// 1: baseline SSE2, 16). The convolution's vectors take its native width, and its accumulators fill the
+// registers: 8 pixels of one 64-byte vector each on AVX-512, 6 of two 32-byte halves on AVX2 (12 accumulators
+// keep both FMA units busy, with 3 registers left), 2 of four 16-byte quarters on SSE2.
 namespace {
-bool cpu_has_avx512() {
+int cpu_isa_level() {
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__ELF__)
-  static const bool v4 = __builtin_cpu_supports("x86-64-v4");
-  return v4;
+  static const int level = __builtin_cpu_supports("x86-64-v4") ? 4 : __builtin_cpu_supports("x86-64-v3") ? 3 : 1;
+  return level;
 #else
-  return false;
+  return 1;
 #endif
+}
+
+template <class T>
+__attribute__((always_inline)) inline void convolve_image_dispatch(const T* in, const std::int64_t* base,
+                                                                   std::int64_t pixels, const std::int64_t* offsets,
+                                                                   std::int64_t q, const T* wt, std::int64_t blocks,
+                                                                   T* out) {
+  switch (cpu_isa_level()) {
+    case 4: convolve_image_impl<T, 8, 64>(in, base, pixels, offsets, q, wt, blocks, out); break;
+    case 3: convolve_image_impl<T, 6, 32>(in, base, pixels, offsets, q, wt, blocks, out); break;
+    default: convolve_image_impl<T, 2, 16>(in, base, pixels, offsets, q, wt, blocks, out);
+  }
+}
+
+template <class T>
+__attribute__((always_inline)) inline void maxpool_vectors_dispatch(T* plane, std::int64_t width,
+                                                                    std::int64_t kernel, std::int64_t stride,
+                                                                    std::int64_t out_h, std::int64_t out_w, T* out) {
+  switch (cpu_isa_level()) {
+    case 4: maxpool_vectors_impl<T, 64>(plane, width, kernel, stride, out_h, out_w, out); break;
+    case 3: maxpool_vectors_impl<T, 32>(plane, width, kernel, stride, out_h, out_w, out); break;
+    default: maxpool_vectors_impl<T, 16>(plane, width, kernel, stride, out_h, out_w, out);
+  }
+}
+
+template <class T>
+__attribute__((always_inline)) inline void unblock_channels_dispatch(const T* in, std::int64_t pixels,
+                                                                     std::int64_t channels, T* out,
+                                                                     std::int64_t out_channel_stride) {
+  switch (cpu_isa_level()) {
+    case 4: unblock_channels_impl<T, 64>(in, pixels, channels, out, out_channel_stride); break;
+    case 3: unblock_channels_impl<T, 32>(in, pixels, channels, out, out_channel_stride); break;
+    default: unblock_channels_impl<T, 16>(in, pixels, channels, out, out_channel_stride);
+  }
 }
 }  // namespace
 
@@ -505,11 +575,11 @@ EKINET_VECTOR_CLONES void relu_row(float* row, std::int64_t n) { relu_row_impl(r
 EKINET_VECTOR_CLONES void relu_row(double* row, std::int64_t n) { relu_row_impl(row, n); }
 EKINET_VECTOR_CLONES void unblock_channels(const float* in, std::int64_t pixels, std::int64_t channels, float* out,
                                            std::int64_t out_channel_stride) {
-  unblock_channels_impl(in, pixels, channels, out, out_channel_stride, cpu_has_avx512());
+  unblock_channels_dispatch(in, pixels, channels, out, out_channel_stride);
 }
 EKINET_VECTOR_CLONES void unblock_channels(const double* in, std::int64_t pixels, std::int64_t channels,
                                            double* out, std::int64_t out_channel_stride) {
-  unblock_channels_impl(in, pixels, channels, out, out_channel_stride, cpu_has_avx512());
+  unblock_channels_dispatch(in, pixels, channels, out, out_channel_stride);
 }
 EKINET_VECTOR_CLONES void tanh_row(float* row, std::int64_t n) { tanh_row_impl(row, n); }
 EKINET_VECTOR_CLONES void sigmoid_row(float* row, std::int64_t n) { sigmoid_row_impl(row, n); }
@@ -546,26 +616,20 @@ EKINET_VECTOR_CLONES void standard_normal_row(std::uint64_t key, std::uint64_t f
 EKINET_VECTOR_CLONES void convolve_image(const float* in, const std::int64_t* base, std::int64_t pixels,
                                          const std::int64_t* offsets, std::int64_t q, const float* wt,
                                          std::int64_t blocks, float* out) {
-  if (cpu_has_avx512())
-    convolve_image_impl<float, 8>(in, base, pixels, offsets, q, wt, blocks, out);
-  else
-    convolve_image_impl<float, 4>(in, base, pixels, offsets, q, wt, blocks, out);
+  convolve_image_dispatch(in, base, pixels, offsets, q, wt, blocks, out);
 }
 EKINET_VECTOR_CLONES void convolve_image(const double* in, const std::int64_t* base, std::int64_t pixels,
                                          const std::int64_t* offsets, std::int64_t q, const double* wt,
                                          std::int64_t blocks, double* out) {
-  if (cpu_has_avx512())
-    convolve_image_impl<double, 8>(in, base, pixels, offsets, q, wt, blocks, out);
-  else
-    convolve_image_impl<double, 4>(in, base, pixels, offsets, q, wt, blocks, out);
+  convolve_image_dispatch(in, base, pixels, offsets, q, wt, blocks, out);
 }
 EKINET_VECTOR_CLONES void maxpool_vectors(float* plane, std::int64_t width, std::int64_t kernel,
                                           std::int64_t stride, std::int64_t out_h, std::int64_t out_w, float* out) {
-  maxpool_vectors_impl(plane, width, kernel, stride, out_h, out_w, out);
+  maxpool_vectors_dispatch(plane, width, kernel, stride, out_h, out_w, out);
 }
 EKINET_VECTOR_CLONES void maxpool_vectors(double* plane, std::int64_t width, std::int64_t kernel,
                                           std::int64_t stride, std::int64_t out_h, std::int64_t out_w, double* out) {
-  maxpool_vectors_impl(plane, width, kernel, stride, out_h, out_w, out);
+  maxpool_vectors_dispatch(plane, width, kernel, stride, out_h, out_w, out);
 }
 EKINET_VECTOR_CLONES void maxpool_plane(const float* in, std::int64_t width, std::int64_t kernel,
                                         std::int64_t stride, std::int64_t out_h, std::int64_t out_w, float* out,
