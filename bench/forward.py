@@ -7,7 +7,10 @@ reference in the same run; on a GPU (CuPy present, CUDA core built) with PyTorch
 cannot batch, vmap of their steps written out in torch operations) and with a Python loop over the members'
 modules, on the same device, plus one online LSTM step (J = 2000, one new observation).
 
-Usage: python bench/forward.py [--device cpu|cuda] [--quick] [--budget SECONDS] [--out bench/results]
+Usage: python bench/forward.py [--device cpu|cuda] [--quick] [--budget SECONDS] [--networks NAME ...]
+                               [--label LABEL] [--out bench/results]
+--networks: some of "online" (the online LSTM step) and the networks' names, as in the table; --label: appended
+to the results' file name (forward-cpu-float32-LABEL), for a second machine's results beside the first's.
 Reference runs predicted to exceed the budget are recorded as skipped, and native calls that take more than a
 quarter of it are timed once after the warm-up instead of best of three.
 """
@@ -359,8 +362,13 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="J = 100, B = 64 only")
     parser.add_argument("--budget", type=float, default=60.0, help="skip reference runs predicted longer (s)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--networks", nargs="+", choices=("online", *NETWORKS), default=("online", *NETWORKS),
+                        metavar="NAME", help=f"some of: online, {', '.join(NETWORKS)} (default: all)")
+    parser.add_argument("--label", help="appended to the results' file name")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = parser.parse_args(argv)
+    if args.label is not None and not args.label.replace("-", "").replace("_", "").isalnum():
+        parser.error(f"--label {args.label!r}: use letters, digits, '-' and '_' only (it is part of a file name)")
 
     run = bench_cpu if args.device == "cpu" else bench_cuda
     # The targets' sizes first (J = 2000, the online step), so that a run stopped at a time limit has them.
@@ -368,16 +376,19 @@ def main(argv=None):
     if args.device == "cuda":
         prepare_gpu_comparison()
     results = {"environment": environment(args.device), "rows": []}
-    stem = f"forward-{args.device}{'-quick' if args.quick else ''}-{args.dtype}"
+    stem = "-".join(["forward", args.device, *(["quick"] if args.quick else []), args.dtype,
+                     *([args.label] if args.label else [])])
 
     def record(row):
         results["rows"].append(row)
         print(json.dumps(row), flush=True)
         save_results(results, args.out, stem, markdown, echo=False)
 
-    for J in (100,) if args.quick else (2000, 100):
+    for J in () if "online" not in args.networks else (100,) if args.quick else (2000, 100):
         record(bench_online_step(args.device, J, args.dtype))
     for name, make in NETWORKS.items():
+        if name not in args.networks:
+            continue
         network = make()
         for J, B in grid:
             record(run(name, network, J, B, args.dtype, args.budget))

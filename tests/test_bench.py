@@ -65,6 +65,21 @@ def test_forward_benchmark(monkeypatch, tmp_path):
     assert data["environment"]["device"] == "cpu" and data["environment"]["cores"] >= 1
 
 
+def test_forward_benchmark_runs_the_networks_asked_for_into_a_labelled_file(monkeypatch, tmp_path):
+    forward = load("forward", monkeypatch)
+    monkeypatch.setattr(forward, "NETWORKS", {"mlp": lambda: nn.from_string("mlp:6-4-2"),
+                                              "lstm": lambda: nn.Sequential([nn.LSTM(3), nn.Dense(1)], (5, 1))})
+    monkeypatch.setattr(forward, "GRID_J", (3,))
+    monkeypatch.setattr(forward, "GRID_B", (2,))
+    forward.main(["--networks", "lstm", "--label", "amd-avx2", "--out", str(tmp_path)])
+    data, table = results(tmp_path, "forward-cpu-float32-amd-avx2")
+    assert [(r["network"], r["J"]) for r in data["rows"]] == [("lstm", 3)] and len(table) == 1
+    assert not (tmp_path / "forward-cpu-float32.json").exists()
+    for bad in (["--networks", "rnn"], ["--label", "../x"]):
+        with pytest.raises(SystemExit):
+            forward.main([*bad, "--out", str(tmp_path)])
+
+
 def test_forward_markdown_reports_the_layered_path_where_it_differs(monkeypatch):
     """A GPU table lists the rows whose layer-by-layer time (whole_networks off) differs by more than 5%."""
     forward = load("forward", monkeypatch)
